@@ -1,0 +1,38 @@
+"""The per-pixel baseline of the StructToken paper (Lin et al., arXiv 2203.12612, Fig. 3 / Sec. 4.4).
+
+features [B, C, h, w] -> 1x1 conv C->K -> N pre-activation residual blocks (K->K, as the official
+``residual_block``) -> 1x1 conv K->K. Every residual block's output is a K-channel class map; with
+deep supervision each one is also returned as class logits for a loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import PreActResidualBlock
+from .base import BlockMaps, HeadOutput
+
+
+class PerPixelHead(nn.Module):
+    """Per-pixel baseline. features [B, C, h, w] -> :class:`HeadOutput` with logits [B, K, h, w]."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, num_blocks: int = 4, deep_supervision: bool = False
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.deep_supervision = deep_supervision
+        self.proj = nn.Conv2d(in_channels, num_classes, 1)
+        self.blocks = nn.ModuleList(PreActResidualBlock(num_classes) for _ in range(num_blocks))
+        self.classifier = nn.Conv2d(num_classes, num_classes, 1)
+
+    def forward(self, features: torch.Tensor) -> HeadOutput:
+        x = self.proj(features)
+        tokens_init = x
+        maps = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(BlockMaps(tokens=x))
+        aux = tuple(m.tokens for m in maps) if self.deep_supervision else ()
+        return HeadOutput(logits=self.classifier(x), tokens_init=tokens_init, blocks=tuple(maps), aux_logits=aux)

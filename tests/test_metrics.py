@@ -1,0 +1,508 @@
+"""Tests for analysis.metrics: tiny inputs whose answers are worked out by hand in comments."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis.metrics import (
+    BoundaryF1Accumulator,
+    ConfusionAccumulator,
+    MaskAPAccumulator,
+    _dilate_disk,
+    argmax_prediction,
+    average_precision,
+    block_metrics,
+    boundary_f1,
+    confusion_matrix,
+    iou_per_class,
+    mask_ap_per_image,
+    mean_iou,
+    pixel_accuracy,
+    upsample_scores,
+)
+
+IGN = 255
+
+
+# --------------------------------------------------------------------------------------------
+# confusion matrix, IoU, accuracy
+# --------------------------------------------------------------------------------------------
+
+
+def test_confusion_matrix_with_ignore():
+    pred = np.array([[0, 1], [1, 1]])
+    label = np.array([[0, 1], [IGN, 0]], dtype=np.uint8)
+    # counted pixels: (0,0) gt0/pred0, (0,1) gt1/pred1, (1,1) gt0/pred1; (1,0) is ignored
+    cm = confusion_matrix(pred, label, 2)
+    assert cm.dtype == np.int64
+    np.testing.assert_array_equal(cm, [[1, 1], [0, 1]])
+    # class 0: tp 1, row 2, col 1 -> union 2 -> 0.5 ; class 1: tp 1, row 1, col 2 -> union 2 -> 0.5
+    np.testing.assert_allclose(iou_per_class(cm), [0.5, 0.5])
+    assert mean_iou(cm) == pytest.approx(0.5)
+    assert pixel_accuracy(cm) == pytest.approx(2 / 3)
+
+
+def test_confusion_matrix_any_shape_and_no_ignore():
+    pred = np.array([0, 1, 2, 2])
+    label = np.array([0, 2, 2, 1])
+    # (gt, pred): (0,0) (2,1) (2,2) (1,2)
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, label, 3, ignore_index=None), [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    )
+
+
+def test_absent_classes_are_nan():
+    # K = 3; class 2 appears in neither pred nor label; class 1 only in the prediction
+    pred = np.array([[0, 1], [0, 0]])
+    label = np.array([[0, 0], [0, 0]])
+    cm = confusion_matrix(pred, label, 3)
+    np.testing.assert_array_equal(cm, [[3, 1, 0], [0, 0, 0], [0, 0, 0]])
+    iou = iou_per_class(cm)
+    # class 0: 3 / (4 + 3 - 3) = 0.75 ; class 1: 0 / 1 = 0 ; class 2: 0 / 0 -> NaN
+    assert iou[0] == pytest.approx(0.75)
+    assert iou[1] == 0.0
+    assert math.isnan(iou[2])
+    assert mean_iou(cm) == pytest.approx((0.75 + 0.0) / 2)
+
+
+def test_everything_absent_gives_nan_without_warning():
+    cm = confusion_matrix(np.zeros((2, 2), int), np.full((2, 2), IGN), 2)
+    np.testing.assert_array_equal(cm, np.zeros((2, 2)))
+    with np.errstate(all="raise"):
+        assert np.isnan(iou_per_class(cm)).all()
+        assert math.isnan(mean_iou(cm))
+        assert math.isnan(pixel_accuracy(cm))
+
+
+@pytest.mark.parametrize(
+    ("pred", "label", "k"),
+    [
+        ([[0, 3]], [[0, 1]], 3),  # prediction value K
+        ([[0, -1]], [[0, 1]], 3),  # negative prediction
+        ([[0, 1]], [[0, 7]], 3),  # label out of range and not the ignore index
+        ([[0, 1]], [[0, 1, 1]], 3),  # shape mismatch
+        ([[0, 1]], [[0, 1]], 0),  # no classes
+        ([[0.5, 1.0]], [[0, 1]], 3),  # non-integral prediction
+    ],
+)
+def test_confusion_matrix_invalid_inputs(pred, label, k):
+    with pytest.raises(ValueError):
+        confusion_matrix(np.array(pred), np.array(label), k)
+
+
+def test_prediction_outside_range_raises_even_on_ignored_pixel():
+    with pytest.raises(ValueError):
+        confusion_matrix(np.array([[0, 5]]), np.array([[0, IGN]]), 2)
+
+
+def test_iou_rejects_non_square():
+    with pytest.raises(ValueError):
+        iou_per_class(np.zeros((2, 3)))
+
+
+# --------------------------------------------------------------------------------------------
+# argmax and upsampling
+# --------------------------------------------------------------------------------------------
+
+
+def test_argmax_ties_go_to_lowest_class():
+    scores = np.array(
+        [
+            [[1.0, 2.0], [3.0, 3.0]],
+            [[1.0, 1.0], [3.0, 4.0]],
+        ]
+    )
+    # (0,0): 1 vs 1 tie -> 0 ; (0,1): 2 > 1 -> 0 ; (1,0): 3 vs 3 tie -> 0 ; (1,1): 3 < 4 -> 1
+    np.testing.assert_array_equal(argmax_prediction(scores), [[0, 0], [0, 1]])
+
+
+def test_argmax_invalid():
+    with pytest.raises(ValueError):
+        argmax_prediction(np.zeros((2, 2)))
+    with pytest.raises(ValueError):
+        argmax_prediction(np.array([[[np.nan]], [[1.0]]]))
+
+
+def test_upsample_by_hand():
+    # width 2 -> 4, align_corners=False: src x = (x + 0.5) * 0.5 - 0.5 = -0.25(->0), 0.25, 0.75, 1.25
+    # values [0, 4] -> 0, 0.75*0 + 0.25*4 = 1, 3, 4 (upper neighbour clamped)
+    out = upsample_scores(np.array([[[0.0, 4.0]]]), (1, 4))
+    np.testing.assert_allclose(out, [[[0.0, 1.0, 3.0, 4.0]]])
+    # 2x2 -> 2x2 is the identity
+    x = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    np.testing.assert_array_equal(upsample_scores(x, (2, 2)), x)
+    assert upsample_scores(x, (3, 5)).dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [(11, 13), (3, 4), (5, 7), (1, 1)])
+def test_upsample_matches_torch(size):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 7))
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None], size=size, mode="bilinear", align_corners=False
+    )[0].numpy()
+    np.testing.assert_allclose(upsample_scores(x, size), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_tensors_accepted():
+    torch = pytest.importorskip("torch")
+    pred = torch.tensor([[0, 1], [1, 1]])
+    label = torch.tensor([[0, 1], [IGN, 0]], dtype=torch.uint8)
+    np.testing.assert_array_equal(confusion_matrix(pred, label, 2), [[1, 1], [0, 1]])
+    assert average_precision(torch.tensor([0.9, 0.1]), torch.tensor([1, 0])) == pytest.approx(1.0)
+    np.testing.assert_array_equal(argmax_prediction(torch.ones(2, 2, 2)), np.zeros((2, 2)))
+
+
+# --------------------------------------------------------------------------------------------
+# average precision
+# --------------------------------------------------------------------------------------------
+
+
+def brute_force_ap(scores, target):
+    """AP by the definition: loop over distinct thresholds, predict positive when score >= t."""
+    scores = [float(s) for s in scores]
+    target = [int(t) for t in target]
+    n_pos = sum(target)
+    if n_pos == 0:
+        return float("nan")
+    ap, prev_recall = 0.0, 0.0
+    for thr in sorted(set(scores), reverse=True):
+        selected = [i for i, s in enumerate(scores) if s >= thr]
+        tp = sum(target[i] for i in selected)
+        precision = tp / len(selected)
+        recall = tp / n_pos
+        ap += (recall - prev_recall) * precision
+        prev_recall = recall
+    return ap
+
+
+def test_ap_tied_scores_by_hand():
+    # thresholds 0.9 (2 items, 1 pos): P=1/2, R=1/2 ; 0.5: P=2/3, R=1 ; 0.1: P=2/4, R=1
+    # AP = 0.5 * 1/2 + 0.5 * 2/3 + 0 * 1/2 = 1/4 + 1/3 = 7/12
+    ap = average_precision(np.array([0.9, 0.9, 0.5, 0.1]), np.array([1, 0, 1, 0]))
+    assert ap == pytest.approx(7 / 12)
+    # the order of the tied items must not matter
+    assert average_precision(np.array([0.9, 0.9, 0.5, 0.1]), np.array([0, 1, 1, 0])) == pytest.approx(7 / 12)
+
+
+def test_ap_perfect_and_inverted():
+    assert average_precision(np.array([0.4, 0.3, 0.2, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(1.0)
+    # inverted: positives ranked last. at 0.2: P=1/3, R=1/2 ; at 0.1: P=2/4, R=1
+    # AP = 0.5 * 1/3 + 0.5 * 1/2 = 5/12
+    assert average_precision(np.array([0.4, 0.3, 0.2, 0.1]), np.array([0, 0, 1, 1])) == pytest.approx(5 / 12)
+
+
+def test_ap_all_tied_is_prevalence_and_no_positive_is_nan():
+    # one threshold: P = 2/4, R = 1 -> AP = 0.5
+    assert average_precision(np.full(4, 0.5), np.array([1, 0, 0, 1])) == pytest.approx(0.5)
+    assert math.isnan(average_precision(np.array([0.3, 0.2]), np.array([0, 0])))
+    assert math.isnan(average_precision(np.array([]), np.array([])))
+    # bool targets and integer scores
+    assert average_precision(np.array([3, 2, 1]), np.array([True, False, True])) == pytest.approx(
+        1 * 0.5 + 0.5 * (2 / 3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("scores", "target"),
+    [
+        ([0.1, 0.2], [1, 2]),  # non-binary target
+        ([0.1, 0.2], [1, 0, 1]),  # length mismatch
+        ([[0.1, 0.2]], [[1, 0]]),  # not 1-D
+        ([np.nan, 0.2], [1, 0]),  # NaN score
+    ],
+)
+def test_ap_invalid(scores, target):
+    with pytest.raises(ValueError):
+        average_precision(np.array(scores), np.array(target))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ap_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    # even seeds: heavily tied scores ; odd seeds: continuous scores
+    scores = rng.integers(0, 5, size=n) / 4 if seed % 2 == 0 else rng.normal(size=n)
+    target = rng.random(n) < 0.4
+    expected = brute_force_ap(scores, target)
+    got = average_precision(scores, target)
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# mask AP
+# --------------------------------------------------------------------------------------------
+
+
+def _mask_ap_example():
+    label = np.array([[0, 1], [IGN, 1]])
+    scores = np.array(
+        [
+            [[0.9, 0.2], [0.99, 0.3]],  # class 0
+            [[0.5, 0.1], [0.0, 0.7]],  # class 1
+            [[0.0, 0.0], [0.0, 0.0]],  # class 2 (absent from the label)
+        ]
+    )
+    return scores, label
+
+
+def test_mask_ap_ignores_ignore_pixels():
+    scores, label = _mask_ap_example()
+    # class 0 over valid pixels: scores 0.9(pos) 0.2 0.3 -> positive ranked first -> AP 1.
+    #   (if the ignored pixel with 0.99 counted as a negative, AP would be 1/2)
+    # class 1: 0.7(pos): P=1, R=1/2 ; 0.5(neg): P=1/2 ; 0.1(pos): P=2/3, R=1
+    #   AP = 0.5 * 1 + 0.5 * 2/3 = 5/6
+    # class 2 is not present -> no key
+    aps = mask_ap_per_image(scores, label)
+    assert list(aps) == [0, 1]
+    assert aps[0] == pytest.approx(1.0)
+    assert aps[1] == pytest.approx(5 / 6)
+
+
+def test_mask_ap_is_scale_free():
+    scores, label = _mask_ap_example()
+    a = mask_ap_per_image(scores, label)
+    b = mask_ap_per_image(np.exp(10 * scores) - 3, label)
+    assert a == pytest.approx(b)
+
+
+def test_mask_ap_invalid():
+    scores, label = _mask_ap_example()
+    with pytest.raises(ValueError):
+        mask_ap_per_image(scores[:, :1], label)  # H mismatch
+    with pytest.raises(ValueError):
+        mask_ap_per_image(scores[:2], np.array([[0, 2], [1, 1]]))  # label 2 but only 2 channels
+
+
+# --------------------------------------------------------------------------------------------
+# boundary F1
+# --------------------------------------------------------------------------------------------
+
+
+def _halves(h, w, split):
+    """Class 0 in columns < split, class 1 elsewhere."""
+    out = np.ones((h, w), dtype=np.int64)
+    out[:, :split] = 0
+    return out
+
+
+def test_boundary_f1_perfect_match():
+    label = _halves(4, 4, 2)  # boundaries: class 0 -> column 1, class 1 -> column 2
+    np.testing.assert_allclose(boundary_f1(label, label, 2), [1.0, 1.0])
+    # a class covering the whole image has no boundary (border is not a boundary): both empty -> 1
+    np.testing.assert_allclose(boundary_f1(np.zeros((3, 3), int), np.zeros((3, 3), int), 2)[0], 1.0)
+
+
+def test_boundary_f1_one_pixel_shift():
+    label = _halves(6, 6, 3)  # GT boundary: class 0 column 2, class 1 column 3 (6 px each)
+    pred = _halves(6, 6, 4)  # predicted boundary: class 0 column 3, class 1 column 4
+    # tolerance 0: no predicted boundary pixel coincides with a GT one -> P = R = 0 -> F1 = 0
+    np.testing.assert_allclose(boundary_f1(pred, label, 2, tolerance=0), [0.0, 0.0])
+    # tolerance 1: every pixel has its counterpart at distance exactly 1 -> P = R = 1
+    np.testing.assert_allclose(boundary_f1(pred, label, 2, tolerance=1), [1.0, 1.0])
+
+
+def test_boundary_f1_class_only_in_prediction():
+    label = np.zeros((4, 4), dtype=np.int64)
+    pred = label.copy()
+    pred[1:3, 1:3] = 1
+    f1 = boundary_f1(pred, label, 3)
+    # class 1: only predicted -> 0
+    # class 0: GT covers the image -> no GT boundary; predicted boundary is the 8-pixel ring
+    #          around the 2x2 block -> P = 0, R undefined (counted 0) -> 0
+    # class 2: absent from both -> NaN
+    assert f1[0] == 0.0
+    assert f1[1] == 0.0
+    assert math.isnan(f1[2])
+
+
+def test_boundary_f1_ignore_and_diagonal_tolerance():
+    label = _halves(4, 4, 2)
+    label[0, 1] = IGN
+    label[0, 2] = IGN
+    pred = _halves(4, 4, 2)
+    # GT class 0 mask = columns 0-1 minus (0,1). Its boundary: (0,0) [right neighbour (0,1) is out],
+    #   (1,1), (2,1), (3,1) -> 4 pixels.
+    # Pred class 0 boundary = column 1 = (0,1),(1,1),(2,1),(3,1); (0,1) lies on an ignore pixel and is
+    #   dropped -> 3 pixels.
+    # tolerance 0 and 1: the 3 predicted pixels are on GT boundary pixels -> P = 1; GT (0,0) is at
+    #   distance sqrt(2) from the nearest kept predicted pixel (1,1) -> R = 3/4 -> F1 = 1.5/1.75 = 6/7
+    # tolerance 2: sqrt(2) <= 2 -> R = 1 -> F1 = 1. Class 1 is the mirror image.
+    for tol, expected in [(0, 6 / 7), (1, 6 / 7), (2, 1.0)]:
+        np.testing.assert_allclose(boundary_f1(pred, label, 2, tolerance=tol), [expected, expected])
+
+
+def test_boundary_f1_invalid():
+    with pytest.raises(ValueError):
+        boundary_f1(np.zeros((2, 2), int), np.zeros((2, 3), int), 2)
+    with pytest.raises(ValueError):
+        boundary_f1(np.full((2, 2), 2), np.zeros((2, 2), int), 2)
+    with pytest.raises(ValueError):
+        boundary_f1(np.zeros((2, 2), int), np.zeros((2, 2), int), 2, tolerance=-1)
+    with pytest.raises(ValueError):
+        boundary_f1(np.zeros((2, 2, 2), int), np.zeros((2, 2, 2), int), 2)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+def test_disk_dilation_matches_distances(radius):
+    rng = np.random.default_rng(radius)
+    mask = rng.random((7, 9)) < 0.1
+    ys, xs = np.nonzero(mask)
+    expected = np.zeros_like(mask)
+    for y in range(7):
+        for x in range(9):
+            expected[y, x] = bool(np.any((ys - y) ** 2 + (xs - x) ** 2 <= radius**2))
+    np.testing.assert_array_equal(_dilate_disk(mask, radius), expected)
+    # single pixel: radius 1 -> 5-pixel plus, radius 2 -> 13 pixels
+    one = np.zeros((7, 7), bool)
+    one[3, 3] = True
+    assert _dilate_disk(one, 1).sum() == 5
+    assert _dilate_disk(one, 2).sum() == 13
+
+
+def _brute_force_boundary_f1(pred, label, k, tol, ignore=IGN):
+    h, w = label.shape
+
+    def boundary(mask):
+        pts = []
+        for y in range(h):
+            for x in range(w):
+                if not mask[y, x] or label[y, x] == ignore:
+                    continue
+                for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < h and 0 <= xx < w and not mask[yy, xx]:
+                        pts.append((y, x))
+                        break
+        return pts
+
+    def matched(a, b):
+        return sum(any((y - v) ** 2 + (x - u) ** 2 <= tol**2 for v, u in b) for y, x in a)
+
+    valid = label != ignore
+    out = []
+    for c in range(k):
+        in_pred, in_gt = bool((pred[valid] == c).any()), bool((label[valid] == c).any())
+        if not in_pred and not in_gt:
+            out.append(float("nan"))
+            continue
+        if in_pred != in_gt:
+            out.append(0.0)
+            continue
+        bp, bg = boundary(pred == c), boundary(label == c)
+        if not bp and not bg:
+            out.append(1.0)
+            continue
+        p = matched(bp, bg) / len(bp) if bp else 0.0
+        r = matched(bg, bp) / len(bg) if bg else 0.0
+        out.append(2 * p * r / (p + r) if p + r else 0.0)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boundary_f1_matches_brute_force(seed):
+    rng = np.random.default_rng(100 + seed)
+    # blocky random maps so that boundaries are not everywhere
+    label = np.kron(rng.integers(0, 3, size=(3, 3)), np.ones((2, 2), int))
+    pred = label.copy()
+    flip = rng.random(label.shape) < 0.2
+    pred[flip] = rng.integers(0, 4, size=flip.sum())
+    label[rng.random(label.shape) < 0.1] = IGN
+    tol = seed % 3
+    np.testing.assert_allclose(
+        boundary_f1(pred, label, 4, tolerance=tol), _brute_force_boundary_f1(pred, label, 4, tol)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# dataset accumulators
+# --------------------------------------------------------------------------------------------
+
+
+def test_confusion_accumulator_is_dataset_level():
+    acc = ConfusionAccumulator(3, ignore_index=IGN)
+    # image 1: all class 0, perfect -> cm [[4,0],[0,0]] -> per-image mIoU 1.0
+    acc.update(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    # image 2: gt all 1, one pixel predicted 0 -> cm [[0,0],[1,3]] (rows gt, cols pred)
+    #   per-image IoU0 = 0/1 = 0, IoU1 = 3/4 -> mIoU 0.375 ; mean of per-image mIoUs = 0.6875
+    acc.update(np.array([[0, 1], [1, 1]]), np.array([[1, 1], [1, 1]]))
+    # pooled cm (2 real classes): [[4,0],[1,3]] -> IoU0 = 4/(4+5-4) = 0.8, IoU1 = 3/(4+3-3) = 0.75
+    # class 2 never appears -> None ; mIoU = 0.775 ; pixel accuracy = 7/8
+    res = acc.compute()
+    assert res["miou"] == pytest.approx(0.775)
+    assert res["pixel_accuracy"] == pytest.approx(7 / 8)
+    assert res["iou_per_class"][:2] == pytest.approx([0.8, 0.75])
+    assert res["iou_per_class"][2] is None
+    json.dumps(res)
+    acc.reset()
+    assert math.isnan(acc.compute()["miou"])
+
+
+def test_mask_ap_accumulator():
+    acc = MaskAPAccumulator(3)
+    # image A: perfect scores for classes 0 and 1 -> AP 1, 1
+    label_a = np.array([[0, 0], [1, 1]])
+    scores_a = np.stack([(label_a == c).astype(float) for c in range(3)])
+    acc.update(scores_a, label_a)
+    # image B (one ignored pixel):
+    #   class 0 valid scores/targets: 0.1(pos) 0.9(neg) 0.5(neg) -> AP = 1 * 1/3 = 1/3
+    #   class 1: scores 0(neg) 1(pos) 1(pos) -> AP 1
+    label_b = np.array([[0, 1], [1, IGN]])
+    scores_b = np.array(
+        [
+            [[0.1, 0.9], [0.5, 0.0]],
+            [[0.0, 1.0], [1.0, 0.0]],
+            [[0.0, 0.0], [0.0, 0.0]],
+        ]
+    )
+    acc.update(scores_b, label_b)
+    # class 0: (1 + 1/3) / 2 = 2/3 ; class 1: 1 ; class 2 never present -> None
+    # mask AP = (2/3 + 1) / 2 = 5/6
+    res = acc.compute()
+    assert res["ap_per_class"][:2] == pytest.approx([2 / 3, 1.0])
+    assert res["ap_per_class"][2] is None
+    assert res["mask_ap"] == pytest.approx(5 / 6)
+    json.dumps(res)
+    with pytest.raises(ValueError):
+        acc.update(scores_b[:2], label_b)  # wrong number of channels
+
+
+def test_boundary_f1_accumulator_pools_counts():
+    acc = BoundaryF1Accumulator(3, tolerance=0, ignore_index=IGN)
+    # image 1 (4x4 halves, perfect): class 0 pred 4/4 matched, GT 4/4 ; same for class 1
+    label1 = _halves(4, 4, 2)
+    acc.update(label1, label1)
+    # image 2 (6x6, shifted by one, tolerance 0): class 0 pred 0/6, GT 0/6 ; same for class 1
+    acc.update(_halves(6, 6, 4), _halves(6, 6, 3))
+    # pooled class 0: P = 4/10, R = 4/10 -> F1 = 0.4 (mean of per-image F1s would be 0.5)
+    res = acc.compute()
+    assert res["f1_per_class"][:2] == pytest.approx([0.4, 0.4])
+    assert res["f1_per_class"][2] is None
+    assert res["boundary_f1"] == pytest.approx(0.4)
+    json.dumps(res)
+
+
+def test_boundary_f1_accumulator_single_image_equals_function():
+    pred = _halves(4, 4, 2)
+    label = pred.copy()
+    label[0, 1] = IGN
+    label[0, 2] = IGN
+    acc = BoundaryF1Accumulator(2, tolerance=1)
+    acc.update(pred, label)
+    np.testing.assert_allclose(acc.compute()["f1_per_class"], boundary_f1(pred, label, 2, tolerance=1))
+
+
+def test_block_metrics_smoke():
+    label = _halves(4, 4, 2)
+    # 2x2 scores upsampled to 4x4: column 0 favours class 0, column 1 class 1
+    scores = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    res = block_metrics(scores, label)
+    assert res == pytest.approx({"miou": 1.0, "pixel_accuracy": 1.0, "mask_ap": 1.0, "boundary_f1": 1.0})
