@@ -136,4 +136,6 @@ class PreActResidualBlock(nn.Module):
 
 def drop_path_rates(rate: float, n: int) -> list[float]:
     """Stochastic-depth rates rising linearly from 0 to ``rate`` over ``n`` blocks (as the official heads)."""
-    return [float(r) for r in torch.linspace(0, rate, n)] if n > 0 else []
+    if n <= 1:
+        return [0.0] * n
+    return [rate * i / (n - 1) for i in range(n)]

@@ -45,12 +45,15 @@ class HeadOutput:
         blocks: one :class:`BlockMaps` per block, in order.
         aux_logits: per-block class logits used for deep supervision ([B, K, h, w] each); empty
             unless the head was built with deep supervision.
+        features_init: [B, C, h, w] feature maps entering block 0 (after the head's 1x1 projection)
+            for StructToken heads, else None.
     """
 
     logits: torch.Tensor
     tokens_init: torch.Tensor
     blocks: tuple[BlockMaps, ...]
     aux_logits: tuple[torch.Tensor, ...] = ()
+    features_init: torch.Tensor | None = None
 
 
 def resize_tokens(tokens: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
@@ -90,10 +93,12 @@ class StructTokenHead(nn.Module):
         b, _, h, w = features.shape
         feats = self.proj(features)
         tokens = resize_tokens(self.tokens, (h, w), self.align_corners).expand(b, -1, -1, -1)
-        tokens_init = tokens
+        tokens_init, features_init = tokens, feats
         maps = []
         for block in self.blocks:
             out = self.run_block(block, tokens, feats)
             maps.append(out)
             tokens, feats = out.tokens, out.features
-        return HeadOutput(logits=self.residual(tokens), tokens_init=tokens_init, blocks=tuple(maps))
+        return HeadOutput(
+            logits=self.residual(tokens), tokens_init=tokens_init, blocks=tuple(maps), features_init=features_init
+        )

@@ -1,0 +1,123 @@
+"""Evaluate a model set on a segmentation split: mIoU, per-class IoU and pixel accuracy per head.
+
+    python -m structtoken.evaluate --model camvid --data ../shared/data/camvid --split val \
+        [--mode whole|slide] [--aug] [--save-predictions OUT] [--json FILE]
+
+Whole-image inference at the native resolution by default; ``--mode slide`` uses the set's
+sliding window, ``--aug`` mmseg's multi-scale + flip test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from analysis.metrics import ConfusionAccumulator
+
+from .data import DatasetError, SegmentationDataset, default_camvid_root
+from .segmentor import MS_RATIOS, Segmentor
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: Segmentor,
+    dataset: SegmentationDataset,
+    heads: Sequence[str] | None = None,
+    mode: str = "whole",
+    aug: bool = False,
+    save_predictions: str | Path | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Per-head metrics over ``dataset`` (one backbone pass per image serves every head).
+
+    Returns ``{"heads": {name: {"miou", "pixel_accuracy", "iou_per_class"}}, "classes": [...],
+    "num_images": N, "seconds": t}``; with ``save_predictions`` writes ``OUT/<head>/<name>.png``
+    label maps (class index per pixel, uint8).
+    """
+    heads = list(heads or model.cfg.heads)
+    k = model.cfg.num_classes
+    ignore = dataset.info.ignore_index
+    acc = {h: ConfusionAccumulator(k, ignore) for h in heads}
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    for i in tqdm(range(n), desc="evaluate", disable=not progress):
+        image, label = dataset.load_pair(i)
+        probs = model.predict(image, mode=mode, scale=None, ratios=MS_RATIOS if aug else None, flip=aug, heads=heads)
+        for h in heads:
+            pred = probs[h][0].argmax(0).to(torch.uint8).cpu().numpy()
+            acc[h].update(pred, label)
+            if save_predictions is not None:
+                out = Path(save_predictions) / h
+                out.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pred).save(out / f"{dataset.names[i]}.png")
+    model.train(was_training)
+    return {
+        "heads": {h: acc[h].compute() for h in heads},
+        "classes": list(dataset.info.classes),
+        "num_images": n,
+        "mode": "aug" if aug else mode,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table: one row per head, mIoU, pixel accuracy and per-class IoU (percent)."""
+    classes = result["classes"]
+    lines = ["| head | mIoU | pixel acc | " + " | ".join(classes) + " |", "|---" * (3 + len(classes)) + "|"]
+    for h, m in result["heads"].items():
+        per = " | ".join("–" if v is None else f"{100 * v:.1f}" for v in m["iou_per_class"])
+        lines.append(f"| {h} | {100 * m['miou']:.2f} | {100 * m['pixel_accuracy']:.2f} | {per} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m structtoken.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="camvid", help="'camvid' (the shipped set), a registry name or a checkpoint file")
+    p.add_argument("--data", default=None, help="dataset root (default: $STRUCTTOKEN_CAMVID or ../shared/data/camvid)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--heads", nargs="*", default=None, help="heads to evaluate (default: all of the set)")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--aug", action="store_true", help="multi-scale (0.5-1.75) + flip test")
+    p.add_argument("--save-predictions", default=None, metavar="OUT")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    from .assets import load_any
+    from .devices import resolve_device
+
+    try:
+        dataset = SegmentationDataset(args.data or default_camvid_root(), args.split)
+        model = load_any(args.model, device=resolve_device(args.device))
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if model.cfg.num_classes != dataset.info.num_classes:
+        print(f"error: the model predicts {model.cfg.num_classes} classes, the dataset has "
+              f"{dataset.info.num_classes}", file=sys.stderr)
+        return 2
+    result = evaluate_model(model, dataset, args.heads, args.mode, args.aug, args.save_predictions, limit=args.limit)
+    result["model"] = str(args.model)
+    result["split"] = args.split
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,367 @@
+"""Train a model set: the embedded CamVid protocol, or any released configuration end to end.
+
+    # the embedded CamVid set, two stages (see README "Reproduce the embedded set")
+    python -m structtoken.train --recipe camvid_stage1 --out ~/.cache/structtoken/runs/stage1
+    python -m structtoken.train --recipe camvid_stage2 --init-from ~/.cache/structtoken/runs/stage1/final.safetensors \
+        --out ~/.cache/structtoken/runs/stage2
+    # an official configuration (ADE20K layout, GPUs; one process per GPU)
+    torchrun --nproc_per_node 8 -m structtoken.train --recipe ade20k --model sse_vit-b_ade20k --data /data/ade
+
+Recipe: AdamW, poly schedule (power 1) with linear warmup, learning-rate multiplier for the heads,
+no weight decay on positional embedding, class token and norms, cross-entropy with ignore 255 on
+logits upsampled to the label size (optionally class-weighted from ``classes.json``). The
+deep-supervision head ``per_pixel_ds`` adds ``ds_weight`` x cross-entropy of every residual block's
+output (default 0.4 each, mmseg's auxiliary-head weight). With ``freeze_backbone`` the backbone runs
+once per batch in eval mode without gradients and every head of the set trains on the same batch;
+heads are independent (own parameters, own loss, gradient clipping per head), so one run equals
+separate runs with identical data, order, schedule and seed.
+
+Checkpoints (``ckpt_last.pt``, read back with ``weights_only=True``) hold model, optimizer, iteration
+and RNG state; ``--resume`` continues bit-exactly. Logs are JSON lines in ``OUT/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import load_model, save_model
+from .config import HEAD_NAMES, ModelConfig, get_config
+from .data import SeededDataset, SegmentationDataset, TrainTransform, default_camvid_root, epoch_order, load_dataset_info
+from .devices import autocast, resolve_device
+from .segmentor import Segmentor, build_model
+
+
+@dataclass
+class TrainConfig:
+    """A training run. ``model`` is the set to build (its heads are all trained)."""
+
+    model: ModelConfig
+    crop_size: tuple[int, int] = (512, 512)
+    scale: tuple[int, int] = (2048, 512)
+    batch_size: int = 16
+    iters: int = 160_000
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    class_weights: bool = False
+    ds_weight: float = 0.4
+    freeze_backbone: bool = False
+    photometric: bool = True
+    seed: int = 0
+    log_interval: int = 50
+    ckpt_interval: int = 1000
+    eval_interval: int = 0
+    num_workers: int = 1
+    fused_attention: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return json.loads(json.dumps(d))
+
+
+def _camvid_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
+    info = load_dataset_info(default_camvid_root()) if default_camvid_root().is_dir() else None
+    return ModelConfig(
+        head=head, extra_heads=extra, embed_dim=192, depth=8, num_heads=3, num_blocks=4, num_classes=11,
+        image_size=(256, 256), stem="conv", drop_path_rate=0.1, head_drop_path_rate=0.1,
+        test_mode="whole", test_scale=(480, 360), name="camvid",
+        classes=info.classes if info else (), palette=info.palette if info else (),
+        description="CamVid (11 classes) set trained here from scratch: ViT 192 wide, depth 8, conv stem; "
+        "heads CSE, SSE, PWE, per-pixel, per-pixel + deep supervision on one frozen backbone",
+    )
+
+
+def recipe(name: str, model: str | None = None) -> TrainConfig:
+    """Named recipes: ``camvid_stage1`` (backbone + linear head from scratch), ``camvid_stage2`` (five
+    heads on the frozen stage-1 backbone), ``ade20k`` (an official configuration, ``model`` required)."""
+    if name == "camvid_stage1":
+        return TrainConfig(
+            model=_camvid_model("linear"), crop_size=(256, 256), scale=(480, 360), batch_size=8, iters=5000,
+            lr=1e-3, head_lr_mult=1.0, weight_decay=0.05, warmup_iters=250, grad_clip=1.0, class_weights=True,
+            seed=0, ckpt_interval=500, eval_interval=0,
+        )
+    if name == "camvid_stage2":
+        return TrainConfig(
+            model=_camvid_model("cse", ("sse", "pwe", "per_pixel", "per_pixel_ds")), crop_size=(256, 256),
+            scale=(480, 360), batch_size=8, iters=1200, lr=1e-3, head_lr_mult=1.0, weight_decay=0.01,
+            warmup_iters=60, grad_clip=1.0, class_weights=True, freeze_backbone=True, seed=0,
+            ckpt_interval=200, eval_interval=0,
+        )
+    if name == "ade20k":
+        if model is None:
+            raise ValueError("recipe 'ade20k' needs --model (one of the released configuration names)")
+        cfg = get_config(model)
+        crop = cfg.image_size
+        return TrainConfig(model=cfg, crop_size=crop, scale=(4 * crop[1], crop[1]), batch_size=16, iters=160_000,
+                           lr=2e-5, head_lr_mult=9.0, weight_decay=0.01, warmup_iters=1500)
+    raise ValueError(f"unknown recipe {name!r}; choose camvid_stage1, camvid_stage2 or ade20k")
+
+
+# ----------------------------------------------------------------------------- pieces
+def lr_factor(it: int, tc: TrainConfig) -> float:
+    """mmcv poly schedule with linear warmup, as a multiple of the base learning rate."""
+    poly = (1 - it / tc.iters) ** tc.poly_power
+    factor = (1 - tc.min_lr / tc.lr) * poly + tc.min_lr / tc.lr
+    if it < tc.warmup_iters:
+        factor *= 1 - (1 - it / tc.warmup_iters) * (1 - tc.warmup_ratio)
+    return factor
+
+
+def param_groups(model: Segmentor, tc: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: heads get ``head_lr_mult``; no decay for pos_embed, cls_token, norms and 1-D params."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("heads.")
+        no_decay = p.ndim == 1 or any(s in name for s in ("pos_embed", "cls_token", "norm", ".tokens"))
+        groups.setdefault((is_head, no_decay), []).append(p)
+    return [
+        {"params": ps, "lr": tc.lr * (tc.head_lr_mult if is_head else 1.0),
+         "weight_decay": 0.0 if no_decay else tc.weight_decay, "base_lr": tc.lr * (tc.head_lr_mult if is_head else 1.0)}
+        for (is_head, no_decay), ps in sorted(groups.items())
+    ]
+
+
+def seg_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of logits [B, K, h, w], upsampled bilinearly to the label size [B, H, W], ignore 255."""
+    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), label, weight=weight, ignore_index=255)
+
+
+def head_losses(model: Segmentor, features: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None,
+                tc: TrainConfig) -> dict[str, torch.Tensor]:
+    """Loss per head (deep-supervision terms included) for one batch of backbone features."""
+    losses = {}
+    for name, head in model.heads.items():
+        out = head(features)
+        loss = seg_loss(out.logits, label, weight)
+        for aux in out.aux_logits:
+            loss = loss + tc.ds_weight * seg_loss(aux, label, weight)
+        losses[name] = loss
+    return losses
+
+
+class Trainer:
+    """Owns model, optimizer, data and the loop; ``run()`` trains to ``tc.iters``."""
+
+    def __init__(self, tc: TrainConfig, data_root: Path, out_dir: Path, device: torch.device,
+                 init_from: str | None = None, progress: bool = True) -> None:
+        self.tc, self.out, self.device, self.progress = tc, out_dir, device, progress
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(tc.seed)
+        self.model = build_model(tc.model)
+        if init_from:
+            self._init_from(init_from)
+        self.model.to(device)
+        self.model.backbone.set_exact_attention(not tc.fused_attention)
+        if tc.freeze_backbone:
+            self.model.backbone.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, tc), lr=tc.lr, betas=(0.9, 0.999))
+        self.train_model: nn.Module = self.model
+        if self.world > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        info = load_dataset_info(data_root)
+        self.weight = (torch.tensor(info.class_weights, dtype=torch.float32, device=device)
+                       if tc.class_weights and info.class_weights else None)
+        transform = TrainTransform(crop_size=tc.crop_size, scale=tc.scale, photometric=tc.photometric,
+                                   mean=tc.model.mean, std=tc.model.std)
+        self.dataset = SeededDataset(SegmentationDataset(data_root, "train"), transform, seed=tc.seed)
+        self.iters_per_epoch = len(self.dataset) // (tc.batch_size * self.world)
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"{len(self.dataset)} training images are fewer than one batch of {tc.batch_size}")
+        self.val = SegmentationDataset(data_root, "val") if (data_root / "val").is_dir() else None
+        self.it = 0
+
+    def _init_from(self, path: str) -> None:
+        """Copy every tensor whose name and shape match from one of our checkpoints (e.g. a stage-1 backbone)."""
+        src = load_model(path).state_dict()
+        own = self.model.state_dict()
+        backbone = [k for k in own if k.startswith("backbone.")]
+        bad = [k for k in backbone if k not in src or src[k].shape != own[k].shape]
+        if bad:
+            raise ValueError(f"{path}: backbone does not fit this configuration ({len(bad)} keys, e.g. {bad[0]})")
+        self.model.load_state_dict({k: src[k] if k in src and src[k].shape == v.shape else v for k, v in own.items()})
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: Path) -> None:
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "iteration": self.it,
+                    "torch_rng": torch.get_rng_state(), "train_config": self.tc.to_dict()}, path)
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["train_config"] != self.tc.to_dict():
+            raise ValueError(f"{path} was written by another training configuration; use another --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.it = int(state["iteration"])
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        self.dataset.set_epoch(epoch)
+        order = epoch_order(len(self.dataset), self.tc.seed, epoch)
+        per = self.tc.batch_size
+        order = order[self.rank * per * self.iters_per_epoch:][: per * self.iters_per_epoch] if self.world > 1 else order
+        order = order[start_batch * per:]
+        return DataLoader(self.dataset, batch_size=per, sampler=order, drop_last=True,
+                          num_workers=self.tc.num_workers, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.tc.seed))
+
+    # ------------------------------------------------------------------------- loop
+    def step(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+        tc, model = self.tc, self.model
+        factor = lr_factor(self.it, tc)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        image, label = image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
+        with autocast(self.device):
+            if tc.freeze_backbone:
+                model.backbone.eval()
+                model.heads.train()
+                with torch.no_grad():
+                    features = model.backbone(image)
+                losses = head_losses(model, features, label, self.weight, tc)
+            else:
+                self.train_model.train()
+                features = (self.train_model.module if self.world > 1 else self.train_model).backbone(image)
+                losses = head_losses(model, features, label, self.weight, tc)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if tc.grad_clip:
+            if tc.freeze_backbone:  # per head: heads stay independent
+                for head in model.heads.values():
+                    nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)
+            else:
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.it += 1
+        return {f"loss/{k}": float(v.detach()) for k, v in losses.items()} | {"lr": tc.lr * factor}
+
+    def evaluate(self) -> dict[str, Any]:
+        from .evaluate import evaluate_model
+
+        self.model.backbone.set_exact_attention(True)
+        res = evaluate_model(self.model, self.val, progress=False)
+        self.model.backbone.set_exact_attention(not self.tc.fused_attention)
+        return {f"val_miou/{h}": round(m["miou"], 4) for h, m in res["heads"].items()}
+
+    def run(self, resume: bool = False) -> Path:
+        tc = self.tc
+        ckpt = self.out / "ckpt_last.pt"
+        if resume and ckpt.is_file():
+            self.resume(ckpt)
+            print(f"resumed from {ckpt} at iteration {self.it}", file=sys.stderr)
+        (self.out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+        log = open(self.out / "log.jsonl", "a")
+        bar = tqdm(total=tc.iters, initial=self.it, desc="train", disable=not self.progress or self.rank != 0)
+        t0, seen0 = time.perf_counter(), self.it
+        while self.it < tc.iters:
+            epoch, start = divmod(self.it, self.iters_per_epoch)
+            for batch in self._loader(epoch, start):
+                stats = self.step(batch["image"], batch["label"])
+                bar.update(1)
+                if self.rank == 0 and (self.it % tc.log_interval == 0 or self.it == tc.iters):
+                    rate = (self.it - seen0) * tc.batch_size * self.world / (time.perf_counter() - t0)
+                    rec = {"iter": self.it, "epoch": epoch, **{k: round(v, 5) for k, v in stats.items()},
+                           "images_per_s": round(rate, 2), "elapsed_s": round(time.perf_counter() - t0, 1)}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{sum(v for k, v in stats.items() if k.startswith('loss')):.3f}")
+                if self.rank == 0 and tc.eval_interval and self.val and self.it % tc.eval_interval == 0:
+                    log.write(json.dumps({"iter": self.it, **self.evaluate()}) + "\n")
+                    log.flush()
+                if self.rank == 0 and (self.it % tc.ckpt_interval == 0 or self.it == tc.iters):
+                    self.save(ckpt)
+                if self.it >= tc.iters:
+                    break
+        bar.close()
+        final = self.out / "final.safetensors"
+        if self.rank == 0:
+            save_model(self.model, final, metadata={"train_config": json.dumps(tc.to_dict())})
+            if self.val is not None:
+                log.write(json.dumps({"iter": self.it, "final": True, **self.evaluate()}) + "\n")
+        log.close()
+        return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m structtoken.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", required=True, choices=["camvid_stage1", "camvid_stage2", "ade20k"])
+    p.add_argument("--model", default=None, help="registry name (recipe ade20k)")
+    p.add_argument("--data", default=None, help="dataset root (default: $STRUCTTOKEN_CAMVID or ../shared/data/camvid)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final.safetensors)")
+    p.add_argument("--init-from", default=None, help="our .safetensors whose backbone (and matching heads) to start from")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_last.pt")
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--heads", nargs="*", default=None, help="train only these heads of the set")
+    p.add_argument("--eval-interval", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tc = recipe(args.recipe, args.model)
+    for field_name, value in (("iters", args.iters), ("batch_size", args.batch_size), ("lr", args.lr),
+                              ("seed", args.seed), ("eval_interval", args.eval_interval),
+                              ("num_workers", args.num_workers)):
+        if value is not None:
+            setattr(tc, field_name, value)
+    if args.heads:
+        unknown = [h for h in args.heads if h not in HEAD_NAMES]
+        if unknown:
+            p.error(f"unknown head(s) {unknown}")
+        tc.model = tc.model.replace(head=args.heads[0], extra_heads=tuple(args.heads[1:]))
+    if tc.warmup_iters > tc.iters:
+        tc.warmup_iters = max(1, tc.iters // 20)
+    tc.ckpt_interval = min(tc.ckpt_interval, tc.iters)
+    data_root = Path(args.data) if args.data else default_camvid_root()
+    device = resolve_device(args.device)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    try:
+        trainer = Trainer(tc, data_root, Path(args.out).expanduser(), device, args.init_from)
+        final = trainer.run(resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {final}")
+    return 0
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

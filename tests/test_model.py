@@ -1,0 +1,222 @@
+"""Model core: equivalence with the official implementation and the head contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from official_reference import backbone as ref_backbone
+from official_reference import encode_decode as ref_encode_decode
+from official_reference import head as ref_head
+from official_reference import random_official_state_dict
+from safetensors.torch import load_file
+
+from structtoken import ModelConfig, build_model, convert_official_state_dict
+from structtoken.segmentor import slide_windows
+
+FIXTURES = ["cse", "sse", "pwe"]
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
+    """max |a - e| <= rel * max(1, max |e|): 1e-4 relative to the tensor's scale."""
+    assert actual.shape == expected.shape
+    err = (actual - expected).abs().max().item()
+    scale = max(1.0, expected.abs().max().item())
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} x scale {scale:.3g}"
+
+
+def load_fixture(reference_dir, kind):
+    t = load_file(str(reference_dir / "fixtures" / f"dev_{kind}_vitt.safetensors"))
+    meta = json.loads((reference_dir / "fixtures" / f"dev_{kind}_vitt.json").read_text())
+    sd = {k.removeprefix("state_dict."): v.float() for k, v in t.items() if k.startswith("state_dict.")}
+    cfg = ModelConfig(head=kind, embed_dim=meta["embed_dims"], depth=meta["backbone_num_layers"],
+                      num_heads=meta["num_heads"], num_blocks=meta["decode_head_num_layers"],
+                      num_classes=meta["num_classes"], image_size=(meta["image_h"], meta["image_w"]))
+    model = build_model(cfg).eval()
+    model.load_state_dict(convert_official_state_dict(sd))
+    return t, meta, sd, model
+
+
+def check_full_res(logits: torch.Tensor, t: dict, prefix: str) -> None:
+    rows, cols = t[f"{prefix}.rows"], t[f"{prefix}.cols"]
+    close(logits[:, :, rows][:, :, :, cols], t[f"{prefix}.sub"])
+    agree = (logits.argmax(1).to(torch.uint8) == t[f"{prefix}.argmax"]).float().mean().item()
+    assert agree >= 0.999, f"argmax agreement {agree:.5f}"
+    sums = logits.double().sum((2, 3))
+    ref = t[f"{prefix}.sum_hw"]
+    assert ((sums - ref).abs() <= 1e-3 * ref.abs().clamp_min(1.0)).all()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("kind", FIXTURES)
+def test_fixture_whole_image_runs(reference_dir, kind):
+    t, meta, _, model = load_fixture(reference_dir, kind)
+    runs = [r for r in meta["runs"] if r["mode"] == "whole"]
+    assert runs
+    for run in runs:
+        r = run["name"]
+        with torch.no_grad():
+            out = model(t[f"{r}.input"].float())
+        close(out.features, t[f"{r}.backbone_out"])
+        close(out.tokens_init, t[f"{r}.kernels_init"])
+        assert len(out.blocks) == meta["decode_head_num_layers"]
+        for i, block in enumerate(out.blocks):
+            close(block.tokens, t[f"{r}.block{i}.kernels"])
+            close(block.features, t[f"{r}.block{i}.features"])
+        close(out.head_logits, t[f"{r}.head_out"])
+        check_full_res(out.logits, t, f"{r}.seg_logits")
+
+
+@pytest.mark.reference
+def test_fixture_slide_run(reference_dir):
+    t, meta, _, model = load_fixture(reference_dir, "cse")
+    run = next(r for r in meta["runs"] if r["mode"] == "slide")
+    boxes = [tuple(b) for b in run["crop_boxes_y1_y2_x1_x2"]]
+    assert slide_windows(tuple(run["input_shape"][2:]), tuple(run["crop_size"]), tuple(run["stride"])) == boxes
+    x = t["slide.input"].float()
+    with torch.no_grad():
+        for j, (y1, y2, x1, x2) in enumerate(boxes):
+            close(model(x[:, :, y1:y2, x1:x2]).head_logits, t[f"slide.crop{j}.head_out"])
+        logits = model.slide(x, crop=tuple(run["crop_size"]), stride=tuple(run["stride"]))
+    check_full_res(logits, t, "slide.slide_logits")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("kind", FIXTURES)
+def test_independent_reference_matches_fixtures(reference_dir, kind):
+    """The functional oracle used below reproduces the official tensors too."""
+    t, meta, sd, _ = load_fixture(reference_dir, kind)
+    with torch.no_grad():
+        feats = ref_backbone(sd, t["main.input"].float(), (512, 512), meta["num_heads"])
+        _, _, out = ref_head(sd, feats, kind)
+    close(feats, t["main.backbone_out"])
+    close(out, t["main.head_out"])
+
+
+CASES = [
+    # kind, embed, depth, heads, classes, image_size, blocks, input size
+    ("cse", 64, 3, 1, 7, (96, 96), 3, (96, 96)),  # native grid
+    ("sse", 64, 2, 1, 5, (96, 96), 2, (70, 130)),  # padding, resized pos-embed and tokens
+    ("pwe", 128, 2, 2, 9, (80, 80), 1, (64, 144)),  # odd configured grid (5x5): align_corners tokens
+    ("cse", 128, 2, 2, 3, (160, 160), 1, (50, 50)),  # 1 block: CSE without ffn2
+    ("sse", 64, 1, 1, 4, (128, 128), 2, (32, 512)),  # 2x32 grid = 64 tokens = 8x8 table: pos-embed kept, tokens resized
+]
+
+
+@pytest.mark.parametrize("kind,embed,depth,heads,classes,image_size,blocks,size", CASES)
+def test_matches_independent_reference_on_unseen_configs(kind, embed, depth, heads, classes, image_size, blocks, size):
+    grid = (image_size[0] // 16, image_size[1] // 16)
+    sd = random_official_state_dict(kind, embed, depth, classes, grid, blocks, seed=hash((kind, embed)) % 1000)
+    cfg = ModelConfig(head=kind, embed_dim=embed, depth=depth, num_heads=heads, num_blocks=blocks,
+                      num_classes=classes, image_size=image_size)
+    model = build_model(cfg).eval()
+    model.load_state_dict(convert_official_state_dict(sd))
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(x)
+        feats = ref_backbone(sd, x, image_size, heads)
+        k0, ref_blocks, head_out = ref_head(sd, feats, kind)
+        full = ref_encode_decode(sd, x, kind, image_size, heads)
+    close(out.features, feats)
+    close(out.tokens_init, k0)
+    for ours, (tok, fea) in zip(out.blocks, ref_blocks, strict=True):
+        close(ours.tokens, tok)
+        close(ours.features, fea)
+    close(out.head_logits, head_out)
+    close(out.logits, full)
+
+
+def test_pos_embed_not_resized_when_token_count_matches():
+    """Official quirk: a 4x16 grid on an 8x8 config keeps the 8x8 table laid out row-major."""
+    sd = random_official_state_dict("sse", 64, 1, 4, (8, 8), 1, seed=3)
+    cfg = ModelConfig(head="sse", embed_dim=64, depth=1, num_heads=1, num_blocks=1, num_classes=4, image_size=128)
+    model = build_model(cfg).eval()
+    model.load_state_dict(convert_official_state_dict(sd))
+    x = torch.randn(1, 3, 64, 256)
+    with torch.no_grad():
+        close(model.backbone(x), ref_backbone(sd, x, (128, 128), 1))
+
+
+def test_sliding_window_matches_reference_averaging():
+    sd = random_official_state_dict("pwe", 64, 1, 6, (4, 4), 1, seed=5)
+    cfg = ModelConfig(head="pwe", embed_dim=64, depth=1, num_heads=1, num_blocks=1, num_classes=6, image_size=64)
+    model = build_model(cfg).eval()
+    model.load_state_dict(convert_official_state_dict(sd))
+    x = torch.randn(1, 3, 100, 150)
+    crop, stride = (64, 64), (40, 40)
+    boxes = slide_windows((100, 150), crop, stride)
+    assert boxes[-1] == (36, 100, 86, 150)  # last window shifted back to the border
+    assert len(boxes) == 2 * 4  # rows (100-64+39)//40+1, cols (150-64+39)//40+1
+    with torch.no_grad():
+        ours = model.slide(x, crop=crop, stride=stride)
+        total = torch.zeros(1, 6, 100, 150)
+        count = torch.zeros(1, 1, 100, 150)
+        for y1, y2, x1, x2 in boxes:
+            total[:, :, y1:y2, x1:x2] += ref_encode_decode(sd, x[:, :, y1:y2, x1:x2], "pwe", (64, 64), 1)
+            count[:, :, y1:y2, x1:x2] += 1
+    close(ours, total / count)
+
+
+def test_slide_windows_examples_from_readme():
+    assert [b[2:] for b in slide_windows((512, 700), (512, 512), (341, 341))] == [(0, 512), (188, 700)]
+    assert [b[2:] for b in slide_windows((640, 1000), (640, 640), (426, 426))] == [(0, 640), (360, 1000)]
+    assert slide_windows((300, 200), (512, 512), (341, 341)) == [(0, 300, 0, 200)]
+
+
+# ----------------------------------------------------------------------------- head contract
+TINY = dict(embed_dim=32, depth=2, num_heads=2, num_blocks=3, num_classes=5, image_size=(64, 64))
+
+
+@pytest.mark.parametrize("head", ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "linear"])
+def test_head_contract_shapes(head):
+    model = build_model(ModelConfig(head=head, **TINY)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 70, 90))
+    h, w = 5, 6  # ceil(70/16), ceil(90/16)
+    assert out.features.shape == (2, 32, h, w)
+    assert out.logits.shape == (2, 5, 70, 90)
+    assert out.head_logits.shape == (2, 5, h, w)
+    assert out.tokens_init.shape == (2, 5, h, w)
+    n = 0 if head == "linear" else 3
+    assert len(out.blocks) == n
+    for b in out.blocks:
+        assert b.tokens.shape == (2, 5, h, w)
+        if head in ("cse", "sse", "pwe"):
+            assert b.features.shape == (2, 32, h, w)
+        else:
+            assert b.features is None
+    if head == "cse":
+        assert out.blocks[0].attention.shape == (2, 5, 32)
+        torch.testing.assert_close(out.blocks[0].attention.sum(-1), torch.ones(2, 5))
+    if head == "sse":
+        assert out.blocks[0].attention.shape == (2, 5, 37)
+    aux = out.heads[head].aux_logits
+    assert len(aux) == (3 if head == "per_pixel_ds" else 0)
+    if head == "per_pixel_ds":
+        for a, b in zip(aux, out.blocks, strict=True):
+            assert a is b.tokens
+
+
+def test_model_set_shares_one_backbone_pass():
+    cfg = ModelConfig(head="cse", extra_heads=("sse", "pwe", "per_pixel", "per_pixel_ds"), **TINY)
+    model = build_model(cfg).eval()
+    calls = []
+    original = model.backbone.forward
+    model.backbone.forward = lambda x: (calls.append(1), original(x))[1]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert len(calls) == 1
+    assert set(out.heads) == {"cse", "sse", "pwe", "per_pixel", "per_pixel_ds"}
+    assert out.primary == "cse"
+    torch.testing.assert_close(out.logits, out.logits_by_head["cse"])
+
+
+def test_predict_multiscale_flip_returns_probabilities():
+    model = build_model(ModelConfig(head="sse", **TINY)).eval()
+    import numpy as np
+
+    img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    probs = model.predict(img, scale=None, ratios=(0.75, 1.0, 1.5), flip=True)["sse"]
+    assert probs.shape == (1, 5, 50, 70)
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 50, 70))
