@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model, save_model
-from .config import HEAD_NAMES, ModelConfig, get_config
+from .config import HEAD_KINDS, HEAD_NAMES, ModelConfig, get_config
 from .data import SeededDataset, SegmentationDataset, TrainTransform, default_camvid_root, epoch_order, load_dataset_info
 from .devices import autocast, resolve_device
 from .segmentor import Segmentor, build_model
@@ -164,6 +164,26 @@ def head_losses(model: Segmentor, features: torch.Tensor, label: torch.Tensor, w
     return losses
 
 
+def seed_head_inits(model: Segmentor, seed: int) -> None:
+    """Re-initialise every compared head from a seed of its own, derived from (seed, head kind).
+
+    Heads of the same kind (``per_pixel`` and ``per_pixel_ds``) thus start from identical weights, and a
+    head's start does not depend on which other heads share the set. The light ``linear`` pre-training
+    head keeps the initialisation it was built with. The global RNG is reset to ``seed`` afterwards.
+    """
+    for name, head in model.heads.items():
+        kind = HEAD_NAMES[name][0]
+        if kind == "linear":
+            continue
+        torch.manual_seed(seed * 1000 + HEAD_KINDS.index(kind))
+        for m in head.modules():
+            if m is not head and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        if hasattr(head, "tokens"):
+            nn.init.trunc_normal_(head.tokens, std=0.02)
+    torch.manual_seed(seed)
+
+
 class Trainer:
     """Owns model, optimizer, data and the loop; ``run()`` trains to ``tc.iters``."""
 
@@ -175,6 +195,7 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(tc.seed)
         self.model = build_model(tc.model)
+        seed_head_inits(self.model, tc.seed)
         if init_from:
             self._init_from(init_from)
         self.model.to(device)
@@ -271,8 +292,10 @@ class Trainer:
         self.model.backbone.set_exact_attention(not self.tc.fused_attention)
         return {f"val_miou/{h}": round(m["miou"], 4) for h, m in res["heads"].items()}
 
-    def run(self, resume: bool = False) -> Path:
+    def run(self, resume: bool = False, stop_at: int | None = None) -> Path | None:
+        """Train to ``tc.iters`` (or pause after ``stop_at``, checkpointed, returning None); returns final.safetensors."""
         tc = self.tc
+        stop = min(stop_at or tc.iters, tc.iters)
         ckpt = self.out / "ckpt_last.pt"
         if resume and ckpt.is_file():
             self.resume(ckpt)
@@ -281,7 +304,7 @@ class Trainer:
         log = open(self.out / "log.jsonl", "a")
         bar = tqdm(total=tc.iters, initial=self.it, desc="train", disable=not self.progress or self.rank != 0)
         t0, seen0 = time.perf_counter(), self.it
-        while self.it < tc.iters:
+        while self.it < stop:
             epoch, start = divmod(self.it, self.iters_per_epoch)
             for batch in self._loader(epoch, start):
                 stats = self.step(batch["image"], batch["label"])
@@ -296,11 +319,14 @@ class Trainer:
                 if self.rank == 0 and tc.eval_interval and self.val and self.it % tc.eval_interval == 0:
                     log.write(json.dumps({"iter": self.it, **self.evaluate()}) + "\n")
                     log.flush()
-                if self.rank == 0 and (self.it % tc.ckpt_interval == 0 or self.it == tc.iters):
+                if self.rank == 0 and (self.it % tc.ckpt_interval == 0 or self.it in (tc.iters, stop)):
                     self.save(ckpt)
-                if self.it >= tc.iters:
+                if self.it >= stop:
                     break
         bar.close()
+        if self.it < tc.iters:
+            log.close()
+            return None
         final = self.out / "final.safetensors"
         if self.rank == 0:
             save_model(self.model, final, metadata={"train_config": json.dumps(tc.to_dict())})
@@ -318,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final.safetensors)")
     p.add_argument("--init-from", default=None, help="our .safetensors whose backbone (and matching heads) to start from")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_last.pt")
+    p.add_argument("--stop-at", type=int, default=None, help="pause after this iteration (resume later with --resume)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -354,11 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.cuda.set_device(device)
     try:
         trainer = Trainer(tc, data_root, Path(args.out).expanduser(), device, args.init_from)
-        final = trainer.run(resume=args.resume)
+        final = trainer.run(resume=args.resume, stop_at=args.stop_at)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {final}")
+    print(f"wrote {final}" if final else f"paused at iteration {trainer.it}; continue with --resume")
     return 0
 
 
