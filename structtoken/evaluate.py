@@ -73,6 +73,25 @@ def evaluate_model(
     }
 
 
+@torch.no_grad()
+def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str, dict[str, float]]:
+    """Parameters (millions) and forward GFLOPs (multiply-add = 2 FLOPs) of the backbone and of each head
+    for one image of ``size`` (H, W), counted with :class:`torch.utils.flop_counter.FlopCounterMode`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, *size, device=model.device)
+    with FlopCounterMode(display=False) as counter:
+        features = model.backbone(x)
+    out = {"backbone": {"params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
+                        "gflops": counter.get_total_flops() / 1e9}}
+    for name, head in model.heads.items():
+        with FlopCounterMode(display=False) as counter:
+            head(features)
+        out[name] = {"params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+                     "gflops": counter.get_total_flops() / 1e9}
+    return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table: one row per head, mIoU, pixel accuracy and per-class IoU (percent)."""
     classes = result["classes"]
@@ -113,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate_model(model, dataset, args.heads, args.mode, args.aug, args.save_predictions, limit=args.limit)
     result["model"] = str(args.model)
     result["split"] = args.split
+    result["costs"] = head_costs(model, tuple(dataset.load_pair(0)[0].shape[:2]))
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
