@@ -1,0 +1,436 @@
+"""Per-block class maps of every head of a model set, as CPU numpy arrays.
+
+:func:`compute_maps` runs the backbone once on an image and every head of the set on its features
+(:meth:`structtoken.Segmentor.forward`), and keeps, per head, the K-channel class map entering
+block 1, after each block and at the head output (:class:`HeadMaps`), the class x channel
+attention of StructToken heads, the feature maps entering each block, and the prediction.
+Everything else here is pure array code: normalising maps for display (:func:`normalize_maps`),
+resizing them to the image (:func:`upsample_maps`), picking which classes to show
+(:func:`select_classes`) and which feature channels a class reads (:func:`top_channels`).
+
+Shapes: K classes, a feature grid ``(h, w) = ceil(H / 16), ceil(W / 16)`` for an ``H x W`` image,
+C feature channels, N blocks per head, S = N + 2 stages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from structtoken.config import HEAD_NAMES
+from structtoken.devices import autocast
+from structtoken.heads import HeadOutput
+from structtoken.segmentor import Segmentor, SegmentorOutput
+
+__all__ = [
+    "NORMALIZATIONS",
+    "HeadMaps",
+    "ImageMaps",
+    "compute_maps",
+    "image_maps_from_output",
+    "normalize_maps",
+    "resolve_classes",
+    "select_classes",
+    "stage_names",
+    "top_channels",
+    "upsample_maps",
+]
+
+NORMALIZATIONS = ("shared", "per_map", "softmax")
+"""Display normalisations of class maps (see :func:`normalize_maps`)."""
+
+
+def stage_names(num_blocks: int) -> tuple[str, ...]:
+    """``("input", "block 1", ..., "block N", "output")`` for a head with ``num_blocks`` blocks."""
+    return ("input", *(f"block {i}" for i in range(1, num_blocks + 1)), "output")
+
+
+@dataclass(frozen=True)
+class HeadMaps:
+    """The class maps of one head on one image (float32, on the feature grid).
+
+    Attributes:
+        stages: ``[S, K, h, w]``: the class maps entering block 1 (``tokens_init``), after each
+            block, and the head output (logits); S = N + 2.
+        stage_names: ``("input", "block 1", ..., "block N", "output")``.
+        attention: ``[N, K, C']`` class x channel attention per block (CSE: C' = C; SSE: C' = K + C,
+            columns 0..K-1 are token channels), or None (PWE, per-pixel, linear).
+        block_features: ``[N, C, h, w]`` the feature maps *entering* each block (the head's
+            projected features for block 1, the previous block's output after), or None for
+            heads without feature maps (per-pixel, linear).
+        kind: head architecture: ``cse`` | ``sse`` | ``pwe`` | ``per_pixel`` | ``linear``.
+    """
+
+    stages: np.ndarray
+    stage_names: tuple[str, ...]
+    attention: np.ndarray | None
+    block_features: np.ndarray | None
+    kind: str
+
+    @property
+    def num_blocks(self) -> int:
+        """N, the number of blocks (S - 2)."""
+        return self.stages.shape[0] - 2
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays, in bytes."""
+        return sum(a.nbytes for a in (self.stages, self.attention, self.block_features) if a is not None)
+
+
+class _LazyProbs(Mapping[str, np.ndarray]):
+    """head -> softmax of the output logits upsampled to the image ``[K, H, W]``, computed on access.
+
+    Not stored: K x H x W floats per head would dominate the memory of a cache of images (150 x
+    512 x 683 float32 is 210 MB for one ADE20K head).
+    """
+
+    def __init__(self, heads: Mapping[str, HeadMaps], size: tuple[int, int]) -> None:
+        self._heads = heads
+        self._size = size
+
+    def __getitem__(self, head: str) -> np.ndarray:
+        logits = _tensor(self._heads[head].stages[-1])[None]
+        return _upsample_torch(logits, self._size)[0].softmax(0).numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def __repr__(self) -> str:
+        return f"<probs of {', '.join(self._heads)} at {self._size[0]}x{self._size[1]}, computed on access>"
+
+
+@dataclass(frozen=True)
+class ImageMaps:
+    """Everything the analyses need about one image, from one backbone pass.
+
+    Attributes:
+        image: ``[H, W, 3]`` uint8, the image the model saw (after the set's test-time resize).
+        heads: head name -> :class:`HeadMaps`, in the set's order.
+        probs: head name -> ``[K, H, W]`` float32 softmax of the output logits upsampled to the
+            image (as :meth:`structtoken.Segmentor.predict`); computed when read, not stored.
+        pred: head name -> ``[H, W]`` uint8 predicted class.
+        grid: ``(h, w)`` the feature grid.
+        seconds: time of the backbone + heads pass (including the copy to numpy).
+        class_names: the K class names of the set (``class 0`` .. when unnamed).
+    """
+
+    image: np.ndarray
+    heads: dict[str, HeadMaps]
+    pred: dict[str, np.ndarray]
+    grid: tuple[int, int]
+    seconds: float
+    class_names: tuple[str, ...] = ()
+    probs: Mapping[str, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "probs", _LazyProbs(self.heads, tuple(self.image.shape[:2])))
+        if not self.class_names and self.heads:
+            k = next(iter(self.heads.values())).stages.shape[1]
+            object.__setattr__(self, "class_names", tuple(f"class {i}" for i in range(k)))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays, in bytes."""
+        return (
+            self.image.nbytes
+            + sum(h.nbytes for h in self.heads.values())
+            + sum(p.nbytes for p in self.pred.values())
+        )
+
+
+# --------------------------------------------------------------------------------------- compute
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A float32 CPU tensor sharing ``a``'s memory when it may (copied when read-only or strided)."""
+    a = np.asarray(a, dtype=np.float32)
+    if not a.flags.writeable or not a.flags.c_contiguous:
+        a = np.array(a, dtype=np.float32, order="C")
+    return torch.from_numpy(a)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """Stack ``[1, ...]`` tensors of one image into a float32 numpy array ``[len, ...]``."""
+    return _np(torch.cat([t[:1] for t in tensors], dim=0))
+
+
+def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
+    """Class index of ``[K, H, W]`` logits -> ``[H, W]`` uint8 (int32 when K > 256); first max wins.
+
+    On the CPU numpy's argmax over the leading axis is several times faster than torch's.
+    """
+    dtype = np.uint8 if logits.shape[0] <= 256 else np.int32
+    if logits.device.type == "cpu":
+        return np.argmax(logits.detach().float().numpy(), axis=0).astype(dtype)
+    return logits.argmax(0).cpu().numpy().astype(dtype)
+
+
+def head_maps(name: str, out: HeadOutput) -> HeadMaps:
+    """:class:`HeadMaps` of the first image of a :class:`structtoken.HeadOutput`."""
+    blocks = out.blocks
+    stages = _stack([out.tokens_init, *(b.tokens for b in blocks), out.logits])
+    attention = None
+    if blocks and all(b.attention is not None for b in blocks):
+        attention = _stack([b.attention for b in blocks])
+    features = None
+    f0 = out.features_init
+    if blocks and f0 is not None and all(b.features is not None for b in blocks[:-1]):
+        features = _stack([f0, *(b.features for b in blocks[:-1])])
+    kind = HEAD_NAMES.get(name, (name, False))[0]
+    return HeadMaps(
+        stages=stages,
+        stage_names=stage_names(len(blocks)),
+        attention=attention,
+        block_features=features,
+        kind=kind,
+    )
+
+
+def image_maps_from_output(
+    image_uint8: np.ndarray, out: SegmentorOutput, seconds: float = 0.0, class_names: Sequence[str] = ()
+) -> ImageMaps:
+    """Build :class:`ImageMaps` from a forward pass on ``image_uint8`` ``[H, W, 3]`` (batch item 0).
+
+    ``out.logits_by_head`` must be at the image size (as :meth:`Segmentor.forward` returns them).
+    """
+    heads = {name: head_maps(name, o) for name, o in out.heads.items()}
+    pred = {name: _argmax_classes(lg[0]) for name, lg in out.logits_by_head.items()}
+    grid = tuple(int(v) for v in out.features.shape[-2:])
+    return ImageMaps(
+        image=image_uint8,
+        heads=heads,
+        pred=pred,
+        grid=grid,
+        seconds=seconds,  # type: ignore[arg-type]
+        class_names=tuple(class_names),
+    )
+
+
+def _seen_image(x: torch.Tensor, model: Segmentor) -> np.ndarray:
+    """The uint8 image the model saw: undo the normalisation of ``x`` [1, 3, H, W] (exact: the
+    resize rounds to uint8 levels before normalising)."""
+    mean = torch.tensor(model.cfg.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.cfg.std, device=x.device).view(1, 3, 1, 1)
+    img = (x * std + mean).round_().clamp_(0, 255)[0].permute(1, 2, 0)
+    return img.to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True) -> ImageMaps:
+    """Run the backbone once and every head of ``model`` on one image.
+
+    Args:
+        model: a model set (any device; eval mode is used for the pass and restored after).
+        image_uint8: ``[H, W, 3]`` uint8 RGB.
+        resize: apply the set's test-time keep-ratio resize (``cfg.test_scale``); False runs at the
+            native size.
+
+    Returns:
+        :class:`ImageMaps` with every array on the CPU as numpy (stages float32 ``[S, K, h, w]``,
+        pred uint8 ``[H', W']`` at the size the model saw). On CUDA the pass runs under bf16
+        autocast and the maps are converted back to float32.
+    """
+    if image_uint8.dtype != np.uint8 or image_uint8.ndim != 3 or image_uint8.shape[2] != 3:
+        raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image_uint8.dtype} {image_uint8.shape}")
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.preprocess(image_uint8, scale="config" if resize else None)
+        seen = image_uint8 if tuple(x.shape[-2:]) == image_uint8.shape[:2] else _seen_image(x, model)
+        with autocast(model.device):
+            out = model(x)
+        names = model.cfg.class_names()
+        maps = image_maps_from_output(np.ascontiguousarray(seen), out, class_names=names)
+    finally:
+        model.train(was_training)
+    return ImageMaps(
+        image=maps.image,
+        heads=maps.heads,
+        pred=maps.pred,
+        grid=maps.grid,
+        seconds=time.perf_counter() - t0,
+        class_names=maps.class_names,
+    )
+
+
+# ----------------------------------------------------------------------------- class selection
+def resolve_classes(names: Sequence[str], classes: Sequence[str | int]) -> list[int]:
+    """Class indices of ``classes`` (names, or indices as ints / digit strings), in the given order,
+    duplicates dropped. Names match exactly, else case-insensitively.
+
+    Raises:
+        ValueError: an unknown name or an index outside 0..K-1, listing the valid names.
+    """
+    lower: dict[str, int] = {}
+    for i, n in enumerate(names):
+        lower.setdefault(n.lower(), i)
+    exact = {n: i for i, n in enumerate(names)}
+    out: list[int] = []
+    bad: list[str] = []
+    for c in classes:
+        idx: int | None = None
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            idx = int(c) if 0 <= int(c) < len(names) else None
+        elif isinstance(c, str):
+            s = c.strip()
+            if s in exact:
+                idx = exact[s]
+            elif s.lower() in lower:
+                idx = lower[s.lower()]
+            elif s.isdigit() and int(s) < len(names):
+                idx = int(s)
+        if idx is None:
+            bad.append(repr(c))
+        elif idx not in out:
+            out.append(idx)
+    if bad:
+        shown = ", ".join(names[:40]) + ("" if len(names) <= 40 else f", ... ({len(names)} in all)")
+        raise ValueError(f"unknown class {', '.join(bad)}; valid classes: {shown}")
+    return out
+
+
+def select_classes(
+    maps: ImageMaps, head: str, k: int = 4, classes: Sequence[str | int] | None = None
+) -> list[int]:
+    """Which classes (rows) to show.
+
+    Args:
+        maps: the image's maps.
+        head: whose prediction ranks the classes.
+        k: how many classes by default.
+        classes: the user's choice (names of ``maps.class_names`` or indices); None or empty ->
+            the default.
+
+    Returns:
+        Class indices: the user's list in order, or the ``k`` classes with the largest predicted
+        area in ``head``'s prediction (ties and classes absent from the prediction ordered by
+        their mean output probability on the feature grid).
+
+    Raises:
+        ValueError: unknown head, or an unknown class name (the message lists the valid names).
+    """
+    if head not in maps.heads:
+        raise ValueError(f"unknown head {head!r}; this set has {', '.join(maps.heads)}")
+    num = maps.heads[head].stages.shape[1]
+    if classes:
+        return resolve_classes(list(maps.class_names), classes)
+    area = np.bincount(maps.pred[head].ravel().astype(np.int64), minlength=num)[:num]
+    logits = _tensor(maps.heads[head].stages[-1])
+    mean_prob = logits.softmax(0).mean(dim=(1, 2)).numpy()
+    order = np.lexsort((np.arange(num), -mean_prob, -area))
+    return [int(i) for i in order[: max(0, int(k))]]
+
+
+# ------------------------------------------------------------------------------- normalisation
+def _minmax(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    span = hi - lo
+    out = (x - lo) / np.where(span > 0, span, 1.0)
+    return np.where(span > 0, out, 0.0).astype(np.float32)
+
+
+def _normalize_one(stack: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "per_map":
+        lo = stack.min(axis=(-2, -1), keepdims=True)
+        hi = stack.max(axis=(-2, -1), keepdims=True)
+        return _minmax(stack, lo, hi)
+    if mode == "softmax":
+        return _tensor(stack).softmax(dim=-3).numpy()
+    raise AssertionError(mode)
+
+
+def normalize_maps(
+    maps: np.ndarray | Mapping[str, np.ndarray], mode: str = "shared"
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Normalise class maps for display; every output lies in [0, 1] (float32, same shapes).
+
+    Args:
+        maps: one stack ``[S, K, h, w]`` or a mapping head -> stack (stacks may differ in S).
+        mode:
+            ``"per_map"``: each ``[h, w]`` map min-max scaled to [0, 1] on its own (shows the
+            spatial pattern of every map; values are not comparable between maps).
+            ``"shared"``: per class, one min-max over all stages of all the given heads, so a
+            class's maps can be compared across blocks and heads (a brighter map has larger raw
+            values).
+            ``"softmax"``: softmax over the class axis at each stage and pixel, then the class's
+            probability: how much a stage's maps, read as logits, favour that class.
+            Constant maps (zero range) become 0.
+
+    Returns:
+        The same structure as ``maps``.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
+    single = not isinstance(maps, Mapping)
+    stacks: dict[str, np.ndarray] = {"": maps} if single else dict(maps)  # type: ignore[dict-item]
+    for name, s in stacks.items():
+        if np.ndim(s) != 4:
+            raise ValueError(f"maps{'' if single else f'[{name!r}]'} must be [S, K, h, w], got {np.shape(s)}")
+    if mode == "shared":
+        ks = {np.shape(s)[1] for s in stacks.values()}
+        if len(ks) != 1:
+            raise ValueError(f"heads have different class counts {sorted(ks)}")
+        lo = np.min([np.min(s, axis=(0, 2, 3)) for s in stacks.values()], axis=0)[None, :, None, None]
+        hi = np.max([np.max(s, axis=(0, 2, 3)) for s in stacks.values()], axis=0)[None, :, None, None]
+        out = {n: _minmax(np.asarray(s, dtype=np.float32), lo, hi) for n, s in stacks.items()}
+    else:
+        out = {n: _normalize_one(np.asarray(s, dtype=np.float32), mode) for n, s in stacks.items()}
+    return out[""] if single else out
+
+
+def _upsample_torch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (align_corners=False, no antialias) of maps ``[..., h, w]`` to ``[..., H, W]``.
+
+    As :class:`structtoken.Segmentor` does for logits, the whole feature grid (which covers the
+    image padded to a multiple of 16) is stretched straight onto ``size``. Returns float32.
+    """
+    a = np.asarray(maps, dtype=np.float32)
+    if a.ndim < 2:
+        raise ValueError(f"maps must be [..., h, w], got shape {a.shape}")
+    lead = a.shape[:-2]
+    t = _tensor(a).reshape(1, -1, *a.shape[-2:])
+    out = _upsample_torch(t, (int(size[0]), int(size[1])))
+    return out.reshape(*lead, int(size[0]), int(size[1])).numpy()
+
+
+# ------------------------------------------------------------------------------------ attention
+def top_channels(
+    attention: np.ndarray, class_id: int, k: int = 6, feature_offset: int = 0
+) -> tuple[list[int], list[float]]:
+    """The feature channels class ``class_id`` draws on most.
+
+    Args:
+        attention: ``[K, C']`` class x channel attention of one block.
+        class_id: the row.
+        k: how many channels.
+        feature_offset: columns before the feature channels (SSE: K token columns), skipped.
+
+    Returns:
+        (feature-channel indices counted from the first feature column, their weights), largest
+        weight first.
+    """
+    a = np.asarray(attention)
+    if a.ndim != 2:
+        raise ValueError(f"attention must be [K, C'], got shape {a.shape}")
+    if not 0 <= class_id < a.shape[0]:
+        raise ValueError(f"class_id {class_id} outside 0..{a.shape[0] - 1}")
+    row = a[class_id, feature_offset:].astype(np.float64)
+    order = np.argsort(-row, kind="stable")[: max(0, int(k))]
+    return [int(i) for i in order], [float(row[i]) for i in order]

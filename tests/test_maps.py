@@ -1,0 +1,239 @@
+"""Tests for analysis.maps: per-stage maps of every head from one backbone pass, normalisation,
+class selection, upsampling and top channels (tiny random models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from analysis.maps import (
+    HeadMaps,
+    ImageMaps,
+    compute_maps,
+    normalize_maps,
+    resolve_classes,
+    select_classes,
+    stage_names,
+    top_channels,
+    upsample_maps,
+)
+from structtoken import ModelConfig, build_model
+
+NAMES = ("Sky", "Building", "Road", "Car")
+PALETTE = ((128, 128, 128), (128, 0, 0), (128, 64, 128), (64, 0, 128))
+HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (and do not fight other jobs for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(**changes) -> ModelConfig:
+    cfg = ModelConfig(
+        head="cse",
+        extra_heads=("sse", "pwe", "per_pixel", "per_pixel_ds"),
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_blocks=2,
+        num_classes=4,
+        image_size=(64, 64),
+        classes=NAMES,
+        palette=PALETTE,
+    )
+    return cfg.replace(**changes) if changes else cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def maps(model, image) -> ImageMaps:
+    return compute_maps(model, image)
+
+
+def test_stage_names() -> None:
+    assert stage_names(2) == ("input", "block 1", "block 2", "output")
+
+
+def test_shapes_of_every_stage_of_every_head(maps: ImageMaps, image: np.ndarray) -> None:
+    h, w = 5, 6  # ceil(70/16), ceil(90/16)
+    assert maps.grid == (h, w)
+    assert list(maps.heads) == list(HEADS)
+    assert maps.image.shape == image.shape and maps.image.dtype == np.uint8
+    np.testing.assert_array_equal(maps.image, image)  # no test_scale: the model saw the image as is
+    assert maps.class_names == NAMES
+    kinds = {"cse": "cse", "sse": "sse", "pwe": "pwe", "per_pixel": "per_pixel", "per_pixel_ds": "per_pixel"}
+    for name, hm in maps.heads.items():
+        assert isinstance(hm, HeadMaps)
+        assert hm.kind == kinds[name]
+        assert hm.stages.shape == (4, 4, h, w) and hm.stages.dtype == np.float32
+        assert hm.stage_names == ("input", "block 1", "block 2", "output")
+        assert hm.num_blocks == 2
+        assert maps.pred[name].shape == (70, 90) and maps.pred[name].dtype == np.uint8
+        p = maps.probs[name]
+        assert p.shape == (4, 70, 90)
+        np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(p.argmax(0), maps.pred[name])
+    assert maps.heads["cse"].attention.shape == (2, 4, 32)
+    assert maps.heads["sse"].attention.shape == (2, 4, 4 + 32)
+    for name in ("pwe", "per_pixel", "per_pixel_ds"):
+        assert maps.heads[name].attention is None
+    for name in ("cse", "sse", "pwe"):
+        assert maps.heads[name].block_features.shape == (2, 32, h, w)
+    for name in ("per_pixel", "per_pixel_ds"):
+        assert maps.heads[name].block_features is None
+    assert maps.seconds > 0
+    assert set(maps.probs) == set(HEADS) and len(maps.probs) == 5
+
+
+def test_stages_are_the_head_outputs(model, image, maps: ImageMaps) -> None:
+    with torch.no_grad():
+        out = model(model.preprocess(image))
+    for name, ho in out.heads.items():
+        st = maps.heads[name].stages
+        np.testing.assert_allclose(st[0], ho.tokens_init[0].numpy(), rtol=1e-6, atol=1e-6)
+        for i, b in enumerate(ho.blocks):
+            np.testing.assert_allclose(st[i + 1], b.tokens[0].numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(st[-1], ho.logits[0].numpy(), rtol=1e-6, atol=1e-6)
+        bf = maps.heads[name].block_features
+        if bf is not None:  # features *entering* each block
+            np.testing.assert_allclose(bf[0], ho.features_init[0].numpy(), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(bf[1], ho.blocks[0].features[0].numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(maps.pred[name], out.logits_by_head[name][0].argmax(0).numpy())
+
+
+def test_one_backbone_pass_for_all_heads(model, image) -> None:
+    calls = []
+    original = model.backbone.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    model.backbone.forward = counting
+    try:
+        maps = compute_maps(model, image)
+    finally:
+        del model.backbone.forward
+    assert len(calls) == 1
+    assert len(maps.heads) == 5
+
+
+def test_test_time_resize_gives_the_seen_image() -> None:
+    torch.manual_seed(1)
+    m = build_model(tiny_config(test_scale=(64, 48), extra_heads=("per_pixel",))).eval()
+    img = np.random.default_rng(1).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    maps = compute_maps(m, img)
+    assert maps.image.shape == (32, 64, 3)  # long side <= 64, short side <= 48
+    assert maps.pred["cse"].shape == (32, 64)
+    assert maps.grid == (2, 4)
+    native = compute_maps(m, img, resize=False)
+    assert native.image.shape == img.shape and native.grid == (7, 13)
+
+
+def _synthetic_maps() -> ImageMaps:
+    rng = np.random.default_rng(3)
+    pred = np.zeros((8, 10), dtype=np.uint8)
+    pred[:, 5:] = 2  # 40 px of class 2, 40 of class 0
+    pred[0, :3] = 3  # 3 px of class 3 (taken from class 0)
+    stages = rng.standard_normal((4, 4, 2, 3)).astype(np.float32)
+    stages[-1, 1] += 5.0  # class 1 absent from pred but most probable on average
+    hm = HeadMaps(stages=stages, stage_names=stage_names(2), attention=None, block_features=None, kind="cse")
+    return ImageMaps(
+        image=np.zeros((8, 10, 3), np.uint8),
+        heads={"cse": hm},
+        pred={"cse": pred},
+        grid=(2, 3),
+        seconds=0.0,
+        class_names=NAMES,
+    )
+
+
+def test_select_classes_by_area_by_name_and_errors() -> None:
+    m = _synthetic_maps()
+    assert select_classes(m, "cse", k=2) == [2, 0]  # 40 px vs 37 px
+    assert select_classes(m, "cse", k=3) == [2, 0, 3]
+    assert select_classes(m, "cse", k=4) == [2, 0, 3, 1]  # absent class last
+    assert select_classes(m, "cse", classes=["car", "Sky", 2, "car"]) == [3, 0, 2]  # case-insensitive, dedup
+    with pytest.raises(ValueError, match="valid classes: Sky, Building, Road, Car"):
+        select_classes(m, "cse", classes=["Sky", "Bicycle"])
+    with pytest.raises(ValueError, match="unknown class 7"):
+        select_classes(m, "cse", classes=[7])
+    with pytest.raises(ValueError, match="unknown head"):
+        select_classes(m, "sse")
+    assert resolve_classes(NAMES, ["3"]) == [3]
+
+
+def test_normalize_per_map_softmax_shared() -> None:
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((4, 3, 5, 6)) * 3 + 2).astype(np.float32)
+    b = (rng.standard_normal((4, 3, 5, 6)) * 10).astype(np.float32)
+    a[1, 2] = 7.0  # a constant map
+
+    pm = normalize_maps(a, "per_map")
+    assert pm.shape == a.shape and pm.dtype == np.float32
+    assert pm.min() >= 0 and pm.max() <= 1
+    mins, maxs = pm.min(axis=(2, 3)), pm.max(axis=(2, 3))
+    np.testing.assert_allclose(mins, 0, atol=1e-6)
+    np.testing.assert_allclose(np.delete(maxs.ravel(), 1 * 3 + 2), 1, atol=1e-6)
+    assert np.all(pm[1, 2] == 0)  # constant map -> 0
+
+    sm = normalize_maps(a, "softmax")
+    np.testing.assert_allclose(sm.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(sm, torch.from_numpy(a).softmax(1).numpy(), atol=1e-6)
+
+    sh = normalize_maps({"x": a, "y": b}, "shared")
+    assert set(sh) == {"x", "y"}
+    for c in range(3):  # one range per class over every stage of both heads
+        lo = min(a[:, c].min(), b[:, c].min())
+        hi = max(a[:, c].max(), b[:, c].max())
+        np.testing.assert_allclose(sh["x"][:, c], (a[:, c] - lo) / (hi - lo), atol=1e-5)
+        np.testing.assert_allclose(sh["y"][:, c], (b[:, c] - lo) / (hi - lo), atol=1e-5)
+        both = np.concatenate([sh["x"][:, c].ravel(), sh["y"][:, c].ravel()])
+        assert both.min() == pytest.approx(0, abs=1e-6) and both.max() == pytest.approx(1, abs=1e-6)
+    # a single head: the common range covers its stages
+    single = normalize_maps(a, "shared")
+    assert single.min() >= 0 and single.max() <= 1
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalize_maps(a, "zscore")
+    with pytest.raises(ValueError, match="must be"):
+        normalize_maps(a[0], "per_map")
+
+
+def test_upsample_maps_matches_torch() -> None:
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    up = upsample_maps(m, (70, 90))
+    assert up.shape == (2, 3, 70, 90) and up.dtype == np.float32
+    ref = TF.interpolate(torch.from_numpy(m), size=(70, 90), mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(up, ref, atol=1e-6)
+    assert upsample_maps(m[0, 0], (10, 12)).shape == (10, 12)
+    np.testing.assert_allclose(upsample_maps(np.full((3, 4), 2.5), (9, 8)), 2.5)
+
+
+def test_top_channels() -> None:
+    attn = np.array([[0.9, 0.05, 0.5, 0.1, 0.3, 0.2], [0.0, 0.0, 0.1, 0.7, 0.2, 0.0]])
+    ids, weights = top_channels(attn, 0, k=2)
+    assert ids == [0, 2] and weights == pytest.approx([0.9, 0.5])
+    ids, weights = top_channels(attn, 0, k=2, feature_offset=2)  # SSE: skip the token columns
+    assert ids == [0, 2] and weights == pytest.approx([0.5, 0.3])
+    ids, _ = top_channels(attn, 1, k=10, feature_offset=2)
+    assert ids == [1, 2, 0, 3]
+    with pytest.raises(ValueError):
+        top_channels(attn, 2)
