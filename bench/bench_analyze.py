@@ -1,0 +1,64 @@
+"""Latency and memory of :func:`analysis.service.analyze` with the embedded set on this CPU.
+
+    python bench/bench_analyze.py [--model camvid] [--repeats 10] [--threads 2]
+
+Measures, on 480x360 images: (a) warm analyze() of a new image (backbone + every head + figures,
+model already loaded), (b) analyze() when only the analysis, classes or normalisation change (cached
+backbone pass), both as medians, and the peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="camvid")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from analysis.service import analyze
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (360, 480, 3), dtype=np.uint8) for _ in range(args.repeats + 1)]
+    for im in images:  # a smooth, street-like structure rather than pure noise
+        im[:150] = (im[:150] // 8 + np.array([170, 190, 220], np.uint8))
+        im[250:] = (im[250:] // 8 + np.array([90, 90, 95], np.uint8))
+    t0 = time.perf_counter()
+    analyze(images[0], model=args.model, analysis="comparison")  # loads the model, warms up
+    first = time.perf_counter() - t0
+
+    new_image, switch = [], []
+    for im in images[1:]:
+        t0 = time.perf_counter()
+        analyze(im, model=args.model, analysis="comparison")
+        new_image.append(time.perf_counter() - t0)
+        for analysis, normalize in (("probe", "shared"), ("prediction", "shared"), ("comparison", "softmax"),
+                                    ("attention", "shared"), ("comparison", "per_map")):
+            t0 = time.perf_counter()
+            analyze(im, model=args.model, analysis=analysis, normalize=normalize)
+            switch.append(time.perf_counter() - t0)
+    out = {
+        "model": args.model, "threads": args.threads, "first_call_s": round(first, 3),
+        "new_image_median_s": round(statistics.median(new_image), 3),
+        "switch_median_s": round(statistics.median(switch), 3),
+        "switch_max_s": round(max(switch), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
