@@ -411,14 +411,18 @@ def build_report(
     probe_runs: Sequence[str | Path] = (),
     progress: bool = True,
     workers: int = 1,
+    num_examples: int = NUM_EXAMPLES,
 ) -> dict[str, Any]:
-    """Evaluate, write ``metrics.json``, figures and ``report.md`` into ``out_dir``; return the metrics."""
+    """Evaluate, write ``metrics.json``, figures and ``report.md`` into ``out_dir``; return the metrics.
+
+    ``num_examples`` per-image comparison figures are drawn (they show the dataset's images: use 0 for
+    a report that is shipped where the data may not go)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     probe = collect_probe(probe_json, probe_runs)
     n_total = len(dataset) if limit is None else min(int(limit), len(dataset))
-    examples = sorted({0, n_total // 2})[:NUM_EXAMPLES] if n_total else []
+    examples = sorted({0, n_total // 2})[:num_examples] if n_total and num_examples > 0 else []
     acc, kept, n, times = evaluate_stages(model, dataset, limit, progress, examples, workers)
     heads = list(model.cfg.heads)
     result: dict[str, Any] = {}
@@ -510,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="threads scoring the heads of an image in parallel (default: up to 2)",
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--examples", type=int, default=NUM_EXAMPLES,
+                   help="per-image comparison figures to draw (they show dataset images; 0 for a shippable report)")
     args = p.parse_args(argv)
 
     from structtoken.assets import load_any
@@ -550,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe_runs=args.probe_runs,
             progress=not args.no_progress,
             workers=max(1, args.workers),
+            num_examples=args.examples,
         )
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,8 +33,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (360, 480, 3), dtype=np.uint8) for _ in range(args.repeats + 1)]
     for im in images:  # a smooth, street-like structure rather than pure noise
-        im[:150] = (im[:150] // 8 + np.array([170, 190, 220], np.uint8))
-        im[250:] = (im[250:] // 8 + np.array([90, 90, 95], np.uint8))
+        im[:150] = im[:150] // 8 + np.array([170, 190, 220], np.uint8)
+        im[250:] = im[250:] // 8 + np.array([90, 90, 95], np.uint8)
     t0 = time.perf_counter()
     analyze(images[0], model=args.model, analysis="comparison")  # loads the model, warms up
     first = time.perf_counter() - t0
@@ -44,13 +44,20 @@ def main() -> int:
         t0 = time.perf_counter()
         analyze(im, model=args.model, analysis="comparison")
         new_image.append(time.perf_counter() - t0)
-        for analysis, normalize in (("probe", "shared"), ("prediction", "shared"), ("comparison", "softmax"),
-                                    ("attention", "shared"), ("comparison", "per_map")):
+        for analysis, normalize in (
+            ("probe", "shared"),
+            ("prediction", "shared"),
+            ("comparison", "softmax"),
+            ("attention", "shared"),
+            ("comparison", "per_map"),
+        ):
             t0 = time.perf_counter()
             analyze(im, model=args.model, analysis=analysis, normalize=normalize)
             switch.append(time.perf_counter() - t0)
     out = {
-        "model": args.model, "threads": args.threads, "first_call_s": round(first, 3),
+        "model": args.model,
+        "threads": args.threads,
+        "first_call_s": round(first, 3),
         "new_image_median_s": round(statistics.median(new_image), 3),
         "switch_median_s": round(statistics.median(switch), 3),
         "switch_max_s": round(max(switch), 3),

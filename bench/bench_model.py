@@ -42,10 +42,17 @@ def run_case(name: str, head: str, mode: str, size: tuple[int, int], repeats: in
             t0 = time.perf_counter()
             model.inference(x, mode)
             times.append(time.perf_counter() - t0)
-    return {"model": name, "head": head, "mode": mode, "size": list(size), "threads": threads,
-            "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "model": name,
+        "head": head,
+        "mode": mode,
+        "size": list(size),
+        "threads": threads,
+        "median_s": round(statistics.median(times), 3),
+        "min_s": round(min(times), 3),
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> int:
@@ -61,13 +68,28 @@ def main() -> int:
         return 0
     rows = []
     for i in range(len(CASES)):
-        out = subprocess.run([sys.executable, __file__, "--case", str(i), "--repeats", str(args.repeats),
-                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--case",
+                str(i),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{row['head']:>10} {row['model']:>17} {row['mode']:>5} {row['size'][0]}x{row['size'][1]}: "
-              f"{row['median_s']:.3f} s median, peak RSS {row['peak_rss_mb']:.0f} MB, {row['params_m']} M params",
-              flush=True)
+        print(
+            f"{row['head']:>10} {row['model']:>17} {row['mode']:>5} {row['size'][0]}x{row['size'][1]}: "
+            f"{row['median_s']:.3f} s median, peak RSS {row['peak_rss_mb']:.0f} MB, {row['params_m']} M params",
+            flush=True,
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))

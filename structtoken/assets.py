@@ -20,8 +20,9 @@ def available_models() -> list[str]:
     return [*EMBEDDED, *RELEASED_MODELS]
 
 
-def load_any(spec: str | Path, device: str | torch.device = "cpu", progress: bool = True,
-             progress_callback=None) -> Segmentor:
+def load_any(
+    spec: str | Path, device: str | torch.device = "cpu", progress: bool = True, progress_callback=None
+) -> Segmentor:
     """Load an embedded set (``camvid``), a released checkpoint by name (fetched on first use) or a file."""
     s = str(spec)
     if s in EMBEDDED:

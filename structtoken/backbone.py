@@ -11,6 +11,8 @@ timm's explicit (non-fused) path, which reproduces the official numbers bit for 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
@@ -29,8 +31,12 @@ class ConvStemEmbed(PatchEmbed):
         c = self.proj.out_channels
         widths = [3, c // 8, c // 4, c // 2, c]
         layers: list[nn.Module] = []
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        for cin, cout in itertools.pairwise(widths):
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers.append(nn.Conv2d(c, c, 1))
         self.proj = nn.Sequential(*layers)
 
@@ -70,8 +76,12 @@ class ViTBackbone(VisionTransformer):
         pos = self.pos_embed
         if pos.shape[1] != x.shape[1]:  # resized only when the token *count* differs (official quirk)
             pos = resample_abs_pos_embed(
-                pos, new_size=(h, w), old_size=self.patch_embed.grid_size, num_prefix_tokens=1,
-                interpolation="bicubic", antialias=False,
+                pos,
+                new_size=(h, w),
+                old_size=self.patch_embed.grid_size,
+                num_prefix_tokens=1,
+                interpolation="bicubic",
+                antialias=False,
             )
         return self.pos_drop(x + pos)
 

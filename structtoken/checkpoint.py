@@ -74,7 +74,10 @@ _HEAD_RULES: dict[str, list[tuple[str, str]]] = {
     ],
     "pwe": [
         (rf"^decode_head\.layers\.(\d+)\.attn\.{_DW}$", r"{h}.blocks.\1.attn.\2"),
-        (r"^decode_head\.layers\.(\d+)\.attn\.attn_pw_conv\.(weight|bias)$", r"{h}.blocks.\1.attn.pw_conv.\2"),
+        (
+            r"^decode_head\.layers\.(\d+)\.attn\.attn_pw_conv\.(weight|bias)$",
+            r"{h}.blocks.\1.attn.pw_conv.\2",
+        ),
         (rf"^decode_head\.layers\.(\d+)\.ffn1\.{_FFN}$", r"{h}.blocks.\1.ffn.\2"),
     ],
 }
@@ -164,8 +167,14 @@ def infer_official_config(sd: Mapping[str, Any]) -> ModelConfig:
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"backbone\.layers\.(\d+)\.", k)))
     blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"decode_head\.layers\.(\d+)\.", k)))
     num_classes, gh, gw = tokens.shape[1:]
-    arch = dict(head=kind, embed_dim=embed_dim, depth=depth, num_blocks=blocks, num_classes=num_classes,
-                image_size=(gh * 16, gw * 16))
+    arch = dict(
+        head=kind,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_blocks=blocks,
+        num_classes=num_classes,
+        image_size=(gh * 16, gw * 16),
+    )
     for cfg in REGISTRY.values():
         if cfg.url and all(getattr(cfg, k) == v for k, v in arch.items()):
             return cfg.replace()
@@ -177,8 +186,11 @@ def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shape = [f"{k}: {tuple(sd[k].shape)} in {source}, {tuple(own[k].shape)} in model"
-             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    shape = [
+        f"{k}: {tuple(sd[k].shape)} in {source}, {tuple(own[k].shape)} in model"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shape:
         parts = []
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shape)):
@@ -223,12 +235,18 @@ def torch_load_safe(path: str | Path) -> Any:
                 "Only tensors and plain containers are loaded (torch.load(weights_only=True)); "
                 "convert trusted files to .safetensors first."
             ) from None
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {msg.splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint (truncated or corrupt file?): {msg.splitlines()[0]}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- our format
-def save_model(model: Segmentor, path: str | Path, dtype: torch.dtype | None = None,
-               metadata: Mapping[str, str] | None = None) -> Path:
+def save_model(
+    model: Segmentor,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write ``model`` as safetensors with its config (JSON) in the metadata; ``dtype`` (e.g. float16)
     casts floating tensors for storage. Returns the path."""
     path = Path(path)
@@ -296,8 +314,13 @@ def cache_dir() -> Path:
     return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def fetch_checkpoint(url: str, dest_dir: str | Path | None = None, progress: bool = True, timeout: float = 30.0,
-                     progress_callback: Any = None) -> Path:
+def fetch_checkpoint(
+    url: str,
+    dest_dir: str | Path | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+    progress_callback: Any = None,
+) -> Path:
     """Download ``url`` into the cache (resuming a partial ``.part`` file) and return its path.
 
     A file already in the cache is returned without touching the network. ``progress_callback(done, total)``
@@ -343,8 +366,9 @@ def fetch_checkpoint(url: str, dest_dir: str | Path | None = None, progress: boo
     return target
 
 
-def resolve_model(spec: str | Path, device: str | torch.device = "cpu", progress: bool = True,
-                  progress_callback: Any = None) -> Segmentor:
+def resolve_model(
+    spec: str | Path, device: str | torch.device = "cpu", progress: bool = True, progress_callback: Any = None
+) -> Segmentor:
     """A ready model from a registry name, one of our ``.safetensors`` files or an official ``.pth``.
 
     Registry names with a release URL are fetched into the cache on first use.

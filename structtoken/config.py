@@ -260,5 +260,3 @@ def get_config(name: str) -> ModelConfig:
 def ade20k_classes() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
     """ADE20K's 150 class names and palette, in the order of the released models' outputs."""
     return _ade20k()
-
-

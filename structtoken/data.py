@@ -135,9 +135,7 @@ def load_dataset_info(root: str | os.PathLike[str]) -> DatasetInfo:
         raise DatasetError(f"{path}: 'classes' must be a non-empty list of names\n{EXPECTED_LAYOUT}")
     palette_raw = meta.get("palette")
     if not isinstance(palette_raw, list) or len(palette_raw) != len(classes):
-        raise DatasetError(
-            f"{path}: 'palette' must be a list of {len(classes)} [r, g, b] colours, one per class"
-        )
+        raise DatasetError(f"{path}: 'palette' must be a list of {len(classes)} [r, g, b] colours, one per class")
     palette: list[tuple[int, int, int]] = []
     for i, colour in enumerate(palette_raw):
         if (
@@ -163,9 +161,7 @@ def load_dataset_info(root: str | os.PathLike[str]) -> DatasetInfo:
         ):
             raise DatasetError(f"{path}: 'median_frequency_weights' must be a list of {len(classes)} numbers")
         weights = tuple(float(w) for w in weights_raw)
-    return DatasetInfo(
-        classes=tuple(classes), palette=tuple(palette), ignore_index=ignore_index, class_weights=weights
-    )
+    return DatasetInfo(classes=tuple(classes), palette=tuple(palette), ignore_index=ignore_index, class_weights=weights)
 
 
 # ---------------------------------------------------------------------------
@@ -247,9 +243,7 @@ class SegmentationDataset(Dataset):
             names = [line.strip() for line in lines if line.strip()]
             source = str(list_file)
         else:
-            names = sorted(
-                p.stem for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            names = sorted(p.stem for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             source = str(image_dir)
         if not names:
             raise DatasetError(f"no samples for split '{split}': {source} lists no images\n{EXPECTED_LAYOUT}")
@@ -270,9 +264,7 @@ class SegmentationDataset(Dataset):
                 )
             label_path = label_dir / f"{name}.png"
             if not label_path.is_file():
-                raise DatasetError(
-                    f"image {image_path} has no label: expected {label_path}\n{EXPECTED_LAYOUT}"
-                )
+                raise DatasetError(f"image {image_path} has no label: expected {label_path}\n{EXPECTED_LAYOUT}")
             self.image_paths.append(image_path)
             self.label_paths.append(label_path)
 
@@ -388,9 +380,7 @@ def random_resize(
     return _resize_bilinear(image, (new_h, new_w)), _resize_nearest(label, (new_h, new_w))
 
 
-def _crop_box(
-    shape_hw: tuple[int, ...], crop_size: tuple[int, int], rng: np.random.Generator
-) -> tuple[int, int]:
+def _crop_box(shape_hw: tuple[int, ...], crop_size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
     margin_h = max(shape_hw[0] - crop_size[0], 0)
     margin_w = max(shape_hw[1] - crop_size[1], 0)
     top = int(rng.integers(0, margin_h + 1))

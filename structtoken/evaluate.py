@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -82,13 +81,19 @@ def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str
     x = torch.zeros(1, 3, *size, device=model.device)
     with FlopCounterMode(display=False) as counter:
         features = model.backbone(x)
-    out = {"backbone": {"params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
-                        "gflops": counter.get_total_flops() / 1e9}}
+    out = {
+        "backbone": {
+            "params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
+            "gflops": counter.get_total_flops() / 1e9,
+        }
+    }
     for name, head in model.heads.items():
         with FlopCounterMode(display=False) as counter:
             head(features)
-        out[name] = {"params_m": sum(p.numel() for p in head.parameters()) / 1e6,
-                     "gflops": counter.get_total_flops() / 1e9}
+        out[name] = {
+            "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+            "gflops": counter.get_total_flops() / 1e9,
+        }
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
 
 
@@ -126,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if model.cfg.num_classes != dataset.info.num_classes:
-        print(f"error: the model predicts {model.cfg.num_classes} classes, the dataset has "
-              f"{dataset.info.num_classes}", file=sys.stderr)
+        print(
+            f"error: the model predicts {model.cfg.num_classes} classes, the dataset has {dataset.info.num_classes}",
+            file=sys.stderr,
+        )
         return 2
     result = evaluate_model(model, dataset, args.heads, args.mode, args.aug, args.save_predictions, limit=args.limit)
     result["model"] = str(args.model)

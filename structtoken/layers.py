@@ -90,9 +90,7 @@ class ChannelAttention(nn.Module):
         self.out_project = DepthWiseConvBlock(query_channels, query_channels)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query [B, Cq, h, w], key/value [B, Ckv, h, w] -> (output [B, Cq, h, w], attention [B, Cq, Ckv])."""
         b, cq, h, w = query.shape
         q = self.query_map(query).flatten(2)  # [B, Cq, hw]

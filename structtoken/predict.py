@@ -56,8 +56,9 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     return lut[label]
 
 
-def predict_image(model: Segmentor, image: np.ndarray, head: str | None = None, mode: str | None = None,
-                  aug: bool = False) -> np.ndarray:
+def predict_image(
+    model: Segmentor, image: np.ndarray, head: str | None = None, mode: str | None = None, aug: bool = False
+) -> np.ndarray:
     """Class index per pixel [H, W] (int64) for a uint8 RGB image with the set's test-time settings."""
     name = head or model.cfg.head
     probs = model.predict(image, mode=mode, ratios=MS_RATIOS if aug else None, flip=aug, heads=[name])[name]

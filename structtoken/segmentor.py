@@ -100,12 +100,18 @@ class Segmentor(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward_heads(
-        self, features: torch.Tensor, out_size: tuple[int, int] | None = None, heads: Sequence[str] | None = None
+        self,
+        features: torch.Tensor,
+        out_size: tuple[int, int] | None = None,
+        heads: Sequence[str] | None = None,
     ) -> SegmentorOutput:
         """Run heads on a backbone map [B, C, h, w]; logits are upsampled to ``out_size`` (H, W)."""
         names = list(heads) if heads is not None else list(self.heads)
         outs = {n: self.heads[n](features) for n in names}
-        size = out_size or (features.shape[-2] * self.cfg.patch_size, features.shape[-1] * self.cfg.patch_size)
+        size = out_size or (
+            features.shape[-2] * self.cfg.patch_size,
+            features.shape[-1] * self.cfg.patch_size,
+        )
         logits = {n: upsample(o.logits, size) for n, o in outs.items()}
         primary = self.cfg.head if self.cfg.head in outs else names[0]
         return SegmentorOutput(features=features, heads=outs, logits_by_head=logits, primary=primary)
@@ -159,7 +165,7 @@ class Segmentor(nn.Module):
             return dict(self.forward(x, heads).logits_by_head)
         raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
 
-    def preprocess(self, image: np.ndarray, scale: tuple[int, int] | None | str = "config") -> torch.Tensor:
+    def preprocess(self, image: np.ndarray, scale: tuple[int, int] | str | None = "config") -> torch.Tensor:
         """uint8 RGB image [H, W, 3] -> normalised float32 [1, 3, H', W'] on the model's device.
 
         ``scale="config"`` applies the set's test-time keep-ratio resize (``cfg.test_scale``), None keeps
@@ -173,7 +179,7 @@ class Segmentor(nn.Module):
         self,
         image: np.ndarray,
         mode: str | None = None,
-        scale: tuple[int, int] | None | str = "config",
+        scale: tuple[int, int] | str | None = "config",
         ratios: Sequence[float] | None = None,
         flip: bool = False,
         heads: Sequence[str] | None = None,

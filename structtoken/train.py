@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-
 import os
 import sys
 import time
@@ -42,7 +41,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_model, save_model
 from .config import HEAD_KINDS, HEAD_NAMES, ModelConfig, get_config
-from .data import SeededDataset, SegmentationDataset, TrainTransform, default_camvid_root, epoch_order, load_dataset_info
+from .data import (
+    SeededDataset,
+    SegmentationDataset,
+    TrainTransform,
+    default_camvid_root,
+    epoch_order,
+    load_dataset_info,
+)
 from .devices import autocast, resolve_device
 from .segmentor import Segmentor, build_model
 
@@ -84,10 +90,22 @@ class TrainConfig:
 def _camvid_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
     info = load_dataset_info(default_camvid_root()) if default_camvid_root().is_dir() else None
     return ModelConfig(
-        head=head, extra_heads=extra, embed_dim=192, depth=8, num_heads=3, num_blocks=4, num_classes=11,
-        image_size=(256, 256), stem="conv", drop_path_rate=0.1, head_drop_path_rate=0.1,
-        test_mode="whole", test_scale=(480, 360), name="camvid",
-        classes=info.classes if info else (), palette=info.palette if info else (),
+        head=head,
+        extra_heads=extra,
+        embed_dim=192,
+        depth=8,
+        num_heads=3,
+        num_blocks=4,
+        num_classes=11,
+        image_size=(256, 256),
+        stem="conv",
+        drop_path_rate=0.1,
+        head_drop_path_rate=0.1,
+        test_mode="whole",
+        test_scale=(480, 360),
+        name="camvid",
+        classes=info.classes if info else (),
+        palette=info.palette if info else (),
         description="CamVid (11 classes) set trained here from scratch: ViT 192 wide, depth 8, conv stem; "
         "heads CSE, SSE, PWE, per-pixel, per-pixel + deep supervision on one frozen backbone",
     )
@@ -98,24 +116,55 @@ def recipe(name: str, model: str | None = None) -> TrainConfig:
     heads on the frozen stage-1 backbone), ``ade20k`` (an official configuration, ``model`` required)."""
     if name == "camvid_stage1":
         return TrainConfig(
-            model=_camvid_model("linear"), crop_size=(256, 256), scale=(480, 360), batch_size=8, iters=5000,
-            lr=1e-3, head_lr_mult=1.0, weight_decay=0.05, warmup_iters=250, grad_clip=1.0, class_weights=True,
-            seed=0, ckpt_interval=500, eval_interval=0,
+            model=_camvid_model("linear"),
+            crop_size=(256, 256),
+            scale=(480, 360),
+            batch_size=8,
+            iters=5000,
+            lr=1e-3,
+            head_lr_mult=1.0,
+            weight_decay=0.05,
+            warmup_iters=250,
+            grad_clip=1.0,
+            class_weights=True,
+            seed=0,
+            ckpt_interval=500,
+            eval_interval=0,
         )
     if name == "camvid_stage2":
         return TrainConfig(
-            model=_camvid_model("cse", ("sse", "pwe", "per_pixel", "per_pixel_ds")), crop_size=(256, 256),
-            scale=(480, 360), batch_size=8, iters=1200, lr=1e-3, head_lr_mult=1.0, weight_decay=0.01,
-            warmup_iters=60, grad_clip=1.0, class_weights=True, freeze_backbone=True, seed=0,
-            ckpt_interval=200, eval_interval=0,
+            model=_camvid_model("cse", ("sse", "pwe", "per_pixel", "per_pixel_ds")),
+            crop_size=(256, 256),
+            scale=(480, 360),
+            batch_size=8,
+            iters=1200,
+            lr=1e-3,
+            head_lr_mult=1.0,
+            weight_decay=0.01,
+            warmup_iters=60,
+            grad_clip=1.0,
+            class_weights=True,
+            freeze_backbone=True,
+            seed=0,
+            ckpt_interval=200,
+            eval_interval=0,
         )
     if name == "ade20k":
         if model is None:
             raise ValueError("recipe 'ade20k' needs --model (one of the released configuration names)")
         cfg = get_config(model)
         crop = cfg.image_size
-        return TrainConfig(model=cfg, crop_size=crop, scale=(4 * crop[1], crop[1]), batch_size=16, iters=160_000,
-                           lr=2e-5, head_lr_mult=9.0, weight_decay=0.01, warmup_iters=1500)
+        return TrainConfig(
+            model=cfg,
+            crop_size=crop,
+            scale=(4 * crop[1], crop[1]),
+            batch_size=16,
+            iters=160_000,
+            lr=2e-5,
+            head_lr_mult=9.0,
+            weight_decay=0.01,
+            warmup_iters=1500,
+        )
     raise ValueError(f"unknown recipe {name!r}; choose camvid_stage1, camvid_stage2 or ade20k")
 
 
@@ -139,8 +188,12 @@ def param_groups(model: Segmentor, tc: TrainConfig) -> list[dict[str, Any]]:
         no_decay = p.ndim == 1 or any(s in name for s in ("pos_embed", "cls_token", "norm", ".tokens"))
         groups.setdefault((is_head, no_decay), []).append(p)
     return [
-        {"params": ps, "lr": tc.lr * (tc.head_lr_mult if is_head else 1.0),
-         "weight_decay": 0.0 if no_decay else tc.weight_decay, "base_lr": tc.lr * (tc.head_lr_mult if is_head else 1.0)}
+        {
+            "params": ps,
+            "lr": tc.lr * (tc.head_lr_mult if is_head else 1.0),
+            "weight_decay": 0.0 if no_decay else tc.weight_decay,
+            "base_lr": tc.lr * (tc.head_lr_mult if is_head else 1.0),
+        }
         for (is_head, no_decay), ps in sorted(groups.items())
     ]
 
@@ -151,8 +204,13 @@ def seg_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | N
     return F.cross_entropy(logits.float(), label, weight=weight, ignore_index=255)
 
 
-def head_losses(model: Segmentor, features: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None,
-                tc: TrainConfig) -> dict[str, torch.Tensor]:
+def head_losses(
+    model: Segmentor,
+    features: torch.Tensor,
+    label: torch.Tensor,
+    weight: torch.Tensor | None,
+    tc: TrainConfig,
+) -> dict[str, torch.Tensor]:
     """Loss per head (deep-supervision terms included) for one batch of backbone features."""
     losses = {}
     for name, head in model.heads.items():
@@ -187,8 +245,15 @@ def seed_head_inits(model: Segmentor, seed: int) -> None:
 class Trainer:
     """Owns model, optimizer, data and the loop; ``run()`` trains to ``tc.iters``."""
 
-    def __init__(self, tc: TrainConfig, data_root: Path, out_dir: Path, device: torch.device,
-                 init_from: str | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        tc: TrainConfig,
+        data_root: Path,
+        out_dir: Path,
+        device: torch.device,
+        init_from: str | None = None,
+        progress: bool = True,
+    ) -> None:
         self.tc, self.out, self.device, self.progress = tc, out_dir, device, progress
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
@@ -206,12 +271,21 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if self.world > 1:
             self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         info = load_dataset_info(data_root)
-        self.weight = (torch.tensor(info.class_weights, dtype=torch.float32, device=device)
-                       if tc.class_weights and info.class_weights else None)
-        transform = TrainTransform(crop_size=tc.crop_size, scale=tc.scale, photometric=tc.photometric,
-                                   mean=tc.model.mean, std=tc.model.std)
+        self.weight = (
+            torch.tensor(info.class_weights, dtype=torch.float32, device=device)
+            if tc.class_weights and info.class_weights
+            else None
+        )
+        transform = TrainTransform(
+            crop_size=tc.crop_size,
+            scale=tc.scale,
+            photometric=tc.photometric,
+            mean=tc.model.mean,
+            std=tc.model.std,
+        )
         self.dataset = SeededDataset(SegmentationDataset(data_root, "train"), transform, seed=tc.seed)
         self.iters_per_epoch = len(self.dataset) // (tc.batch_size * self.world)
         if self.iters_per_epoch < 1:
@@ -231,8 +305,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: Path) -> None:
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "iteration": self.it,
-                    "torch_rng": torch.get_rng_state(), "train_config": self.tc.to_dict()}, path)
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "iteration": self.it,
+                "torch_rng": torch.get_rng_state(),
+                "train_config": self.tc.to_dict(),
+            },
+            path,
+        )
 
     def resume(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -247,11 +329,19 @@ class Trainer:
         self.dataset.set_epoch(epoch)
         order = epoch_order(len(self.dataset), self.tc.seed, epoch)
         per = self.tc.batch_size
-        order = order[self.rank * per * self.iters_per_epoch:][: per * self.iters_per_epoch] if self.world > 1 else order
-        order = order[start_batch * per:]
-        return DataLoader(self.dataset, batch_size=per, sampler=order, drop_last=True,
-                          num_workers=self.tc.num_workers, persistent_workers=False,
-                          generator=torch.Generator().manual_seed(self.tc.seed))
+        order = (
+            order[self.rank * per * self.iters_per_epoch :][: per * self.iters_per_epoch] if self.world > 1 else order
+        )
+        order = order[start_batch * per :]
+        return DataLoader(
+            self.dataset,
+            batch_size=per,
+            sampler=order,
+            drop_last=True,
+            num_workers=self.tc.num_workers,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.tc.seed),
+        )
 
     # ------------------------------------------------------------------------- loop
     def step(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
@@ -293,7 +383,7 @@ class Trainer:
         return {f"val_miou/{h}": round(m["miou"], 4) for h, m in res["heads"].items()}
 
     def run(self, resume: bool = False, stop_at: int | None = None) -> Path | None:
-        """Train to ``tc.iters`` (or pause after ``stop_at``, checkpointed, returning None); returns final.safetensors."""
+        """Train to ``tc.iters`` (returns final.safetensors) or pause after ``stop_at`` (checkpointed; returns None)."""
         tc = self.tc
         stop = min(stop_at or tc.iters, tc.iters)
         ckpt = self.out / "ckpt_last.pt"
@@ -301,7 +391,7 @@ class Trainer:
             self.resume(ckpt)
             print(f"resumed from {ckpt} at iteration {self.it}", file=sys.stderr)
         (self.out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
-        log = open(self.out / "log.jsonl", "a")
+        log = open(self.out / "log.jsonl", "a")  # noqa: SIM115 - closed on every exit path below
         bar = tqdm(total=tc.iters, initial=self.it, desc="train", disable=not self.progress or self.rank != 0)
         t0, seen0 = time.perf_counter(), self.it
         while self.it < stop:
@@ -311,8 +401,13 @@ class Trainer:
                 bar.update(1)
                 if self.rank == 0 and (self.it % tc.log_interval == 0 or self.it == tc.iters):
                     rate = (self.it - seen0) * tc.batch_size * self.world / (time.perf_counter() - t0)
-                    rec = {"iter": self.it, "epoch": epoch, **{k: round(v, 5) for k, v in stats.items()},
-                           "images_per_s": round(rate, 2), "elapsed_s": round(time.perf_counter() - t0, 1)}
+                    rec = {
+                        "iter": self.it,
+                        "epoch": epoch,
+                        **{k: round(v, 5) for k, v in stats.items()},
+                        "images_per_s": round(rate, 2),
+                        "elapsed_s": round(time.perf_counter() - t0, 1),
+                    }
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{sum(v for k, v in stats.items() if k.startswith('loss')):.3f}")
@@ -342,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="registry name (recipe ade20k)")
     p.add_argument("--data", default=None, help="dataset root (default: $STRUCTTOKEN_CAMVID or ../shared/data/camvid)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final.safetensors)")
-    p.add_argument("--init-from", default=None, help="our .safetensors whose backbone (and matching heads) to start from")
+    p.add_argument(
+        "--init-from", default=None, help="our .safetensors whose backbone (and matching heads) to start from"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_last.pt")
     p.add_argument("--stop-at", type=int, default=None, help="pause after this iteration (resume later with --resume)")
     p.add_argument("--iters", type=int, default=None)
@@ -359,9 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tc = recipe(args.recipe, args.model)
-    for field_name, value in (("iters", args.iters), ("batch_size", args.batch_size), ("lr", args.lr),
-                              ("seed", args.seed), ("eval_interval", args.eval_interval),
-                              ("num_workers", args.num_workers)):
+    for field_name, value in (
+        ("iters", args.iters),
+        ("batch_size", args.batch_size),
+        ("lr", args.lr),
+        ("seed", args.seed),
+        ("eval_interval", args.eval_interval),
+        ("num_workers", args.num_workers),
+    ):
         if value is not None:
             setattr(tc, field_name, value)
     if args.heads:
@@ -387,7 +489,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {final}" if final else f"paused at iteration {trainer.it}; continue with --resume")
     return 0
-
 
 
 if __name__ == "__main__":

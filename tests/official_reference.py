@@ -46,11 +46,26 @@ def backbone(sd, x, img_size, num_heads):
         p = f"backbone.layers.{i}"
         q = _ln(x, sd, p + ".ln1", 1e-6).transpose(0, 1)
         a, _ = F.multi_head_attention_forward(
-            q, q, q, c, num_heads, sd[p + ".attn.attn.in_proj_weight"], sd[p + ".attn.attn.in_proj_bias"],
-            None, None, False, 0.0, sd[p + ".attn.attn.out_proj.weight"], sd[p + ".attn.attn.out_proj.bias"],
-            training=False, need_weights=True)
+            q,
+            q,
+            q,
+            c,
+            num_heads,
+            sd[p + ".attn.attn.in_proj_weight"],
+            sd[p + ".attn.attn.in_proj_bias"],
+            None,
+            None,
+            False,
+            0.0,
+            sd[p + ".attn.attn.out_proj.weight"],
+            sd[p + ".attn.attn.out_proj.bias"],
+            training=False,
+            need_weights=True,
+        )
         x = x + a.transpose(0, 1)
-        y = F.gelu(F.linear(_ln(x, sd, p + ".ln2", 1e-6), sd[p + ".ffn.layers.0.0.weight"], sd[p + ".ffn.layers.0.0.bias"]))
+        y = F.gelu(
+            F.linear(_ln(x, sd, p + ".ln2", 1e-6), sd[p + ".ffn.layers.0.0.weight"], sd[p + ".ffn.layers.0.0.bias"])
+        )
         x = x + F.linear(y, sd[p + ".ffn.layers.1.weight"], sd[p + ".ffn.layers.1.bias"])
         i += 1
     return x[:, 1:].transpose(1, 2).reshape(b, c, h, w)
@@ -101,8 +116,11 @@ def head(sd, feats, kind):
             if kind == "sse":
                 x = _attn(x, x, sd, p + ".cross_attn")
             else:
-                x = x + _dw(_conv(_dw(x, sd, p + ".attn.query_map"), sd, p + ".attn.attn_pw_conv"), sd,
-                            p + ".attn.out_project")
+                x = x + _dw(
+                    _conv(_dw(x, sd, p + ".attn.query_map"), sd, p + ".attn.attn_pw_conv"),
+                    sd,
+                    p + ".attn.out_project",
+                )
             x = _ffn(x, sd, p + ".ffn1")
             kern, feats = x[:, :kk], x[:, kk:]
         blocks.append((kern, feats))
@@ -122,30 +140,55 @@ def random_official_state_dict(kind, embed_dim, depth, num_classes, grid, blocks
     """Random weights under the official key names, drawn like the fixtures (scaled to keep softmaxes peaked)."""
     g = torch.Generator().manual_seed(seed)
     c, k = embed_dim, num_classes
-    shapes = {"backbone.cls_token": (1, 1, c), "backbone.pos_embed": (1, 1 + (grid[0] * grid[1]), c),
-              "backbone.patch_embed.projection.weight": (c, 3, 16, 16), "backbone.patch_embed.projection.bias": (c,)}
+    shapes = {
+        "backbone.cls_token": (1, 1, c),
+        "backbone.pos_embed": (1, 1 + (grid[0] * grid[1]), c),
+        "backbone.patch_embed.projection.weight": (c, 3, 16, 16),
+        "backbone.patch_embed.projection.bias": (c,),
+    }
     for i in range(depth):
         p = f"backbone.layers.{i}"
-        shapes.update({f"{p}.ln1.weight": (c,), f"{p}.ln1.bias": (c,), f"{p}.attn.attn.in_proj_weight": (3 * c, c),
-                       f"{p}.attn.attn.in_proj_bias": (3 * c,), f"{p}.attn.attn.out_proj.weight": (c, c),
-                       f"{p}.attn.attn.out_proj.bias": (c,), f"{p}.ln2.weight": (c,), f"{p}.ln2.bias": (c,),
-                       f"{p}.ffn.layers.0.0.weight": (4 * c, c), f"{p}.ffn.layers.0.0.bias": (4 * c,),
-                       f"{p}.ffn.layers.1.weight": (c, 4 * c), f"{p}.ffn.layers.1.bias": (c,)})
+        shapes.update(
+            {
+                f"{p}.ln1.weight": (c,),
+                f"{p}.ln1.bias": (c,),
+                f"{p}.attn.attn.in_proj_weight": (3 * c, c),
+                f"{p}.attn.attn.in_proj_bias": (3 * c,),
+                f"{p}.attn.attn.out_proj.weight": (c, c),
+                f"{p}.attn.attn.out_proj.bias": (c,),
+                f"{p}.ln2.weight": (c,),
+                f"{p}.ln2.bias": (c,),
+                f"{p}.ffn.layers.0.0.weight": (4 * c, c),
+                f"{p}.ffn.layers.0.0.bias": (4 * c,),
+                f"{p}.ffn.layers.1.weight": (c, 4 * c),
+                f"{p}.ffn.layers.1.bias": (c,),
+            }
+        )
 
     def dw(p, cin, cout):
-        for j, (o, i_, kk, grp) in enumerate([(cin, cin, 1, 1), (cin, 1, 3, cin), (cout, cin, 1, 1)], 1):
+        for j, (o, i_, kk) in enumerate([(cin, cin, 1), (cin, 1, 3), (cout, cin, 1)], 1):
             shapes[f"{p}.conv{j}.weight"] = (o, i_, kk, kk)
             shapes[f"{p}.conv{j}.bias"] = (o,)
             shapes[f"{p}.norm{j}.weight"] = (o,)
             shapes[f"{p}.norm{j}.bias"] = (o,)
 
     def ffn(p, ch):
-        shapes.update({f"{p}.pwconv1.weight": (4 * ch, ch, 1, 1), f"{p}.pwconv1.bias": (4 * ch,),
-                       f"{p}.norm1.weight": (4 * ch,), f"{p}.norm1.bias": (4 * ch,),
-                       f"{p}.dwconv.weight": (4 * ch, 4, 3, 3), f"{p}.dwconv.bias": (4 * ch,),
-                       f"{p}.norm2.weight": (4 * ch,), f"{p}.norm2.bias": (4 * ch,),
-                       f"{p}.pwconv2.weight": (ch, 4 * ch, 1, 1), f"{p}.pwconv2.bias": (ch,),
-                       f"{p}.norm3.weight": (ch,), f"{p}.norm3.bias": (ch,)})
+        shapes.update(
+            {
+                f"{p}.pwconv1.weight": (4 * ch, ch, 1, 1),
+                f"{p}.pwconv1.bias": (4 * ch,),
+                f"{p}.norm1.weight": (4 * ch,),
+                f"{p}.norm1.bias": (4 * ch,),
+                f"{p}.dwconv.weight": (4 * ch, 4, 3, 3),
+                f"{p}.dwconv.bias": (4 * ch,),
+                f"{p}.norm2.weight": (4 * ch,),
+                f"{p}.norm2.bias": (4 * ch,),
+                f"{p}.pwconv2.weight": (ch, 4 * ch, 1, 1),
+                f"{p}.pwconv2.bias": (ch,),
+                f"{p}.norm3.weight": (ch,),
+                f"{p}.norm3.bias": (ch,),
+            }
+        )
 
     shapes["decode_head.kernels"] = (1, k, *grid)
     for i in range(blocks):
@@ -168,9 +211,14 @@ def random_official_state_dict(kind, embed_dim, depth, num_classes, grid, blocks
             ffn(f"{p}.ffn1", k + c)
     shapes.update({"decode_head.dec_proj.weight": (c, c, 1, 1), "decode_head.dec_proj.bias": (c,)})
     for j in (1, 2):
-        shapes.update({f"decode_head.residual_block.norm{j}.weight": (k,), f"decode_head.residual_block.norm{j}.bias": (k,),
-                       f"decode_head.residual_block.conv{j}.weight": (k, k, 3, 3),
-                       f"decode_head.residual_block.conv{j}.bias": (k,)})
+        shapes.update(
+            {
+                f"decode_head.residual_block.norm{j}.weight": (k,),
+                f"decode_head.residual_block.norm{j}.bias": (k,),
+                f"decode_head.residual_block.conv{j}.weight": (k, k, 3, 3),
+                f"decode_head.residual_block.conv{j}.bias": (k,),
+            }
+        )
     sd = {}
     for key, shape in shapes.items():
         if key.endswith("kernels"):
@@ -179,7 +227,8 @@ def random_official_state_dict(kind, embed_dim, depth, num_classes, grid, blocks
             t = 0.2 * torch.randn(shape, generator=g)
         elif "norm" in key or ".ln" in key:
             t = (1.0 if key.endswith("weight") else 0.0) + (0.1 if key.endswith("weight") else 0.05) * torch.randn(
-                shape, generator=g)
+                shape, generator=g
+            )
         elif key.endswith("bias"):
             t = 0.02 * torch.randn(shape, generator=g)
         else:

@@ -7,10 +7,12 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
+from official_reference import random_official_state_dict
 
 from structtoken import (
     REGISTRY,
@@ -30,8 +32,6 @@ from structtoken import (
 )
 from structtoken.checkpoint import infer_official_config, torch_load_safe
 from structtoken.config import ConfigError
-
-from official_reference import random_official_state_dict
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, num_blocks=2, num_classes=4, image_size=(64, 64))
 
@@ -98,8 +98,10 @@ def test_converter_rejects_unknown_keys():
 def test_official_pth_roundtrip_with_mmcv_container(tmp_path, kind):
     sd = random_official_state_dict(kind, 64, 1, 5, (4, 4), 2, seed=1)
     # an mmcv checkpoint carries numpy scalars in meta: these must load with weights_only=True
-    container = {"meta": {"seed": np.int64(3), "iter": 10, "CLASSES": ("a", "b"), "lr": np.float64(0.1)},
-                 "state_dict": {f"module.{k}": v for k, v in sd.items()}}
+    container = {
+        "meta": {"seed": np.int64(3), "iter": 10, "CLASSES": ("a", "b"), "lr": np.float64(0.1)},
+        "state_dict": {f"module.{k}": v for k, v in sd.items()},
+    }
     path = tmp_path / "official.pth"
     torch.save(container, path)
     model = load_official(path)
@@ -137,7 +139,7 @@ def test_truncated_files_give_clear_errors(tmp_path):
     good = save_model(model, tmp_path / "good.safetensors").read_bytes()
     bad = tmp_path / "truncated.safetensors"
     bad.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="truncated.safetensors"):
+    with pytest.raises(CheckpointError, match=r"truncated\.safetensors"):
         load_model(bad)
     torch.save({"state_dict": random_official_state_dict("sse", 32, 1, 4, (4, 4), 1)}, tmp_path / "x.pth")
     data = (tmp_path / "x.pth").read_bytes()
@@ -145,7 +147,7 @@ def test_truncated_files_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"cut\.pth: cannot read checkpoint"):
         load_official(tmp_path / "cut.pth")
     (tmp_path / "empty.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="empty.safetensors"):
+    with pytest.raises(CheckpointError, match=r"empty\.safetensors"):
         load_model(tmp_path / "empty.safetensors")
 
 
@@ -188,9 +190,9 @@ def test_config_validation_messages():
 # ------------------------------------------------------------------------------------ fetching
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.requests.append(self.headers.get("Range") or "")
         data, status = self.payload, 200
         rng = self.headers.get("Range")

@@ -30,9 +30,15 @@ def load_fixture(reference_dir, kind):
     t = load_file(str(reference_dir / "fixtures" / f"dev_{kind}_vitt.safetensors"))
     meta = json.loads((reference_dir / "fixtures" / f"dev_{kind}_vitt.json").read_text())
     sd = {k.removeprefix("state_dict."): v.float() for k, v in t.items() if k.startswith("state_dict.")}
-    cfg = ModelConfig(head=kind, embed_dim=meta["embed_dims"], depth=meta["backbone_num_layers"],
-                      num_heads=meta["num_heads"], num_blocks=meta["decode_head_num_layers"],
-                      num_classes=meta["num_classes"], image_size=(meta["image_h"], meta["image_w"]))
+    cfg = ModelConfig(
+        head=kind,
+        embed_dim=meta["embed_dims"],
+        depth=meta["backbone_num_layers"],
+        num_heads=meta["num_heads"],
+        num_blocks=meta["decode_head_num_layers"],
+        num_classes=meta["num_classes"],
+        image_size=(meta["image_h"], meta["image_w"]),
+    )
     model = build_model(cfg).eval()
     model.load_state_dict(convert_official_state_dict(sd))
     return t, meta, sd, model
@@ -100,7 +106,16 @@ CASES = [
     ("sse", 64, 2, 1, 5, (96, 96), 2, (70, 130)),  # padding, resized pos-embed and tokens
     ("pwe", 128, 2, 2, 9, (80, 80), 1, (64, 144)),  # odd configured grid (5x5): align_corners tokens
     ("cse", 128, 2, 2, 3, (160, 160), 1, (50, 50)),  # 1 block: CSE without ffn2
-    ("sse", 64, 1, 1, 4, (128, 128), 2, (32, 512)),  # 2x32 grid = 64 tokens = 8x8 table: pos-embed kept, tokens resized
+    (
+        "sse",
+        64,
+        1,
+        1,
+        4,
+        (128, 128),
+        2,
+        (32, 512),
+    ),  # 2x32 grid = 64 tokens = 8x8 table: pos-embed kept, tokens resized
 ]
 
 
@@ -108,8 +123,15 @@ CASES = [
 def test_matches_independent_reference_on_unseen_configs(kind, embed, depth, heads, classes, image_size, blocks, size):
     grid = (image_size[0] // 16, image_size[1] // 16)
     sd = random_official_state_dict(kind, embed, depth, classes, grid, blocks, seed=hash((kind, embed)) % 1000)
-    cfg = ModelConfig(head=kind, embed_dim=embed, depth=depth, num_heads=heads, num_blocks=blocks,
-                      num_classes=classes, image_size=image_size)
+    cfg = ModelConfig(
+        head=kind,
+        embed_dim=embed,
+        depth=depth,
+        num_heads=heads,
+        num_blocks=blocks,
+        num_classes=classes,
+        image_size=image_size,
+    )
     model = build_model(cfg).eval()
     model.load_state_dict(convert_official_state_dict(sd))
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))

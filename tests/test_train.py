@@ -13,8 +13,8 @@ from PIL import Image
 from structtoken import ModelConfig, load_model
 from structtoken.data import SegmentationDataset
 from structtoken.evaluate import evaluate_model
-from structtoken.train import TrainConfig, Trainer, lr_factor, main, param_groups
 from structtoken.segmentor import build_model
+from structtoken.train import TrainConfig, Trainer, lr_factor, main, param_groups
 
 CLASSES = ["sky", "road", "car"]
 
@@ -24,8 +24,16 @@ def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, size=(48, 64)) -
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     palette = [[128, 128, 128], [128, 64, 128], [64, 0, 128]]
-    (root / "classes.json").write_text(json.dumps({"classes": CLASSES, "palette": palette, "ignore_index": 255,
-                                                   "median_frequency_weights": [1.0, 1.0, 2.0]}))
+    (root / "classes.json").write_text(
+        json.dumps(
+            {
+                "classes": CLASSES,
+                "palette": palette,
+                "ignore_index": 255,
+                "median_frequency_weights": [1.0, 1.0, 2.0],
+            }
+        )
+    )
     h, w = size
     for split, n in (("train", n_train), ("val", n_val)):
         (root / split / "images").mkdir(parents=True)
@@ -35,7 +43,7 @@ def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, size=(48, 64)) -
             horizon = int(rng.integers(h // 3, 2 * h // 3))
             lab[horizon:] = 1
             y, x = int(rng.integers(horizon - 8, h - 12)), int(rng.integers(0, w - 20))
-            lab[y:y + 12, x:x + 20] = 2
+            lab[y : y + 12, x : x + 20] = 2
             lab[0, :5] = 255
             colors = np.array([[200, 220, 250], [90, 90, 90], [200, 30, 30]], np.uint8)
             img = colors[np.minimum(lab, 2)] + rng.integers(0, 20, (h, w, 3)).astype(np.uint8)
@@ -45,10 +53,32 @@ def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, size=(48, 64)) -
 
 
 def tiny_tc(**kw) -> TrainConfig:
-    model = ModelConfig(head="cse", extra_heads=("per_pixel", "per_pixel_ds"), embed_dim=32, depth=1, num_heads=2,
-                        num_blocks=2, num_classes=3, image_size=(32, 32), classes=tuple(CLASSES))
-    base = dict(model=model, crop_size=(32, 32), scale=(64, 48), batch_size=2, iters=6, lr=2e-3, head_lr_mult=1.0,
-                warmup_iters=1, grad_clip=1.0, log_interval=1, ckpt_interval=3, num_workers=0, photometric=False)
+    model = ModelConfig(
+        head="cse",
+        extra_heads=("per_pixel", "per_pixel_ds"),
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_blocks=2,
+        num_classes=3,
+        image_size=(32, 32),
+        classes=tuple(CLASSES),
+    )
+    base = dict(
+        model=model,
+        crop_size=(32, 32),
+        scale=(64, 48),
+        batch_size=2,
+        iters=6,
+        lr=2e-3,
+        head_lr_mult=1.0,
+        warmup_iters=1,
+        grad_clip=1.0,
+        log_interval=1,
+        ckpt_interval=3,
+        num_workers=0,
+        photometric=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -110,16 +140,27 @@ def test_deep_supervision_pair_starts_identical_and_differs_only_by_loss(tmp_pat
 
 def test_frozen_backbone_stays_unchanged(tmp_path):
     data = write_dataset(tmp_path / "data")
-    trainer = Trainer(tiny_tc(freeze_backbone=True, iters=3), data, tmp_path / "run", torch.device("cpu"),
-                      progress=False)
+    trainer = Trainer(
+        tiny_tc(freeze_backbone=True, iters=3), data, tmp_path / "run", torch.device("cpu"), progress=False
+    )
     before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
     trainer.run()
     assert all(torch.equal(before[k], v) for k, v in trainer.model.backbone.state_dict().items())
 
 
 def test_cli_reports_missing_data_folder(tmp_path, capsys):
-    code = main(["--recipe", "camvid_stage1", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
-                 "--iters", "1"])
+    code = main(
+        [
+            "--recipe",
+            "camvid_stage1",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "o"),
+            "--iters",
+            "1",
+        ]
+    )
     assert code == 2
     assert "nowhere" in capsys.readouterr().err
 
@@ -128,8 +169,11 @@ class _FixedModel:
     """Stands in for a Segmentor: predicts a fixed label map per image (as probabilities)."""
 
     def __init__(self, preds, k):
-        self.preds, self.cfg, self.training = iter(preds), ModelConfig(head="cse", num_classes=k, embed_dim=32,
-                                                                         num_heads=2, image_size=64), False
+        self.preds, self.cfg, self.training = (
+            iter(preds),
+            ModelConfig(head="cse", num_classes=k, embed_dim=32, num_heads=2, image_size=64),
+            False,
+        )
 
     def eval(self):
         return self
@@ -151,8 +195,13 @@ def test_evaluation_gives_the_known_miou(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(root / "val" / "images" / "x.png")
     Image.fromarray(label).save(root / "val" / "labels" / "x.png")
     # prediction [[0, 1], [1, 1]]: class a: tp 1, fp 0, fn 1 -> IoU 1/2; class b: tp 1, fp 1, fn 0 -> 1/2
-    res = evaluate_model(_FixedModel([np.array([[0, 1], [1, 1]])], 2), SegmentationDataset(root, "val"),
-                         heads=["cse"], progress=False, save_predictions=tmp_path / "pred")
+    res = evaluate_model(
+        _FixedModel([np.array([[0, 1], [1, 1]])], 2),
+        SegmentationDataset(root, "val"),
+        heads=["cse"],
+        progress=False,
+        save_predictions=tmp_path / "pred",
+    )
     m = res["heads"]["cse"]
     assert m["miou"] == pytest.approx(0.5) and m["iou_per_class"] == pytest.approx([0.5, 0.5])
     assert m["pixel_accuracy"] == pytest.approx(2 / 3)

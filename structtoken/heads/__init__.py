@@ -12,7 +12,12 @@ from .per_pixel import PerPixelHead
 from .pwe import PWEHead
 from .sse import SSEHead
 
-HEAD_CLASSES: dict[str, type[nn.Module]] = {"cse": CSEHead, "sse": SSEHead, "pwe": PWEHead, "per_pixel": PerPixelHead}
+HEAD_CLASSES: dict[str, type[nn.Module]] = {
+    "cse": CSEHead,
+    "sse": SSEHead,
+    "pwe": PWEHead,
+    "per_pixel": PerPixelHead,
+}
 
 
 def build_head(name: str, cfg: ModelConfig) -> nn.Module:

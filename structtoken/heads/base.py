@@ -100,5 +100,8 @@ class StructTokenHead(nn.Module):
             maps.append(out)
             tokens, feats = out.tokens, out.features
         return HeadOutput(
-            logits=self.residual(tokens), tokens_init=tokens_init, blocks=tuple(maps), features_init=features_init
+            logits=self.residual(tokens),
+            tokens_init=tokens_init,
+            blocks=tuple(maps),
+            features_init=features_init,
         )

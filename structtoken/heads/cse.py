@@ -23,9 +23,7 @@ class CSEBlock(nn.Module):
         self.ffn_tokens = GroupConvBlock(num_classes, mlp_ratio, drop_path)
         self.ffn_features = None if last else GroupConvBlock(channels, mlp_ratio, drop_path)
 
-    def forward(
-        self, tokens: torch.Tensor, features: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tokens, attn = self.attn(tokens, features, features)
         tokens = self.ffn_tokens(tokens)
         if self.ffn_features is not None:
@@ -48,8 +46,7 @@ class CSEHead(StructTokenHead):
         super().__init__(in_channels, num_classes, token_grid)
         dpr = drop_path_rates(drop_path_rate, num_blocks)
         self.blocks = nn.ModuleList(
-            CSEBlock(in_channels, num_classes, mlp_ratio, dpr[i], last=i == num_blocks - 1)
-            for i in range(num_blocks)
+            CSEBlock(in_channels, num_classes, mlp_ratio, dpr[i], last=i == num_blocks - 1) for i in range(num_blocks)
         )
 
     def run_block(self, block: nn.Module, tokens: torch.Tensor, features: torch.Tensor) -> BlockMaps:

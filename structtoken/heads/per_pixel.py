@@ -17,9 +17,7 @@ from .base import BlockMaps, HeadOutput
 class PerPixelHead(nn.Module):
     """Per-pixel baseline. features [B, C, h, w] -> :class:`HeadOutput` with logits [B, K, h, w]."""
 
-    def __init__(
-        self, in_channels: int, num_classes: int, num_blocks: int = 4, deep_supervision: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, num_blocks: int = 4, deep_supervision: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision

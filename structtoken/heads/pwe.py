@@ -41,9 +41,7 @@ class PWEHead(StructTokenHead):
     ) -> None:
         super().__init__(in_channels, num_classes, token_grid)
         dpr = drop_path_rates(drop_path_rate, num_blocks)
-        self.blocks = nn.ModuleList(
-            PWEBlock(in_channels, num_classes, mlp_ratio, dpr[i]) for i in range(num_blocks)
-        )
+        self.blocks = nn.ModuleList(PWEBlock(in_channels, num_classes, mlp_ratio, dpr[i]) for i in range(num_blocks))
 
     def run_block(self, block: nn.Module, tokens: torch.Tensor, features: torch.Tensor) -> BlockMaps:
         tokens, features = block(tokens, features)

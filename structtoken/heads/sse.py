@@ -22,9 +22,7 @@ class SSEBlock(nn.Module):
         self.attn = ChannelAttention(num_classes + channels, num_classes + channels, drop_path)
         self.ffn = GroupConvBlock(num_classes + channels, mlp_ratio, drop_path)
 
-    def forward(
-        self, tokens: torch.Tensor, features: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = tokens.shape[1]
         x = torch.cat((tokens, features), dim=1)
         x, attn = self.attn(x, x, x)
@@ -46,9 +44,7 @@ class SSEHead(StructTokenHead):
     ) -> None:
         super().__init__(in_channels, num_classes, token_grid)
         dpr = drop_path_rates(drop_path_rate, num_blocks)
-        self.blocks = nn.ModuleList(
-            SSEBlock(in_channels, num_classes, mlp_ratio, dpr[i]) for i in range(num_blocks)
-        )
+        self.blocks = nn.ModuleList(SSEBlock(in_channels, num_classes, mlp_ratio, dpr[i]) for i in range(num_blocks))
 
     def run_block(self, block: nn.Module, tokens: torch.Tensor, features: torch.Tensor) -> BlockMaps:
         tokens, features, attn = block(tokens, features)
