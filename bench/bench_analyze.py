@@ -9,6 +9,11 @@ backbone pass), both as medians, and the peak resident memory of the process.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
 import argparse
 import json
 import resource

@@ -1,0 +1,849 @@
+"""StructToken Explorer: a Gradio app to see, block by block, how StructToken heads build a segmentation.
+
+Layout and events only: every analysis goes through :func:`analysis.service.analyze`. Building the
+Blocks is cheap (no model, no torch import); the service is imported and models are loaded on the
+first request.
+
+    python app.py                      # http://127.0.0.1:7860
+    GRADIO_SERVER_NAME=0.0.0.0 python app.py
+    STRUCTTOKEN_DEFAULT_MODEL=path/to/set.safetensors python app.py
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+MAX_FILE_SIZE = "20mb"
+CAMVID_EXAMPLES = 6
+KEEP_REQUEST_DIRS = 64  # per-request download folders kept on disk (older ones are deleted)
+
+
+
+def default_model() -> str:
+    """The set the page opens with: ``$STRUCTTOKEN_DEFAULT_MODEL`` (a name or a file), else ``camvid``."""
+    return os.environ.get("STRUCTTOKEN_DEFAULT_MODEL") or "camvid"
+
+
+# UI label per service analysis key (analysis.service.ANALYSES), in display order.
+ANALYSIS_LABELS: dict[str, str] = {
+    "prediction": "Prediction",
+    "comparison": "Paper comparison",
+    "probe": "Deep-supervision probe",
+    "attention": "Token–feature attention",
+}
+NORMALIZATION_LABELS: dict[str, str] = {
+    "shared": "shared per class",
+    "per_map": "per map",
+    "softmax": "softmax (probability)",
+}
+HEAD_LABELS: dict[str, str] = {
+    "cse": "StructToken-CSE",
+    "sse": "StructToken-SSE",
+    "pwe": "StructToken-PWE",
+    "per_pixel": "Per-pixel",
+    "per_pixel_ds": "Per-pixel + deep sup.",
+    "linear": "Linear",
+}
+STRUCTTOKEN_HEADS = ("cse", "sse", "pwe")
+ATTENTION_HEADS = ("cse", "sse")
+ALL_BLOCKS = -1
+"""The block control's "every stage" (comparison, probe) / "last block" (attention) value."""
+
+log = logging.getLogger("structtoken.app")
+
+TITLE = "StructToken Explorer"
+INTRO = """
+# StructToken Explorer
+
+StructToken (Lin et al., *StructToken: Rethinking Semantic Segmentation with Structural Prior*,
+[arXiv:2203.12612](https://arxiv.org/abs/2203.12612)) segments an image with **learnable structure
+tokens**: one spatial map per class, refined by a few blocks that let the tokens interact with the ViT
+features (CSE: cross-slice extraction, SSE: self-slice extraction, PWE: point-wise extraction). Upload an
+image to see, block by block, how the StructToken heads and a per-pixel baseline (with and without deep
+supervision) build their answers, with numbers beside the pictures.
+"""
+HELP = """
+* **Prediction**: the chosen head's segmentation over the image (any head of the set, the per-pixel ones
+  included) and, in the numbers, the area each class takes in the prediction of every head.
+* **Paper comparison** (the paper's Fig. 3 layout): rows are classes, columns the class maps entering block 1
+  (*input*), after every block and at the head *output*, for the chosen StructToken head and the per-pixel
+  baseline side by side. The white line is the class's boundary in the chosen head's prediction. The numbers
+  give, per stage, the share of feature-grid cells whose strongest class already equals the head's output.
+* **Deep-supervision probe**: the same grid for the per-pixel baseline without and with deep supervision
+  (a loss on every block's map) next to StructToken: does deep supervision alone give StructToken-like
+  block maps? The verdict and the dataset numbers come from the set's shipped report (training seeds).
+* **Token–feature attention** (CSE and SSE heads): how much each class token reads each feature channel in
+  the chosen block, and the feature maps of the channels the first selected class reads most.
+* **Block**: show one stage only (*input*, *block k*, *output*) instead of every stage; for the attention,
+  which block.
+* **Normalisation**: *shared per class* puts every map of a class on one colour scale (compare stages and
+  heads); *per map* stretches each map on its own (see shape); *softmax* shows class probabilities.
+* **Classes**: empty means the classes with the largest predicted area; pick others by name.
+* **Dataset-level curves** (when the set ships an evaluation report): mIoU, mask AP and boundary F1 of every
+  block's maps on the validation set.
+* **Examples**: a synthetic street scene and public-domain photos shipped with the app, then the first CamVid
+  validation frames when the dataset folder is present (read in place, never copied).
+* **Downloads**: the figure (PNG/PDF), every map of every head (`.npz`) and the numbers (`.json`).
+"""
+
+CSS = """
+.gradio-container {max-width: 1400px !important; margin: auto;}
+#st-intro p {font-size: 0.95rem; line-height: 1.45;}
+#st-availability p {font-size: 0.85rem; color: var(--body-text-color-subdued);}
+#st-summary {min-height: 3rem;}
+.st-downloads button {min-width: 0;}
+#st-summary td:first-child, #st-summary th:first-child {white-space: nowrap;}
+#st-summary table {font-size: 0.85rem;}
+#st-plot {overflow-x: auto !important;}
+#st-plot .js-plotly-plot {width: max-content;}
+"""
+
+
+# --------------------------------------------------------------------------- service (lazy)
+_service_lock = threading.Lock()
+_service_mod: Any = None
+
+
+def _service() -> Any:
+    """``analysis.service``, imported on first use (it pulls in torch)."""
+    global _service_mod
+    if _service_mod is None:
+        with _service_lock:
+            if _service_mod is None:
+                import analysis.service as mod
+
+                _service_mod = mod
+    return _service_mod
+
+
+def _gpu(fn: Callable) -> Callable:
+    """``spaces.GPU`` on Hugging Face (ZeroGPU) Spaces; the function itself everywhere else."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=120)(fn)
+
+
+def _on_spaces() -> bool:
+    try:
+        import spaces  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@_gpu
+def _analyze_on_device(image: Any, progress: Callable | None = None, **kwargs: Any) -> Any:
+    return _service().analyze(image, progress=progress, **kwargs)
+
+
+# --------------------------------------------------------------------------- models and examples
+def _model_label(name: str) -> str:
+    if os.sep in name or name.endswith(CHECKPOINT_SUFFIXES):
+        return f"{Path(name).name} (local)"
+    if name == "camvid":
+        return "camvid (embedded, offline)"
+    return name
+
+
+def model_names() -> list[str]:
+    """The models the picker offers: the default first, then the embedded and released sets."""
+    from structtoken.assets import available_models
+
+    first = default_model()
+    return [first, *(n for n in available_models() if n != first)]
+
+
+def camvid_root() -> Path:
+    env = os.environ.get("STRUCTTOKEN_CAMVID")
+    return Path(env).expanduser() if env else (ROOT.parent / "shared" / "data" / "camvid")
+
+
+def _camvid_val_images(n: int = CAMVID_EXAMPLES) -> list[Path]:
+    """The first ``n`` CamVid validation frames (read in place, never copied into the project)."""
+    root = camvid_root()
+    images = root / "val" / "images"
+    if not images.is_dir():
+        return []
+    names: list[str] = []
+    listing = root / "val.txt"
+    if listing.is_file():
+        names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+    out: list[Path] = []
+    if names:
+        for stem in names:
+            hits = [images / f"{stem}{s}" for s in (".png", ".jpg", ".jpeg")]
+            hit = next((h for h in hits if h.is_file()), None)
+            if hit is not None:
+                out.append(hit)
+            if len(out) >= n:
+                break
+    else:
+        out = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    return out
+
+
+def example_images() -> list[Path]:
+    """Shipped examples (street scene first), then CamVid validation frames when the dataset is present."""
+    shipped = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    shipped.sort(key=lambda p: (not p.name.startswith("street"), p.name))
+    return [*shipped, *_camvid_val_images()]
+
+
+# --------------------------------------------------------------------------- per-request files
+_dirs_lock = threading.Lock()
+_request_dirs: collections.deque[Path] = collections.deque()
+_out_root: Path | None = None
+
+
+def _request_dir() -> Path:
+    """A fresh folder for one request's downloads; the oldest beyond :data:`KEEP_REQUEST_DIRS` are deleted."""
+    global _out_root
+    with _dirs_lock:
+        if _out_root is None or not _out_root.is_dir():
+            _out_root = Path(tempfile.mkdtemp(prefix="structtoken_app_"))
+        d = Path(tempfile.mkdtemp(dir=_out_root))
+        _request_dirs.append(d)
+        while len(_request_dirs) > KEEP_REQUEST_DIRS:
+            shutil.rmtree(_request_dirs.popleft(), ignore_errors=True)
+    return d
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).stem if os.sep in text else text).strip("-") or "model"
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def write_pdf(figure: Any, path: Path) -> str:
+    from analysis.figures import figure_to_pdf_bytes
+
+    path.write_bytes(figure_to_pdf_bytes(figure))
+    return str(path)
+
+
+def write_downloads(result: Any, stem: str, pdf: bool = True) -> dict[str, Any]:
+    """Figure PNG (and PDF), maps ``.npz`` and metrics JSON of one result, in a fresh temp folder.
+
+    ``pdf=False`` leaves the PDF out (``"pdf": None``): the page renders it in a follow-up step, so
+    the picture shows up first; ``"dir"`` is the folder."""
+    import numpy as np
+
+    from analysis.figures import figure_to_png_bytes
+
+    d = _request_dir()
+    out: dict[str, Any] = {"png": None, "pdf": None, "npz": None, "json": None, "dir": d}
+    if result.figure is not None:
+        (d / f"{stem}.png").write_bytes(figure_to_png_bytes(result.figure))
+        out["png"] = str(d / f"{stem}.png")
+        if pdf:
+            out["pdf"] = write_pdf(result.figure, d / f"{stem}.pdf")
+    if result.maps:
+        np.savez_compressed(d / f"{stem}_maps.npz", **{k: np.asarray(v) for k, v in result.maps.items()})
+        out["npz"] = str(d / f"{stem}_maps.npz")
+    (d / f"{stem}_metrics.json").write_text(json.dumps(result.metrics, indent=2, default=_json_default))
+    out["json"] = str(d / f"{stem}_metrics.json")
+    return out
+
+
+# --------------------------------------------------------------------------- argument handling
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "__array_interface__") or type(x).__module__.startswith("numpy")
+
+
+def _payload_path(value: Any) -> str | None:
+    """A file component's raw payload (events run with ``preprocess=False``) -> its server-side path."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value.get("path") or None
+    if isinstance(value, (list, tuple)):
+        return _payload_path(value[0]) if value else None
+    path = getattr(value, "path", None)
+    if path:
+        return str(path)
+    return str(value) if isinstance(value, (str, Path)) else None
+
+
+def _has_image(image: Any) -> bool:
+    return _is_array(image) or _payload_path(image) is not None
+
+
+def _analysis_key(value: Any) -> str:
+    if value in (None, ""):
+        return "comparison"
+    s = str(value).strip()
+    for key, label in ANALYSIS_LABELS.items():
+        if s.lower() in (key, label.lower()):
+            return key
+    raise gr.Error(f"unknown analysis {s!r}; choose one of: {', '.join(ANALYSIS_LABELS)}")
+
+
+def _normalize_key(value: Any) -> str:
+    if value in (None, ""):
+        return "shared"
+    s = str(value).strip()
+    for key, label in NORMALIZATION_LABELS.items():
+        if s.lower() in (key.lower(), label.lower()):
+            return key
+    raise gr.Error(f"unknown normalisation {s!r}; choose one of: {', '.join(NORMALIZATION_LABELS)}")
+
+
+def _model_spec(model: Any, checkpoint: Any) -> str:
+    """The model the service gets: an uploaded checkpoint, else one of the picker's names (never a
+    free path: API callers cannot point the server at its own files)."""
+    ckpt = _payload_path(checkpoint)
+    if ckpt:
+        if not ckpt.lower().endswith(CHECKPOINT_SUFFIXES):
+            raise gr.Error(f"checkpoint {Path(ckpt).name!r}: expected a .safetensors or .pth file")
+        return ckpt
+    allowed = model_names()
+    name = str(model).strip() if model not in (None, "") else allowed[0]
+    if name not in allowed:
+        raise gr.Error(f"unknown model {name!r}; choose one of: {', '.join(allowed)}")
+    return name
+
+
+def _classes_arg(classes: Any) -> list[str] | None:
+    if classes in (None, "", []):
+        return None
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    return [str(c) for c in classes] or None
+
+
+def _head_arg(head: Any) -> str | None:
+    if head in (None, "", "auto"):
+        return None
+    s = str(head).strip()
+    for key, label in HEAD_LABELS.items():
+        if s.lower() in (key, label.lower()):
+            return key
+    return s
+
+
+def _block_arg(block: Any) -> int | None:
+    """Block control -> service ``block``: -1 / None = every stage (attention: the last block);
+    comparison and probe: 0 = input maps, 1..N = after that block, N + 1 = output; attention: 1..N."""
+    if block in (None, "", "all", "last"):
+        return None
+    try:
+        f = float(block)
+    except (TypeError, ValueError):
+        raise gr.Error(f"block must be a whole number (-1 = all), got {block!r}") from None
+    if f != int(f):
+        raise gr.Error(f"block must be a whole number (-1 = all), got {block!r}")
+    return None if int(f) < 0 else int(f)
+
+
+def _opacity_arg(opacity: Any) -> float:
+    if opacity in (None, ""):
+        return 0.5
+    try:
+        v = float(opacity)
+    except (TypeError, ValueError):
+        raise gr.Error(f"opacity must be a number in [0, 1], got {opacity!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise gr.Error(f"opacity must be in [0, 1], got {opacity!r}")
+    return v
+
+
+# --------------------------------------------------------------------------- controls
+def model_config(spec: str | None) -> Any:
+    """The :class:`structtoken.ModelConfig` of a set without loading its weights, or None when that
+    needs the weights (an official ``.pth``) or the file is missing or unreadable."""
+    if not spec:
+        return None
+    try:
+        from structtoken.assets import EMBEDDED
+        from structtoken.checkpoint import FORMAT_KEY, read_metadata
+        from structtoken.config import REGISTRY, ModelConfig
+
+        if spec in REGISTRY:
+            return REGISTRY[spec]
+        path = EMBEDDED.get(spec) or Path(spec)
+        if path.suffix == ".safetensors" and path.is_file():
+            meta = read_metadata(path)
+            return ModelConfig.from_dict(json.loads(meta[FORMAT_KEY])) if FORMAT_KEY in meta else None
+    except Exception:  # a cheap hint only; the analysis itself reports real problems
+        return None
+    return None
+
+
+def _supported(cfg: Any) -> dict[str, str | None]:
+    if cfg is None:
+        return {}
+    try:
+        from analysis.probe import supported_analyses
+
+        return dict(supported_analyses(cfg))
+    except Exception:
+        return {}
+
+
+def _head_options(heads: Sequence[str], analysis: str) -> list[str]:
+    if analysis == "prediction":
+        return list(heads)
+    wanted = ATTENTION_HEADS if analysis == "attention" else STRUCTTOKEN_HEADS
+    return [h for h in heads if h in wanted]
+
+
+def _block_options(num_blocks: int | None, analysis: str) -> list[tuple[str, int]]:
+    n = int(num_blocks or 0)
+    if analysis == "attention":
+        return [("last block", ALL_BLOCKS), *((f"block {i}", i) for i in range(1, n + 1))]
+    if analysis in ("comparison", "probe"):
+        return [("every stage", ALL_BLOCKS), ("input", 0), *((f"block {i}", i) for i in range(1, n + 1)),
+                ("output", n + 1)] if n else [("every stage", ALL_BLOCKS)]
+    return [("every stage", ALL_BLOCKS)]
+
+
+def _availability_markdown(available: dict[str, str | None]) -> str:
+    return "  \n".join(
+        f"**{ANALYSIS_LABELS.get(k, k)}** is not available: {why}" for k, why in available.items() if why
+    )
+
+
+def control_updates(
+    heads: Sequence[str] | None,
+    num_blocks: int | None,
+    available: dict[str, str | None],
+    analysis: str,
+    head: str | None,
+    block: Any,
+    class_names: Sequence[str] | None,
+    selected: Sequence[str] | None,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """Updates for (analysis, availability, head, block, classes) that fit a model set."""
+    if available.get(analysis):  # the current choice is impossible with this set: fall back
+        analysis = next((a for a in ("comparison", "prediction") if not available.get(a)), analysis)
+    analysis_up = gr.update(
+        choices=[(label + (" (n/a)" if available.get(k) else ""), k) for k, label in ANALYSIS_LABELS.items()],
+        value=analysis,
+    )
+    if heads is None:
+        head_up = gr.update()
+    else:
+        options = _head_options(heads, analysis)
+        head_up = gr.update(
+            choices=[(HEAD_LABELS.get(h, h), h) for h in options],
+            value=head if head in options else (options[0] if options else None),
+            interactive=len(options) > 1,
+            label="Head" if analysis == "prediction" else "StructToken head",
+        )
+    if num_blocks is None:
+        block_up = gr.update()
+    else:
+        options_b = _block_options(num_blocks, analysis)
+        values = [v for _, v in options_b]
+        b = _block_arg(block)
+        b = ALL_BLOCKS if b is None else b
+        block_up = gr.update(choices=options_b, value=b if b in values else ALL_BLOCKS,
+                             interactive=len(options_b) > 1)
+    classes_up = gr.update() if class_names is None else gr.update(
+        choices=list(class_names), value=list(selected or [])
+    )
+    return analysis_up, _availability_markdown(available), head_up, block_up, classes_up
+
+
+def refresh_controls(model: Any, checkpoint: Any, analysis: Any, head: Any, block: Any, classes: Any,
+                     reset_classes: bool = False) -> tuple[Any, ...]:
+    """Cheap (no weights loaded): fit the controls to the chosen set before analysing."""
+    try:
+        spec = _model_spec(model, checkpoint)
+        key = _analysis_key(analysis)
+    except gr.Error:
+        return tuple(gr.skip() for _ in range(5))
+    cfg = model_config(spec)
+    if cfg is None:
+        out = control_updates(None, None, {}, key, None, block, None, None)
+        if reset_classes:
+            out = (*out[:4], gr.update(choices=[], value=[]))
+        return out
+    names = list(cfg.class_names())
+    selected = [] if reset_classes else [c for c in (_classes_arg(classes) or []) if c in names]
+    return control_updates(list(cfg.heads), cfg.num_blocks, _supported(cfg), key, _head_arg(head), block,
+                           names, selected)
+
+
+def on_model_change(*args: Any) -> tuple[Any, ...]:
+    return refresh_controls(*args, reset_classes=True)
+
+
+def controls_from_result(state: dict[str, Any] | None) -> tuple[Any, ...]:
+    """After a run: the set's heads, blocks and classes as the service saw them."""
+    if not state:
+        return tuple(gr.skip() for _ in range(6))
+    fitted = control_updates(state["heads"], state["num_blocks"], state["available"], state["analysis"],
+                             state["head"], state["block"], state["classes"], state["selected"])
+    return (*fitted, gr.update(visible=bool(state.get("has_curves"))))
+
+
+def _result_state(
+    result: Any, analysis: str, block: int | None, pending_pdf: Path | None = None
+) -> dict[str, Any]:
+    metrics = result.metrics or {}
+    heads = list(metrics.get("heads") or [])
+    head = metrics.get("head")
+    num_blocks = None
+    stages = (result.maps or {}).get(f"{head}/stages")
+    if stages is not None and getattr(stages, "ndim", 0) == 4:
+        num_blocks = int(stages.shape[0]) - 2
+    return {
+        "heads": heads or None,
+        "num_blocks": num_blocks,
+        "available": dict(result.available or {}),
+        "analysis": analysis,
+        "head": head,
+        "block": ALL_BLOCKS if block is None else block,
+        "classes": list(result.classes or []),
+        "selected": list(result.selected_classes or []),
+        "has_curves": result.curves is not None,
+        # the page's follow-up step renders the PDF from this figure into this path
+        "pdf_figure": result.figure if pending_pdf is not None else None,
+        "pdf_path": pending_pdf,
+    }
+
+
+def render_pending_pdf(state: dict[str, Any] | None) -> Any:
+    """The page's follow-up step: the figure PDF of the last run (the picture is already shown)."""
+    if not state or state.get("pdf_figure") is None:
+        return gr.skip()
+    try:
+        path = write_pdf(state["pdf_figure"], Path(state["pdf_path"]))
+    except Exception:  # a missing PDF must not break the page
+        log.exception("PDF export failed")
+        return None
+    finally:
+        state["pdf_figure"] = None  # drop the figure from the session
+    return path
+
+
+# --------------------------------------------------------------------------- the event
+OUTPUT_NAMES = (
+    "figure", "plot", "overlay", "curves", "table", "summary", "timings",
+    "download_png", "download_pdf", "download_npz", "download_json",
+)
+"""What ``/analyze`` returns, in order (the page also keeps a private state for its controls)."""
+
+
+def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | None) -> Any:
+    import pandas as pd
+
+    headers = list(headers or [])
+    rows = [list(r) for r in rows or []]
+    if not headers and rows:
+        headers = [f"col {i}" for i in range(len(rows[0]))]
+    return pd.DataFrame(rows, columns=headers)
+
+
+PLOT_MAX_WIDTH = 1800  # px: wider interactive mosaics are scaled down to this (the results column scrolls)
+
+
+def fit_plot(fig: Any) -> Any:
+    """Cap a plotly figure's fixed width (scaling a fixed height in proportion, so aspect-locked mosaics
+    keep their shape); the results column scrolls sideways for figures wider than itself, so the hover
+    values stay legible instead of being squeezed."""
+    if fig is None or not hasattr(fig, "update_layout"):
+        return fig
+    width, height = fig.layout.width, fig.layout.height
+    if width and width > PLOT_MAX_WIDTH:
+        fig.update_layout(width=PLOT_MAX_WIDTH, height=int(height * PLOT_MAX_WIDTH / width) if height else None)
+    return fig
+
+
+FAILED_SUMMARY = "*No result: the analysis stopped with the error shown at the top right; change the input and retry.*"
+
+
+def clear_for_new_image(image: Any) -> tuple[Any, ...]:
+    """A new (or no) image: drop the previous image's results before analysing the new one."""
+    summary = "*Analysing…*" if _has_image(image) else "*Upload an image or pick an example.*"
+    return (None, None, None, None, None, summary, None, None, None, None, None, None)
+
+
+def _progress_adapter(progress: Any) -> Callable[[float, str], None] | None:
+    if progress is None:
+        return None
+
+    def report(frac: float | None, desc: str | None = None) -> None:
+        with contextlib.suppress(Exception):  # progress is cosmetic; never fail a request over it
+            progress(frac, desc=desc)
+
+    return report
+
+
+def analyze_image(
+    image: Any,
+    model: Any = None,
+    analysis: Any = "comparison",
+    head: Any = None,
+    classes: Any = None,
+    normalize: Any = "shared",
+    block: Any = ALL_BLOCKS,
+    opacity: Any = 0.5,
+    checkpoint: Any = None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
+    pdf: bool = True,
+) -> tuple[Any, ...]:
+    """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
+
+    ``pdf=False`` (the page) leaves the figure PDF to :func:`render_pending_pdf`, a follow-up step.
+
+    Every :class:`analysis.service.AnalysisError` becomes a ``gr.Error`` with its message; any other
+    exception is logged and reported as ``internal error: ...`` (the server stays up).
+    """
+    t0 = time.perf_counter()
+    img = image if _is_array(image) else _payload_path(image)
+    if img is None:
+        raise gr.Error("Upload an image first (or pick one of the examples).")
+    try:
+        spec = _model_spec(model, checkpoint)
+        kwargs = dict(
+            model=spec,
+            analysis=_analysis_key(analysis),
+            head=_head_arg(head),
+            classes=_classes_arg(classes),
+            normalize=_normalize_key(normalize),
+            block=_block_arg(block),
+            opacity=_opacity_arg(opacity),
+        )
+        report = None if _on_spaces() else _progress_adapter(progress)
+        service = _service()
+        try:
+            result = _analyze_on_device(img, report, **kwargs)
+        except service.AnalysisError as e:
+            raise gr.Error(str(e), title="Cannot analyse this") from None
+        t1 = time.perf_counter()
+        stem = f"structtoken_{kwargs['analysis']}_{_slug(spec)}"
+        files = write_downloads(result, stem, pdf=pdf)
+        t2 = time.perf_counter()
+        timings = dict(result.timings or {})
+        timings.update(app_service_s=round(t1 - t0, 4), app_downloads_s=round(t2 - t1, 4),
+                       app_total_s=round(time.perf_counter() - t0, 4))
+        return (
+            files["png"],
+            fit_plot(result.plot),
+            result.overlay,
+            result.curves,
+            _table_value(result.table, result.table_headers),
+            result.summary or "",
+            timings,
+            files["png"],
+            files["pdf"],
+            files["npz"],
+            files["json"],
+            _result_state(result, kwargs["analysis"], kwargs["block"],
+                          None if pdf or result.figure is None else files["dir"] / f"{stem}.pdf"),
+        )
+    except gr.Error:
+        raise
+    except Exception as e:  # the event boundary: report, keep serving
+        log.exception("analysis failed")
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise gr.Error(f"internal error: {type(e).__name__}{': ' + msg if msg else ''}") from None
+
+
+def analyze_page(*args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+    """The page's Analyze button: as the API, with the PDF rendered in a follow-up step."""
+    return analyze_image(*args, progress=progress, pdf=False)
+
+
+def analyze_if_image(*args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+    """The page's analysis (its controls re-run it): nothing without an image; the PDF comes after."""
+    if not _has_image(args[0]):
+        return tuple(gr.skip() for _ in range(len(OUTPUT_NAMES) + 1))
+    return analyze_image(*args, progress=progress, pdf=False)
+
+
+# --------------------------------------------------------------------------- layout
+def build_demo() -> gr.Blocks:
+    """The page. Cheap: no model is loaded and the service is not imported until the first request."""
+    models = model_names()
+    cfg = model_config(models[0])
+    n_blocks = getattr(cfg, "num_blocks", None)
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600), analytics_enabled=False) as demo:
+        gr.Markdown(INTRO, elem_id="st-intro")
+        with gr.Accordion("How to read this", open=False):
+            gr.Markdown(HELP)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=340):
+                image = gr.Image(
+                    sources=["upload", "clipboard", "webcam"], type="numpy", label="Image",
+                    height=300, elem_id="st-image",
+                )
+                run = gr.Button("Analyze", variant="primary", elem_id="st-run")
+                gr.Examples(
+                    examples=[[str(p)] for p in example_images()],
+                    inputs=[image],
+                    label="Examples",
+                    examples_per_page=12,
+                )
+                model = gr.Dropdown(
+                    choices=[(_model_label(m), m) for m in models], value=models[0], label="Model set",
+                    info="camvid is embedded (offline); released ADE20K sets download on first use.",
+                )
+                with gr.Accordion("Local checkpoint (overrides the model set)", open=False):
+                    checkpoint = gr.File(
+                        label="StructToken checkpoint (.safetensors from this project, or an official .pth)",
+                        file_types=list(CHECKPOINT_SUFFIXES), file_count="single", elem_id="st-checkpoint",
+                    )
+                analysis = gr.Radio(
+                    choices=[(label, key) for key, label in ANALYSIS_LABELS.items()], value="comparison",
+                    label="Analysis", elem_id="st-analysis",
+                )
+                availability = gr.Markdown("", elem_id="st-availability")
+                with gr.Row():
+                    head = gr.Dropdown(
+                        choices=[(HEAD_LABELS[h], h) for h in STRUCTTOKEN_HEADS], value=None,
+                        label="StructToken head", scale=1, elem_id="st-head",
+                    )
+                    block = gr.Dropdown(
+                        choices=_block_options(n_blocks, "comparison"), value=ALL_BLOCKS, label="Block",
+                        scale=1, elem_id="st-block",
+                    )
+                classes = gr.Dropdown(
+                    choices=[], value=[], multiselect=True, label="Classes", elem_id="st-classes",
+                    info="Empty: the classes with the largest predicted area.",
+                )
+                normalize = gr.Radio(
+                    choices=[(label, key) for key, label in NORMALIZATION_LABELS.items()], value="shared",
+                    label="Normalisation", elem_id="st-normalize",
+                )
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+            with gr.Column(scale=7, min_width=480):
+                with gr.Tabs():
+                    with gr.Tab("Figure"):
+                        figure = gr.Image(
+                            label="Figure", type="filepath", interactive=False, elem_id="st-figure",
+                            buttons=["download", "fullscreen"],
+                        )
+                    with gr.Tab("Interactive"):
+                        plot = gr.Plot(label="Interactive plot", elem_id="st-plot")
+                    with gr.Tab("Overlay"):
+                        overlay = gr.Image(label="Prediction overlay", type="numpy", interactive=False,
+                                           elem_id="st-overlay", format="png")
+                with gr.Row(elem_classes="st-downloads"):
+                    dl_png = gr.DownloadButton("Figure PNG", size="sm", elem_id="st-dl-png")
+                    dl_pdf = gr.DownloadButton("Figure PDF", size="sm", elem_id="st-dl-pdf")
+                    dl_npz = gr.DownloadButton("Maps .npz", size="sm", elem_id="st-dl-npz")
+                    dl_json = gr.DownloadButton("Metrics JSON", size="sm", elem_id="st-dl-json")
+                summary = gr.Markdown(
+                    "*Upload an image or pick an example.*", label="Summary", elem_id="st-summary"
+                )
+                with gr.Accordion("The numbers as a table (sort, copy)", open=False):
+                    table = gr.Dataframe(label="Numbers", interactive=False, wrap=True, elem_id="st-table")
+                with gr.Accordion("Dataset-level curves (validation set, shipped report)", open=True,
+                                  visible=False) as curves_box:
+                    curves = gr.Plot(label="Dataset-level curves", elem_id="st-curves")
+                with gr.Accordion("Timings", open=False):
+                    timings = gr.JSON(label="Timings (s)")
+        state = gr.State(None, time_to_live=1800)
+        api_run = gr.Button("analyze (API)", visible=False)
+
+        inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint]
+        outputs = [
+            figure, plot, overlay, curves, table, summary, timings, dl_png, dl_pdf, dl_npz, dl_json, state,
+        ]
+        controls = [analysis, availability, head, block, classes]
+        quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
+        refresh_in = [model, checkpoint, analysis, head, block, classes]
+
+        def run_then_fit(dep: Any, fn: Callable, **kw: Any) -> None:
+            dep = dep(fn, inputs=inputs, outputs=outputs, preprocess=False, concurrency_id="analyze", **kw)
+            dep.failure(lambda: FAILED_SUMMARY, outputs=summary, **quiet)
+            done = dep.success(controls_from_result, inputs=state, outputs=[*controls, curves_box], **quiet)
+            if fn is not analyze_image:
+                done.then(render_pending_pdf, inputs=state, outputs=dl_pdf, show_progress="hidden",
+                          api_visibility="private", concurrency_id="pdf", concurrency_limit=2)
+
+        # the API: one call returns everything, the PDF included (the page itself uses the same
+        # function with the PDF rendered in a follow-up step, so the picture shows up first)
+        run_then_fit(api_run.click, analyze_image, api_name="analyze",
+                     api_description="Analyse an image; block -1 = every stage (attention: the last block).")
+        private = dict(api_visibility="private", trigger_mode="always_last")
+        run_then_fit(run.click, analyze_page, api_visibility="private", trigger_mode="once")
+        cleared = image.change(clear_for_new_image, inputs=image, outputs=outputs, preprocess=False,
+                               trigger_mode="always_last", **quiet)
+        run_then_fit(cleared.then, analyze_if_image, api_visibility="private")
+        for control in (head, classes, normalize, block):
+            run_then_fit(control.input, analyze_if_image, **private)
+        run_then_fit(opacity.release, analyze_if_image, **private)
+        fitted = analysis.input(refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False,
+                                trigger_mode="always_last", **quiet)
+        run_then_fit(fitted.then, analyze_if_image, api_visibility="private")
+        for event in (model.input, checkpoint.upload, checkpoint.clear):
+            fitted = event(on_model_change, inputs=refresh_in, outputs=controls, preprocess=False,
+                           trigger_mode="always_last", **quiet)
+            run_then_fit(fitted.then, analyze_if_image, api_visibility="private")
+        demo.load(refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False, **quiet)
+    demo.queue(default_concurrency_limit=2, max_size=32)
+    return demo
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """What ``launch`` needs besides host and port (also used by the tests and the benchmark)."""
+    allowed = [str(EXAMPLES_DIR)]
+    val = camvid_root() / "val" / "images"
+    if val.is_dir():
+        allowed.append(str(val))
+    return dict(
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=allowed,
+        theme=gr.themes.Soft(
+            primary_hue="indigo", neutral_hue="slate",
+            font=[gr.themes.Font(f) for f in ("Inter", "Helvetica Neue", "Arial", "sans-serif")],
+            font_mono=[gr.themes.Font(f) for f in ("JetBrains Mono", "Menlo", "monospace")],
+        ),
+        css=CSS,
+        ssr_mode=False,
+    )
+
+
+demo = build_demo()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        prevent_thread_lock=True,
+        **launch_kwargs(),
+    )
+    # Import the service (torch, the heads) in the background once the page is served, so the first
+    # analysis does not pay for it; models still load on first use.
+    threading.Thread(target=_service, name="warm-service", daemon=True).start()
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

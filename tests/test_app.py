@@ -1,0 +1,367 @@
+"""The Gradio app through its API: ``gradio_client`` against ``app.py`` launched in-process on
+127.0.0.1 (a random free port), pointed at a tiny model set via ``STRUCTTOKEN_DEFAULT_MODEL``.
+
+Every analysis must come back with its outputs; every bad input must come back as a readable error
+(or, for a huge image, a downscale notice), and the next request must still succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning"),  # inside gradio's queue
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:Warning"),
+]
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "assets" / "examples" / "street_synthetic.jpg"
+TIMEOUT = 120  # seconds; no request may hang
+ANALYSES = ("prediction", "comparison", "probe", "attention")
+PARAMS = ["image", "model", "analysis", "head", "classes", "normalize", "block", "opacity", "checkpoint"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ALL_HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds")
+CLASSES = ("road", "sky", "car", "tree")
+
+
+def make_tiny_set(path: Path, heads: tuple[str, ...] = ALL_HEADS) -> Path:
+    """A 2-block, 4-class model set with every head (random weights, a few hundred KB)."""
+    import torch
+
+    from structtoken import ModelConfig, build_model, save_model
+
+    if not path.is_file():
+        torch.manual_seed(0)
+        cfg = ModelConfig(head=heads[0], extra_heads=heads[1:], embed_dim=32, depth=2, num_heads=2,
+                          num_blocks=2, num_classes=4, image_size=(64, 64), classes=CLASSES)
+        save_model(build_model(cfg), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_set(tmp_path_factory.mktemp("app_sets") / "tiny_set.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_set: Path) -> Iterator[tuple[str, Any]]:
+    """The app on 127.0.0.1:<free port>, default model = the tiny set. Yields (url, app module)."""
+    old = os.environ.get("STRUCTTOKEN_DEFAULT_MODEL")
+    os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = str(tiny_set)
+    import app
+
+    demo = app.build_demo()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs())
+    try:
+        yield f"http://127.0.0.1:{port}/", app
+    finally:
+        demo.close()
+        if old is None:
+            os.environ.pop("STRUCTTOKEN_DEFAULT_MODEL", None)
+        else:
+            os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = old
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[str, Any]) -> Client:
+    return Client(server[0], verbose=False, download_files=False, httpx_kwargs={"timeout": TIMEOUT})
+
+
+def analyze(
+    client: Client, image: Any, model: str | None = None, analysis: str = "comparison",
+    head: str | None = None, classes: list[str] | None = None, normalize: str = "shared", block: int = -1,
+    opacity: float = 0.5, checkpoint: Any = None,
+) -> tuple[Any, ...]:
+    """Call ``/analyze`` with a deadline (a hung request fails the test instead of blocking it)."""
+    img = handle_file(str(image)) if image is not None else None
+    job = client.submit(img, model, analysis, head, classes or [], normalize, block, opacity, checkpoint,
+                        api_name="/analyze")
+    return job.result(timeout=TIMEOUT)
+
+
+def _path(x: Any) -> Path:
+    """A returned file (``download_files=False``): gradio_client gives a dict with ``path``."""
+    if isinstance(x, dict):
+        x = x.get("path") or x.get("value")
+        if isinstance(x, dict):
+            x = x.get("path")
+    assert isinstance(x, str) and x, f"expected a file, got {x!r}"
+    return Path(x)
+
+
+def _assert_ok(out: tuple[Any, ...], analysis: str) -> dict[str, Any]:
+    figure, plot, overlay, _curves, table, summary, timings, png, pdf, npz, js = out
+    assert len(out) == 11
+    assert isinstance(summary, str) and summary.strip()
+    assert isinstance(timings, dict) and "total" in timings and "app_total_s" in timings
+    assert isinstance(plot, dict) and plot.get("type") == "plotly"
+    assert _path(overlay).name.endswith((".png", ".webp"))
+    assert isinstance(table, dict) and table["headers"] and table["data"]
+    if analysis != "attention" or figure is not None:
+        assert _path(figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert _path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert _path(pdf).read_bytes()[:5] == b"%PDF-"
+    with zipfile.ZipFile(_path(npz)) as z:
+        assert "image.npy" in z.namelist()
+    metrics = json.loads(_path(js).read_text())
+    assert metrics["analysis"] == analysis
+    return metrics
+
+
+# ------------------------------------------------------------------------------------- endpoint
+def test_analyze_is_a_named_endpoint(client: Client) -> None:
+    api = client.view_api(print_info=False, return_format="dict")
+    ep = api["named_endpoints"]["/analyze"]
+    assert [p["parameter_name"] for p in ep["parameters"]] == PARAMS
+    assert len(ep["returns"]) == 11
+    assert set(api["named_endpoints"]) == {"/analyze"}  # the page's helper events stay private
+
+
+def test_ui_keys_match_the_service() -> None:
+    import app
+    from analysis import service
+
+    assert tuple(app.ANALYSIS_LABELS) == tuple(service.ANALYSES)
+    assert set(app.NORMALIZATION_LABELS) == set(service.NORMALIZATIONS)
+
+
+@pytest.mark.parametrize("analysis", ANALYSES)
+def test_every_analysis_returns_its_outputs(client: Client, tiny_set: Path, analysis: str) -> None:
+    metrics = _assert_ok(analyze(client, EXAMPLE, analysis=analysis), analysis)
+    assert metrics["model"] == str(tiny_set)
+    assert metrics["selected_classes"]
+
+
+def test_controls_reach_the_service(client: Client) -> None:
+    out = analyze(client, EXAMPLE, analysis="comparison", head="sse", classes=["sky", "road"],
+                  normalize="softmax", block=1, opacity=0.3)
+    m = _assert_ok(out, "comparison")
+    assert (m["head"], m["normalize"], m["block"]) == ("sse", "softmax", 1)
+    assert m["selected_classes"] == ["sky", "road"]
+    m = _assert_ok(analyze(client, EXAMPLE, analysis="attention", head="cse", block=2), "attention")
+    assert (m["head"], m["attention_block"]) == ("cse", 2)
+    # labels are accepted as well as keys
+    m = _assert_ok(analyze(client, EXAMPLE, analysis="Paper comparison", head="StructToken-PWE",
+                           normalize="per map"), "comparison")
+    assert (m["head"], m["normalize"]) == ("pwe", "per_map")
+
+
+def test_uploaded_checkpoint_overrides_the_model(client: Client, tiny_set: Path) -> None:
+    ckpt = handle_file(str(tiny_set))
+    out = analyze(client, EXAMPLE, model="camvid", analysis="prediction", checkpoint=ckpt)
+    m = _assert_ok(out, "prediction")
+    assert m["model"].endswith("tiny_set.safetensors") and m["model"] != str(tiny_set)  # the uploaded copy
+
+
+# ------------------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad_inputs")
+    rng = np.random.default_rng(0)
+    street = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    files: dict[str, Path] = {}
+    files["text"] = d / "notes.txt"
+    files["text"].write_text("this is not an image\n" * 20)
+    files["text_as_png"] = d / "fake.png"
+    files["text_as_png"].write_text("definitely not a PNG")
+    full = d / "full.jpg"
+    Image.fromarray(street).save(full, quality=90)
+    files["corrupt"] = d / "corrupt.jpg"
+    files["corrupt"].write_bytes(full.read_bytes()[: 600])
+    files["tiny_1x1"] = d / "one.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(files["tiny_1x1"])
+    files["huge_6000x400"] = d / "huge.png"
+    ramp = np.linspace(0, 255, 6000, dtype=np.float32)[None, :, None]
+    huge = np.broadcast_to(ramp, (400, 6000, 3)).astype(np.uint8)
+    Image.fromarray(huge).save(files["huge_6000x400"], optimize=True)
+    files["rgba"] = d / "rgba.png"
+    alpha = np.full((*street.shape[:2], 1), 255, np.uint8)
+    alpha[:100] = 0
+    Image.fromarray(np.concatenate([street, alpha], axis=2), "RGBA").save(files["rgba"])
+    files["grey"] = d / "grey.png"
+    Image.fromarray(street).convert("L").save(files["grey"])
+    files["png16"] = d / "sixteen.png"
+    a16 = (street[..., 0].astype(np.uint16) * 257 + rng.integers(0, 200, street.shape[:2])).astype(np.uint16)
+    Image.fromarray(a16).save(files["png16"])  # mode I;16
+    return files
+
+
+# case -> (must fail, words one of which the message or summary contains)
+BAD = {
+    "text": (True, ("not an image",)),
+    "text_as_png": (True, ("not an image",)),
+    "corrupt": (True, ("truncated", "corrupt")),
+    "tiny_1x1": (True, ("too small",)),
+    "huge_6000x400": (False, ("downscaled",)),
+    "rgba": (False, ("transparent",)),
+    "grey": (False, ()),
+    "png16": (False, ()),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_readable_and_the_next_request_works(client: Client, bad_files: dict[str, Path],
+                                                         case: str) -> None:
+    must_fail, words = BAD[case]
+    if case == "png16":
+        assert Image.open(bad_files[case]).mode.startswith("I;16")
+    if must_fail:
+        with pytest.raises(AppError) as err:
+            analyze(client, bad_files[case], analysis="comparison")
+        msg = str(err.value)
+        assert "internal error" not in msg and len(msg) > 20, msg
+        assert any(w in msg.lower() for w in words), msg
+    else:
+        out = analyze(client, bad_files[case], analysis="comparison")
+        _assert_ok(out, "comparison")
+        assert all(w in out[5].lower() for w in words), out[5]
+    _assert_ok(analyze(client, EXAMPLE, analysis="prediction"), "prediction")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"model": "no_such_model"}, "unknown model"),
+        ({"model": "/etc/hosts"}, "unknown model"),  # never a free server path
+        ({"analysis": "histogram"}, "unknown analysis"),
+        ({"normalize": "zscore"}, "unknown normalisation"),
+        ({"head": "nope"}, "no head"),
+        ({"block": 9}, "block 9"),
+        ({"opacity": 3.0}, "opacity"),
+        ({"classes": ["unicorn"]}, "unicorn"),
+    ],
+)
+def test_bad_arguments_are_readable_errors(client: Client, kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(AppError) as err:
+        analyze(client, EXAMPLE, **kwargs)
+    msg = str(err.value)
+    assert "internal error" not in msg and words in msg, msg
+    _assert_ok(analyze(client, EXAMPLE, analysis="prediction"), "prediction")
+
+
+def test_missing_image_and_bad_checkpoint(client: Client, bad_files: dict[str, Path]) -> None:
+    with pytest.raises(AppError, match="Upload an image"):
+        analyze(client, None)
+    with pytest.raises(AppError, match=r"\.safetensors or \.pth"):
+        analyze(client, EXAMPLE, checkpoint=handle_file(str(bad_files["text"])))
+    with pytest.raises(AppError) as err:  # right suffix, wrong content: the service says what is wrong
+        fake = bad_files["text"].with_name("fake.safetensors")
+        fake.write_text("not a checkpoint")
+        analyze(client, EXAMPLE, checkpoint=handle_file(str(fake)))
+    assert "internal error" not in str(err.value) and "safetensors" in str(err.value)
+
+
+def test_the_api_cannot_make_the_server_read_its_own_files(server: tuple[str, Any]) -> None:
+    """Files reach the app only as uploads: a raw server path in the payload is refused before the service."""
+    import httpx
+
+    url = server[0].rstrip("/")
+    for payload in ({"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "/etc/hostname"):
+        data = [payload, None, "prediction", None, [], "shared", -1, 0.5, None]
+        r = httpx.post(f"{url}/gradio_api/call/analyze", json={"data": data}, timeout=TIMEOUT)
+        if r.status_code != 200:  # refused outright
+            continue
+        stream = httpx.get(f"{url}/gradio_api/call/analyze/{r.json()['event_id']}", timeout=TIMEOUT).text
+        assert "event: error" in stream, stream[:500]
+        assert "not an image" not in stream, stream[:500]  # the service never opened it
+
+
+def test_unexpected_exception_is_reported_and_the_server_survives(client: Client, server: tuple[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from analysis import service
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "analyze", boom)
+    with pytest.raises(AppError, match="internal error: RuntimeError: boom"):
+        analyze(client, EXAMPLE)
+    monkeypatch.undo()
+    _assert_ok(analyze(client, EXAMPLE, analysis="prediction"), "prediction")
+
+
+# ------------------------------------------------------------------------------------- no server
+def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    only_cse = make_tiny_set(tmp_path / "only_cse.safetensors", heads=("cse",))
+    uploaded = {"path": str(only_cse)}  # as the page sends an uploaded checkpoint (preprocess=False)
+    analysis, availability, head, block, classes = app.refresh_controls(
+        "camvid", uploaded, "probe", None, -1, [], reset_classes=True
+    )
+    assert analysis["value"] == "prediction"  # probe and comparison need the per-pixel heads
+    labels = dict((v, lab) for lab, v in analysis["choices"])
+    assert labels["probe"].endswith("(n/a)") and labels["comparison"].endswith("(n/a)")
+    assert "per_pixel" in availability and "Deep-supervision probe" in availability
+    assert classes["choices"] == ["road", "sky", "car", "tree"] and classes["value"] == []
+    assert head["choices"] == [("StructToken-CSE", "cse")]
+    monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
+    _, availability, head, block, classes = app.refresh_controls(str(tiny_set), None, "attention", "pwe", 0,
+                                                                 ["sky", "unicorn"])
+    assert classes["value"] == ["sky"]
+    assert availability == ""
+    assert [v for _, v in head["choices"]] == ["cse", "sse"] and head["value"] == "cse"
+    assert [v for _, v in block["choices"]] == [-1, 1, 2] and block["value"] == -1
+    _, _, head, block, _ = app.refresh_controls(str(tiny_set), None, "comparison", "sse", 3, [])
+    assert [v for _, v in block["choices"]] == [-1, 0, 1, 2, 3] and block["value"] == 3
+    assert head["value"] == "sse"
+
+
+def test_argument_helpers() -> None:
+    import gradio as gr
+
+    import app
+
+    assert app._block_arg(None) is None and app._block_arg(-1) is None and app._block_arg("2") == 2
+    with pytest.raises(gr.Error):
+        app._block_arg(1.5)
+    assert app._analysis_key("Token–feature attention") == "attention"
+    assert app._head_arg("Per-pixel + deep sup.") == "per_pixel_ds"
+    with pytest.raises(gr.Error, match="unknown model"):
+        app._model_spec("../../etc/passwd", None)
+    assert app._model_spec(None, {"path": "/tmp/x/set.safetensors"}) == "/tmp/x/set.safetensors"
+
+
+def test_examples_are_shipped_small_and_documented() -> None:
+    import app
+
+    shipped = sorted((ROOT / "assets" / "examples").glob("*.jpg"))
+    assert len(shipped) >= 3
+    assert all(p.stat().st_size < 200_000 for p in shipped)
+    readme = (ROOT / "assets" / "examples" / "README.md").read_text()
+    assert all(p.name in readme for p in shipped)
+    examples = app.example_images()
+    assert examples[0].name == "street_synthetic.jpg"
+    assert all(p.parent == ROOT / "assets" / "examples" or "camvid" in str(p) for p in examples)
+
+
+def test_request_folders_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    monkeypatch.setattr(app, "KEEP_REQUEST_DIRS", 3)
+    made = [app._request_dir() for _ in range(6)]
+    assert [d.is_dir() for d in made] == [False, False, False, True, True, True]
