@@ -140,9 +140,7 @@ def _palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
     return pal.astype(np.uint8)
 
 
-def colorize_labels(
-    label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255
-) -> np.ndarray:
+def colorize_labels(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
     """Colour a label map.
 
     Args:
@@ -284,9 +282,7 @@ def prediction_figure(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_panels(
-    panels: Mapping[str, np.ndarray], n_rows: int
-) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+def _check_panels(panels: Mapping[str, np.ndarray], n_rows: int) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
     """Validate ``panels`` (head → ``[R, B, H, W]``); returns float arrays and the common ``(H, W)``."""
     if not panels:
         raise ValueError("panels is empty")
@@ -309,9 +305,7 @@ def _check_panels(
     return out, size
 
 
-def _block_titles_for(
-    block_titles: Sequence[str] | Mapping[str, Sequence[str]], head: str, n: int
-) -> list[str]:
+def _block_titles_for(block_titles: Sequence[str] | Mapping[str, Sequence[str]], head: str, n: int) -> list[str]:
     """Titles of ``head``'s ``n`` blocks: list applied left to right (extra blocks → "block b")."""
     titles = block_titles.get(head, ()) if isinstance(block_titles, Mapping) else block_titles
     titles = list(titles)
@@ -328,9 +322,7 @@ def _resolve_bound(
     if arr.ndim == 0:
         return "shared", np.full(n_rows, float(arr))
     if arr.shape != (n_rows,):
-        raise ValueError(
-            f"{name} must be None, a float or an array of {n_rows} values, got shape {arr.shape}"
-        )
+        raise ValueError(f"{name} must be None, a float or an array of {n_rows} values, got shape {arr.shape}")
     return "row", arr
 
 
@@ -839,13 +831,9 @@ def block_curves_figure(
         ax.grid(True, alpha=0.3)
     if data:
         handles, labels = axes[0].get_legend_handles_labels()
-        handles.append(
-            axes[0].plot([], [], color="0.3", marker="*", ms=11, mec="black", mew=0.6, ls="none")[0]
-        )
+        handles.append(axes[0].plot([], [], color="0.3", marker="*", ms=11, mec="black", mew=0.6, ls="none")[0])
         labels.append("final output")
-        fig.legend(
-            handles, labels, loc="outside lower center", ncols=min(len(labels), 6), frameon=False, fontsize=9
-        )
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), frameon=False, fontsize=9)
     if title:
         fig.suptitle(title)
     return fig
@@ -914,9 +902,7 @@ def block_curves_plotly(
             col=ci + 1,
         )
         if max_b:
-            fig.add_vline(
-                x=max_b + 0.5, line={"color": "#bbbbbb", "dash": "dash", "width": 1}, row=1, col=ci + 1
-            )
+            fig.add_vline(x=max_b + 0.5, line={"color": "#bbbbbb", "dash": "dash", "width": 1}, row=1, col=ci + 1)
     fig.update_layout(
         title={"text": title, "x": 0.5, "xanchor": "center"} if title else None,
         template="plotly_white",
@@ -1062,9 +1048,7 @@ def attention_figure(
     a = _check_attention(attn, class_names)
     n_rows, n_ch = a.shape
     cmap, lo, hi, signed = _attention_scale(a)
-    fig = Figure(
-        figsize=(min(16.0, max(5.0, 0.05 * n_ch + 3.0)), max(2.6, 0.3 * n_rows + 1.3)), layout="constrained"
-    )
+    fig = Figure(figsize=(min(16.0, max(5.0, 0.05 * n_ch + 3.0)), max(2.6, 0.3 * n_rows + 1.3)), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(a, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(n_rows), [str(c) for c in class_names], fontsize=_SMALL + 1 if n_rows <= 30 else 6)
@@ -1182,9 +1166,7 @@ def channel_maps_figure(
 
 def _require_mpl(fig: Any) -> Figure:
     if isinstance(fig, go.Figure):
-        raise TypeError(
-            "plotly figures are exported by the browser (or fig.to_html()); pass a matplotlib Figure"
-        )
+        raise TypeError("plotly figures are exported by the browser (or fig.to_html()); pass a matplotlib Figure")
     if not isinstance(fig, Figure):
         raise TypeError(f"expected a matplotlib Figure, got {type(fig).__name__}")
     return fig

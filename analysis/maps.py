@@ -141,9 +141,7 @@ class ImageMaps:
     def nbytes(self) -> int:
         """Memory held by the arrays, in bytes."""
         return (
-            self.image.nbytes
-            + sum(h.nbytes for h in self.heads.values())
-            + sum(p.nbytes for p in self.pred.values())
+            self.image.nbytes + sum(h.nbytes for h in self.heads.values()) + sum(p.nbytes for p in self.pred.values())
         )
 
 
@@ -301,9 +299,7 @@ def resolve_classes(names: Sequence[str], classes: Sequence[str | int]) -> list[
     return out
 
 
-def select_classes(
-    maps: ImageMaps, head: str, k: int = 4, classes: Sequence[str | int] | None = None
-) -> list[int]:
+def select_classes(maps: ImageMaps, head: str, k: int = 4, classes: Sequence[str | int] | None = None) -> list[int]:
     """Which classes (rows) to show.
 
     Args:

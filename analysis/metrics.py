@@ -592,9 +592,7 @@ class BoundaryF1Accumulator:
 # --------------------------------------------------------------------------------------------
 
 
-def block_metrics(
-    scores: Any, label: Any, tolerance: int = 2, ignore_index: int | None = 255
-) -> dict[str, float]:
+def block_metrics(scores: Any, label: Any, tolerance: int = 2, ignore_index: int | None = 255) -> dict[str, float]:
     """All metrics of one block on one image.
 
     ``scores`` is ``[K, h, w]`` (upsampled bilinearly to the label size when needed), ``label``

@@ -89,13 +89,10 @@ def supported_analyses(cfg: ModelConfig) -> dict[str, str | None]:
     out: dict[str, str | None] = {"prediction": None}
     if "per_pixel" not in heads:
         out["comparison"] = (
-            f"{what} has no per-pixel baseline head; the paper comparison needs one "
-            "(the embedded CamVid set has it)"
+            f"{what} has no per-pixel baseline head; the paper comparison needs one (the embedded CamVid set has it)"
         )
     elif not structtoken_heads(heads):
-        out["comparison"] = (
-            f"{what} has no StructToken head (cse, sse or pwe) to compare with the per-pixel baseline"
-        )
+        out["comparison"] = f"{what} has no StructToken head (cse, sse or pwe) to compare with the per-pixel baseline"
     else:
         out["comparison"] = None
     missing = [h for h in PER_PIXEL_HEADS if h not in heads]
@@ -181,9 +178,7 @@ def _relation_sentence(
 ) -> str | None:
     """'At blocks 1–N, A's block maps reach mask AP x / y vs B's u / v: below B's at every block (by ..)'."""
     n = min(len(vals_a), len(vals_b))
-    pairs = [
-        (i, vals_a[i], vals_b[i]) for i in range(n) if math.isfinite(vals_a[i]) and math.isfinite(vals_b[i])
-    ]
+    pairs = [(i, vals_a[i], vals_b[i]) for i in range(n) if math.isfinite(vals_a[i]) and math.isfinite(vals_b[i])]
     if not pairs:
         return None
     label = F.METRIC_LABELS.get(metric, metric)
@@ -271,8 +266,7 @@ def probe_summary(
             if abs(diff) > spread and diff > 0:
                 out["outcome"] = "helps"
                 out["verdict"] = (
-                    f"{treated} beats {baseline} by {d} mIoU, more than the seed spread (±{s}): "
-                    "deep supervision helps."
+                    f"{treated} beats {baseline} by {d} mIoU, more than the seed spread (±{s}): deep supervision helps."
                 )
             elif abs(diff) > spread:
                 out["outcome"] = "hurts"
@@ -360,8 +354,7 @@ def stage_indices(num_blocks: int, block: int | None) -> list[int]:
         return list(range(num_blocks + 2))
     if not 0 <= block <= num_blocks + 1:
         raise ValueError(
-            f"block {block} does not exist: use 1..{num_blocks} "
-            f"(0 = the input maps, {num_blocks + 1} = the output)"
+            f"block {block} does not exist: use 1..{num_blocks} (0 = the input maps, {num_blocks + 1} = the output)"
         )
     return [int(block)]
 
@@ -477,9 +470,7 @@ def mosaic_figure(
     left, right, top, bottom = 1.25, 1.0, 0.62 + (0.32 if title else 0.0), 0.32 if note else 0.12
     fig_w, fig_h = width / dpi + left + right, height / dpi + top + bottom
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
-    ax = fig.add_axes(
-        (left / fig_w, bottom / fig_h, (width / dpi) / fig_w, (height / dpi) / fig_h), label="mosaic"
-    )
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, (width / dpi) / fig_w, (height / dpi) / fig_h), label="mosaic")
     ax.imshow(mosaic, interpolation="nearest", aspect="equal")
     ax.set_axis_off()
     fs = 8
@@ -511,9 +502,7 @@ def mosaic_figure(
         ax.text(-6, r * (h + gap) + h / 2, str(name), ha="right", va="center", fontsize=fs + 1)
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
-    cax = fig.add_axes(
-        ((left + width / dpi + 0.15) / fig_w, bottom / fig_h, 0.14 / fig_w, (height / dpi) / fig_h)
-    )
+    cax = fig.add_axes(((left + width / dpi + 0.15) / fig_w, bottom / fig_h, 0.14 / fig_w, (height / dpi) / fig_h))
     cb = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=F.MAP_CMAP), cax=cax)
     cb.ax.tick_params(labelsize=fs)
     cb.set_label(colorbar_label, fontsize=fs)
@@ -688,9 +677,7 @@ def prediction_view(
         f = max_side / max(h, w)
         size = (max(1, round(h * f)), max(1, round(w * f)))
         img, pred = _resize_image(img, size), _resize_nearest(pred, size)
-    fig = F.prediction_figure(
-        img, pred, palette, names, alpha=opacity, title=f"{F.head_label(head)} prediction"
-    )
+    fig = F.prediction_figure(img, pred, palette, names, alpha=opacity, title=f"{F.head_label(head)} prediction")
     # interactive: the overlay with the class under the cursor
     f = min(1.0, 224 / max(h, w))  # hover text per pixel: keep the JSON small
     size = (max(1, round(h * f)), max(1, round(w * f)))
@@ -731,11 +718,7 @@ def prediction_view(
         table_headers=["class", *(f"{F.head_label(hd)} area %" for hd in heads)],
         metrics={
             "class_area_percent": {
-                hd: {
-                    names[c]: _round(100.0 * areas[hd][c] / total, 3)
-                    for c in range(len(names))
-                    if areas[hd][c]
-                }
+                hd: {names[c]: _round(100.0 * areas[hd][c] / total, 3) for c in range(len(names)) if areas[hd][c]}
                 for hd in heads
             }
         },
@@ -859,12 +842,8 @@ def attention_view(
     for c in class_ids:
         ids, weights = top_channels(attn, c, k, feature_offset=offset)
         row_sum = float(np.abs(attn[c]).sum())
-        token_share = (
-            float(np.abs(attn[c, :offset]).sum()) / row_sum * 100.0 if offset and row_sum > 0 else None
-        )
-        table.append(
-            [names[c], ", ".join(f"{i} ({wt:.3f})" for i, wt in zip(ids, weights)), _round(token_share)]
-        )
+        token_share = float(np.abs(attn[c, :offset]).sum()) / row_sum * 100.0 if offset and row_sum > 0 else None
+        table.append([names[c], ", ".join(f"{i} ({wt:.3f})" for i, wt in zip(ids, weights)), _round(token_share)])
         tops[names[c]] = {"channels": ids, "weights": weights, "token_share_percent": _round(token_share, 3)}
     figure = None
     notes = []

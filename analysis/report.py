@@ -198,14 +198,10 @@ def read_probe_run(run_dir: str | Path) -> dict[str, float]:
     rec = final or last
     if rec is None:
         raise ValueError(f"{log} holds no validation mIoU yet (has the run finished?)")
-    return {
-        k.split("/", 1)[1]: float(v) for k, v in rec.items() if k.startswith("val_miou/") and v is not None
-    }
+    return {k.split("/", 1)[1]: float(v) for k, v in rec.items() if k.startswith("val_miou/") and v is not None}
 
 
-def collect_probe(
-    json_files: Sequence[str | Path] = (), run_dirs: Sequence[str | Path] = ()
-) -> dict[str, Any]:
+def collect_probe(json_files: Sequence[str | Path] = (), run_dirs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Per-seed final mIoU of ``per_pixel`` and ``per_pixel_ds`` from result files and run folders."""
     seeds: dict[str, list[float]] = {"per_pixel": [], "per_pixel_ds": []}
     sources = []
@@ -229,9 +225,7 @@ def _example_figure(maps: ImageMaps, label: np.ndarray, heads: Sequence[str], ti
     grid_heads = (
         comparison_heads(heads, "probe", focus)
         if "per_pixel_ds" in heads
-        else (
-            comparison_heads(heads, "comparison", focus) if "per_pixel" in heads and st else list(heads)[:3]
-        )
+        else (comparison_heads(heads, "comparison", focus) if "per_pixel" in heads and st else list(heads)[:3])
     )
     valid = label[label != 255].astype(np.int64)
     k = maps.heads[focus].stages.shape[1]
@@ -243,8 +237,7 @@ def _example_figure(maps: ImageMaps, label: np.ndarray, heads: Sequence[str], ti
     f = 160 / max(h, w)
     size = (max(8, round(h * f)), max(8, round(w * f)))
     panels = {
-        hd: np.clip(upsample_maps(normed[hd][:, class_ids].transpose(1, 0, 2, 3), size), 0, 1)
-        for hd in grid_heads
+        hd: np.clip(upsample_maps(normed[hd][:, class_ids].transpose(1, 0, 2, 3), size), 0, 1) for hd in grid_heads
     }
     ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
     xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
@@ -309,10 +302,7 @@ def _comparison_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list
     out = []
     for st in structtoken_heads(heads):
         for metric in ("mask_ap", "miou"):
-            vals = [
-                100 * v if v is not None else float("nan")
-                for v in (b.get(metric) for b in metrics[st]["blocks"])
-            ]
+            vals = [100 * v if v is not None else float("nan") for v in (b.get(metric) for b in metrics[st]["blocks"])]
             base = [
                 100 * v if v is not None else float("nan")
                 for v in (b.get(metric) for b in metrics["per_pixel"]["blocks"])
@@ -459,9 +449,7 @@ def build_report(
         title = f"Per-block metrics: {model_name or model.cfg.name} ({dataset.split}, {n} images)"
         fig = F.block_curves_figure(head_metrics, title=title)
         fig.savefig(out / "block_curves.png", dpi=110)
-        F.block_curves_plotly(head_metrics, title=title).write_html(
-            out / "block_curves.html", include_plotlyjs=True
-        )
+        F.block_curves_plotly(head_metrics, title=title).write_html(out / "block_curves.html", include_plotlyjs=True)
         figures["block_curves.png"] = "per-block curves"
         figures["block_curves.html"] = "per-block curves (interactive)"
     if probe["seeds"]:
@@ -483,12 +471,8 @@ def build_report(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analysis report ...``; returns the exit code (2 for bad inputs)."""
     p = argparse.ArgumentParser(prog="python -m analysis report", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model", default="camvid", help="'camvid' (the shipped set), a registry name or a checkpoint"
-    )
-    p.add_argument(
-        "--data", default=None, help="dataset root (default: $STRUCTTOKEN_CAMVID or ../shared/data/camvid)"
-    )
+    p.add_argument("--model", default="camvid", help="'camvid' (the shipped set), a registry name or a checkpoint")
+    p.add_argument("--data", default=None, help="dataset root (default: $STRUCTTOKEN_CAMVID or ../shared/data/camvid)")
     p.add_argument("--split", default="val")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -514,8 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="threads scoring the heads of an image in parallel (default: up to 2)",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--examples", type=int, default=NUM_EXAMPLES,
-                   help="per-image comparison figures to draw (they show dataset images; 0 for a shippable report)")
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=NUM_EXAMPLES,
+        help="per-image comparison figures to draw (they show dataset images; 0 for a shippable report)",
+    )
     args = p.parse_args(argv)
 
     from structtoken.assets import load_any
@@ -534,8 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if model.cfg.num_classes != dataset.info.num_classes:
         print(
-            f"error: the model predicts {model.cfg.num_classes} classes, the dataset has "
-            f"{dataset.info.num_classes}",
+            f"error: the model predicts {model.cfg.num_classes} classes, the dataset has {dataset.info.num_classes}",
             file=sys.stderr,
         )
         return 2
@@ -562,8 +549,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     meta = res["meta"]
-    print(
-        f"wrote {Path(args.out) / 'metrics.json'} and report.md "
-        f"({meta['n_images']} images, {meta['seconds']} s)"
-    )
+    print(f"wrote {Path(args.out) / 'metrics.json'} and report.md ({meta['n_images']} images, {meta['seconds']} s)")
     return 0

@@ -148,9 +148,7 @@ def _pil_to_array(im: Image.Image, notices: list[str]) -> tuple[np.ndarray, int 
         size0 = im.size
         im.draft("RGB", (math.ceil(im.width * f), math.ceil(im.height * f)))
         if im.size != size0:
-            notices.append(
-                f"JPEG of {size0[0]}x{size0[1]} px decoded at reduced scale ({im.width}x{im.height})"
-            )
+            notices.append(f"JPEG of {size0[0]}x{size0[1]} px decoded at reduced scale ({im.width}x{im.height})")
     im.load()
     transposed = ImageOps.exif_transpose(im)
     if transposed is not None and transposed is not im:
@@ -217,8 +215,7 @@ def _array_to_rgb(arr: np.ndarray, notices: list[str], bits: int | None = None) 
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
         raise AnalysisError(
-            "an image array must be [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA); "
-            f"got shape {tuple(arr.shape)}"
+            f"an image array must be [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA); got shape {tuple(arr.shape)}"
         )
     if arr.size == 0:
         raise AnalysisError(f"the image is empty ({_wh(arr.shape)} px)")
@@ -266,13 +263,9 @@ def _open_bytes_or_path(image: Any, notices: list[str]) -> tuple[np.ndarray, int
     except AnalysisError:
         raise
     except Image.DecompressionBombError as e:
-        raise AnalysisError(
-            f"{name} is too large to decode safely ({e}); downscale it before uploading"
-        ) from None
+        raise AnalysisError(f"{name} is too large to decode safely ({e}); downscale it before uploading") from None
     except UnidentifiedImageError:
-        raise AnalysisError(
-            f"{name} is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP, GIF ...)"
-        ) from None
+        raise AnalysisError(f"{name} is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP, GIF ...)") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise AnalysisError(f"could not decode {name}: the file looks truncated or corrupt ({e})") from None
 
@@ -321,8 +314,7 @@ def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise AnalysisError(
-            f"the image is {w}x{h} px, too small: at least {MIN_SIDE}x{MIN_SIDE} px is needed "
-            "(one 16-px patch)"
+            f"the image is {w}x{h} px, too small: at least {MIN_SIDE}x{MIN_SIDE} px is needed (one 16-px patch)"
         )
     if max(h, w) > MAX_SIDE or h * w > MAX_PIXELS:
         f = min(MAX_SIDE / max(h, w), math.sqrt(MAX_PIXELS / (h * w)))
@@ -335,8 +327,7 @@ def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
             )
         rgb = np.array(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0))
         notices.append(
-            f"image downscaled from {w}x{h} to {nw}x{nh} px "
-            f"(limit: {MAX_SIDE} px per side, {MAX_PIXELS / 1e6:.0f} MP)"
+            f"image downscaled from {w}x{h} to {nw}x{nh} px (limit: {MAX_SIDE} px per side, {MAX_PIXELS / 1e6:.0f} MP)"
         )
     rgb = np.ascontiguousarray(rgb)
     if not rgb.flags.writeable:
@@ -391,9 +382,7 @@ def _report_entry(model_spec: str) -> tuple[dict[str, Any] | None, go.Figure | N
         heads = _report_heads(data)
         if heads:
             try:
-                curves = F.block_curves_plotly(
-                    heads, title="Per-block metrics on the dataset (shipped report)"
-                )
+                curves = F.block_curves_plotly(heads, title="Per-block metrics on the dataset (shipped report)")
             except (ValueError, TypeError, KeyError):
                 curves = None
     with _REPORT_LOCK:
@@ -402,11 +391,7 @@ def _report_entry(model_spec: str) -> tuple[dict[str, Any] | None, go.Figure | N
 
 
 def _report_heads(report: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in report.items()
-        if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v
-    }
+    return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
 
 
 def shipped_report(model_spec: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -454,9 +439,7 @@ def _progress(progress: Callable[..., Any] | None, frac: float, desc: str) -> No
         progress(float(frac), desc)
 
 
-def _get_model(
-    spec: str, device: torch.device, progress: Callable[..., Any] | None
-) -> tuple[_ModelEntry, float]:
+def _get_model(spec: str, device: torch.device, progress: Callable[..., Any] | None) -> tuple[_ModelEntry, float]:
     key = _model_key(spec, device)
     with _CACHE_LOCK:
         entry = _MODELS.get(key)
@@ -525,9 +508,7 @@ def _get_maps(
         try:
             maps = compute_maps(entry.model, rgb, resize=True)
         except torch.cuda.OutOfMemoryError:
-            raise AnalysisError(
-                "out of GPU memory for this image; try a smaller image or device 'cpu'"
-            ) from None
+            raise AnalysisError("out of GPU memory for this image; try a smaller image or device 'cpu'") from None
         except RuntimeError as e:
             raise AnalysisError(f"the model could not run on this image ({e})") from None
     _freeze(maps)
@@ -546,9 +527,7 @@ def _choose_head(heads: Sequence[str], analysis: str, head: str | None) -> str:
         if head is None:
             return allowed[0]
         if head not in allowed:
-            raise AnalysisError(
-                f"head {head!r} has no class x channel attention; choose one of {', '.join(allowed)}"
-            )
+            raise AnalysisError(f"head {head!r} has no class x channel attention; choose one of {', '.join(allowed)}")
         return head
     if head is None:
         return st[0] if st else heads[0]
@@ -598,9 +577,7 @@ def _pct(v: Any) -> float | None:
     return 100.0 * f if math.isfinite(f) else None
 
 
-def _dataset_table(
-    report_heads: dict[str, Any], heads: Sequence[str], metric: str
-) -> tuple[list[str], list[list]]:
+def _dataset_table(report_heads: dict[str, Any], heads: Sequence[str], metric: str) -> tuple[list[str], list[list]]:
     shown = [h for h in heads if h in report_heads] or list(report_heads)
     n = max(len(report_heads[h].get("blocks") or []) for h in shown)
     headers = [
@@ -777,14 +754,10 @@ def analyze(
             else f"image resized from {_wh(rgb.shape)} to {_wh(seen)} px"
         )
     if cfg.test_mode == "slide":
-        notices.append(
-            "this set is evaluated with a sliding window; the maps here come from one whole-image pass"
-        )
+        notices.append("this set is evaluated with a sliding window; the maps here come from one whole-image pass")
     if report is None:
         where = f" ({rpath})" if rpath is not None else ""
-        notices.append(
-            f"no dataset report shipped with this set{where}: dataset-level curves are not available"
-        )
+        notices.append(f"no dataset report shipped with this set{where}: dataset-level curves are not available")
     if notices:
         lines.append("**Notices:** " + "; ".join(notices) + ".")
     if view.table and view.table_headers:

@@ -32,8 +32,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 EXAMPLE = ROOT / "assets" / "examples" / "street_synthetic.jpg"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ANALYSES = {  # analysis key -> radio label
     "comparison": "Paper comparison",
     "prediction": "Prediction",
@@ -55,9 +62,17 @@ def _tiny_set(path: Path) -> Path:
     from structtoken import ModelConfig, build_model, save_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(head="cse", extra_heads=("sse", "pwe", "per_pixel", "per_pixel_ds"), embed_dim=32,
-                      depth=2, num_heads=2, num_blocks=2, num_classes=4, image_size=(64, 64),
-                      classes=("road", "sky", "car", "tree"))
+    cfg = ModelConfig(
+        head="cse",
+        extra_heads=("sse", "pwe", "per_pixel", "per_pixel_ds"),
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_blocks=2,
+        num_classes=4,
+        image_size=(64, 64),
+        classes=("road", "sky", "car", "tree"),
+    )
     return save_model(build_model(cfg), path)
 
 
@@ -70,8 +85,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     demo = app.build_demo()
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs())
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -108,15 +122,14 @@ def _summary_title(pg: Any) -> str:
 def _wait_for_summary(pg: Any, title: str) -> None:
     pg.wait_for_function(
         "t => { const h = document.querySelector('#st-summary h3'); return h && h.innerText.trim() === t; }",
-        arg=title, timeout=WAIT_MS,
+        arg=title,
+        timeout=WAIT_MS,
     )
     # the queue is idle again: no pending progress bars / spinners
     pg.wait_for_function("() => !document.querySelector('.progress-text, .eta-bar')", timeout=WAIT_MS)
 
 
-IMG_LOADED = (
-    "s => { const i = document.querySelector(s + ' img'); return !!i && i.complete && i.naturalWidth > 0; }"
-)
+IMG_LOADED = "s => { const i = document.querySelector(s + ' img'); return !!i && i.complete && i.naturalWidth > 0; }"
 
 
 def _img_ok(pg: Any, selector: str) -> bool:

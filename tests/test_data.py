@@ -222,9 +222,7 @@ def test_pad_to() -> None:
 SMALL_TRAIN = D.TrainTransform(crop_size=(32, 32), scale=(80, 60), ratio_range=(0.5, 2.0), photometric=False)
 
 
-def check_alignment(
-    image_t: torch.Tensor, label_t: torch.Tensor, transform: D.TrainTransform
-) -> tuple[int, int, int]:
+def check_alignment(image_t: torch.Tensor, label_t: torch.Tensor, transform: D.TrainTransform) -> tuple[int, int, int]:
     """Assert the transformed image's colour encodes the transformed label.
 
     Every pixel whose 3x3 label neighbourhood is constant (and not padding) must
@@ -282,9 +280,7 @@ def test_ignore_region_stays_ignore() -> None:
     label = np.full((48, 64), IGNORE, dtype=np.uint8)
     label[16:32, 24:40] = 1
     image = colour_image(label)
-    transform = D.TrainTransform(
-        crop_size=(40, 40), scale=(80, 60), ratio_range=(0.5, 1.5), photometric=False
-    )
+    transform = D.TrainTransform(crop_size=(40, 40), scale=(80, 60), ratio_range=(0.5, 1.5), photometric=False)
     for seed in range(20):
         img_t, lab_t = transform(image, label, np.random.default_rng(seed))
         assert set(torch.unique(lab_t).tolist()) <= {1, IGNORE}
@@ -298,9 +294,7 @@ def test_ignore_region_stays_ignore() -> None:
 def test_padding_is_ignore() -> None:
     label = block_label(30, 40, seed=5, ignore_block=False)
     image = colour_image(label)
-    transform = D.TrainTransform(
-        crop_size=(64, 64), scale=(40, 30), ratio_range=(1.0, 1.0), photometric=False
-    )
+    transform = D.TrainTransform(crop_size=(64, 64), scale=(40, 30), ratio_range=(1.0, 1.0), photometric=False)
     img_t, lab_t = transform(image, label, np.random.default_rng(0))
     assert tuple(img_t.shape) == (3, 64, 64)
     assert (lab_t[30:] == IGNORE).all() and (lab_t[:, 40:] == IGNORE).all()

@@ -53,9 +53,7 @@ def panels(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def _metrics() -> dict[str, dict]:
     def head(nb: int, base: float) -> dict:
-        blocks = [
-            {"miou": base + 0.02 * i, "mask_ap": base - 0.05, "boundary_f1": base - 0.1} for i in range(nb)
-        ]
+        blocks = [{"miou": base + 0.02 * i, "mask_ap": base - 0.05, "boundary_f1": base - 0.1} for i in range(nb)]
         return {"final": {"miou": base + 0.1, "mask_ap": base, "boundary_f1": base - 0.05}, "blocks": blocks}
 
     m = {
@@ -168,9 +166,7 @@ def test_comparison_figure_layout(image: np.ndarray, panels: dict[str, np.ndarra
         "block 1",
         "block 2",
     ]
-    assert all(
-        ax.get_title() == "" for ax in maps if not ax.get_label().endswith(tuple(f":0:{b}" for b in range(4)))
-    )
+    assert all(ax.get_title() == "" for ax in maps if not ax.get_label().endswith(tuple(f":0:{b}" for b in range(4))))
     # Head labels present.
     text = _all_text(fig)
     for head in panels:
@@ -204,9 +200,7 @@ def test_comparison_figure_scales(image: np.ndarray, panels: dict[str, np.ndarra
         F.comparison_figure(image, NAMES[:2], ["a"], panels)
 
 
-def test_comparison_figure_contours(
-    image: np.ndarray, label: np.ndarray, panels: dict[str, np.ndarray]
-) -> None:
+def test_comparison_figure_contours(image: np.ndarray, label: np.ndarray, panels: dict[str, np.ndarray]) -> None:
     pred = label.copy()
     pred[5:16, 12:33] = 2
     fig = F.comparison_figure(
@@ -233,11 +227,7 @@ def test_comparison_figure_contours(
     assert "dashed" in _all_text(fig)
     # A class absent from the label draws no contour and does not crash.
     fig = F.comparison_figure(image, NAMES, ["a"], panels, label=label, class_ids=[0, 1, 9])
-    assert not [
-        c
-        for c in _labelled(fig, "map:cse:2:0")[0].collections
-        if isinstance(c, matplotlib.contour.ContourSet)
-    ]
+    assert not [c for c in _labelled(fig, "map:cse:2:0")[0].collections if isinstance(c, matplotlib.contour.ContourSet)]
 
 
 def test_comparison_plotly(panels: dict[str, np.ndarray]) -> None:

@@ -143,9 +143,9 @@ def test_upsample_matches_torch(size):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 5, 7))
-    ref = torch.nn.functional.interpolate(
-        torch.from_numpy(x)[None], size=size, mode="bilinear", align_corners=False
-    )[0].numpy()
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=size, mode="bilinear", align_corners=False)[
+        0
+    ].numpy()
     np.testing.assert_allclose(upsample_scores(x, size), ref, rtol=1e-12, atol=1e-12)
 
 

@@ -133,9 +133,7 @@ def _write_dataset(root: Path, n: int = 3) -> None:
         json.dumps({"classes": list(NAMES), "palette": [list(p) for p in PALETTE], "ignore_index": 255})
     )
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(
-            root / "val" / "images" / f"f{i}.png"
-        )
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "val" / "images" / f"f{i}.png")
         label = np.zeros((40, 56), np.uint8)
         label[20:] = 2
         label[5:15, 10:30] = 3

@@ -143,9 +143,7 @@ def test_concurrent_calls_share_one_pass(fresh, set_path: str, image: np.ndarray
     calls = _count_backbone(set_path)
     with ThreadPoolExecutor(4) as pool:
         results = list(
-            pool.map(
-                lambda n: analyze(image, set_path, "comparison", normalize=n), [*NORMALIZATIONS, "shared"]
-            )
+            pool.map(lambda n: analyze(image, set_path, "comparison", normalize=n), [*NORMALIZATIONS, "shared"])
         )
     assert len(results) == 4 and all(isinstance(r.figure, Figure) for r in results)
     assert calls == [1]
@@ -324,9 +322,7 @@ def test_bad_requests(set_path: str, image: np.ndarray, kwargs: dict, match: str
         analyze(image, **kwargs)
 
 
-def test_model_cache_is_bounded(
-    fresh, set_path: str, cse_only: str, tmp_path: Path, image: np.ndarray
-) -> None:
+def test_model_cache_is_bounded(fresh, set_path: str, cse_only: str, tmp_path: Path, image: np.ndarray) -> None:
     third = save_model(build_model(tiny_config(extra_heads=("per_pixel",))), tmp_path / "third.safetensors")
     for p in (set_path, cse_only, str(third)):
         analyze(image, p, "prediction")
