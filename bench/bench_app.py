@@ -11,7 +11,9 @@ Measures, against ``python app.py`` started as a subprocess on 127.0.0.1:
   of a 480x360 image; median target <= 1.5 s with the embedded set);
 * ``concurrency``: ``--clients`` concurrent clients x ``--per-client`` requests each (target: 0 failures);
 * ``memory_mb``: the server's resident memory after 10 and after ``--total`` requests (target: grows by
-  <= 100 MB), with requests cycling through analyses, normalisations, blocks and a few images.
+  <= 100 MB), with requests cycling through analyses, normalisations, blocks and a few images; ``trace``
+  records the RSS every ``--trace-every`` requests, to tell a plateau from a slow leak (run a long
+  ``--total`` for that).
 """
 
 from __future__ import annotations
@@ -71,18 +73,18 @@ def cpu_s(pid: int) -> float | None:
         return None
 
 
-def start_server(
-    model: str | None, port: int, log_path: Path, limit_s: float = 600
-) -> tuple[subprocess.Popen, float]:
+def start_server(model: str | None, port: int, log_path: Path, limit_s: float = 600) -> tuple[subprocess.Popen, float]:
     """Spawn ``python app.py`` and wait for the first HTTP 200 on ``/``; returns (process, seconds)."""
-    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(
+        os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False"
+    )
     if model:
         env["STRUCTTOKEN_DEFAULT_MODEL"] = model
     log = open(log_path, "w")  # noqa: SIM115 - closed when the process ends (see stop_server)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}/"
     while True:
         if proc.poll() is not None:
@@ -125,17 +127,24 @@ def make_images(base: Path, out_dir: Path, n: int = 4) -> list[Path]:
 def make_client(port: int) -> Any:
     from gradio_client import Client
 
-    return Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False,
-                  httpx_kwargs={"timeout": 300})
+    return Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False, httpx_kwargs={"timeout": 300})
 
 
-def call(client: Any, image: Path, model: str, analysis: str = "comparison", normalize: str = "shared",
-         block: int = -1, timeout: float = 300) -> float:
+def call(
+    client: Any,
+    image: Path,
+    model: str,
+    analysis: str = "comparison",
+    normalize: str = "shared",
+    block: int = -1,
+    timeout: float = 300,
+) -> float:
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
-    job = client.submit(handle_file(str(image)), model, analysis, None, [], normalize, block, 0.5, None,
-                        api_name="/analyze")
+    job = client.submit(
+        handle_file(str(image)), model, analysis, None, [], normalize, block, 0.5, None, api_name="/analyze"
+    )
     job.result(timeout=timeout)
     return time.perf_counter() - t0
 
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=5)
     ap.add_argument("--total", type=int, default=200, help="requests after which memory is read again")
+    ap.add_argument("--trace-every", type=int, default=50, help="also record the RSS every N requests (0 = off)")
     ap.add_argument("--port", type=int, default=0, help="0 = a free port")
     ap.add_argument("--startup-timeout", type=float, default=600, help="seconds to wait for the first 200")
     args = ap.parse_args(argv)
@@ -191,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         count += 1
         memory: dict[str, float | None] = {}
+        trace: list[tuple[int, float | None]] = []
 
         def tick() -> None:
             nonlocal count
@@ -199,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 memory["after_10"] = rss_mb(proc.pid)
             if count == args.total:
                 memory[f"after_{args.total}"] = rss_mb(proc.pid)
+            if args.trace_every and count % args.trace_every == 0:
+                rss = rss_mb(proc.pid)
+                trace.append((count, None if rss is None else round(rss, 1)))
 
         # sequential latency: Paper comparison of the same 480x360 image (cached backbone pass)
         lat = []
@@ -246,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         # memory: keep going to --total requests, cycling analyses / normalisations / blocks / images
-        combos = itertools.cycle(itertools.product(
-            ("comparison", "prediction", "probe", "attention"), ("shared", "per_map", "softmax"), (-1, 1)
-        ))
+        combos = itertools.cycle(
+            itertools.product(
+                ("comparison", "prediction", "probe", "attention"), ("shared", "per_map", "softmax"), (-1, 1)
+            )
+        )
         mixed_errors: list[str] = []
         while count < args.total:
             analysis, norm, block = next(combos)
@@ -263,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "after_10": None if before is None else round(before, 1),
             f"after_{args.total}": None if after is None else round(after, 1),
             "growth": None if before is None or after is None else round(after - before, 1),
+            "trace": trace,  # (requests served, RSS MB): a plateau, not a slope, is what the target is after
             "errors_in_mixed_requests": len(mixed_errors),
             "error_examples": sorted(set(mixed_errors))[:3],
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +55,17 @@ def make_tiny_set(path: Path, heads: tuple[str, ...] = ALL_HEADS) -> Path:
 
     if not path.is_file():
         torch.manual_seed(0)
-        cfg = ModelConfig(head=heads[0], extra_heads=heads[1:], embed_dim=32, depth=2, num_heads=2,
-                          num_blocks=2, num_classes=4, image_size=(64, 64), classes=CLASSES)
+        cfg = ModelConfig(
+            head=heads[0],
+            extra_heads=heads[1:],
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_blocks=2,
+            num_classes=4,
+            image_size=(64, 64),
+            classes=CLASSES,
+        )
         save_model(build_model(cfg), path)
     return path
 
@@ -74,8 +84,7 @@ def server(tiny_set: Path) -> Iterator[tuple[str, Any]]:
 
     demo = app.build_demo()
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_kwargs())
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
     try:
         yield f"http://127.0.0.1:{port}/", app
     finally:
@@ -92,14 +101,22 @@ def client(server: tuple[str, Any]) -> Client:
 
 
 def analyze(
-    client: Client, image: Any, model: str | None = None, analysis: str = "comparison",
-    head: str | None = None, classes: list[str] | None = None, normalize: str = "shared", block: int = -1,
-    opacity: float = 0.5, checkpoint: Any = None,
+    client: Client,
+    image: Any,
+    model: str | None = None,
+    analysis: str = "comparison",
+    head: str | None = None,
+    classes: list[str] | None = None,
+    normalize: str = "shared",
+    block: int = -1,
+    opacity: float = 0.5,
+    checkpoint: Any = None,
 ) -> tuple[Any, ...]:
     """Call ``/analyze`` with a deadline (a hung request fails the test instead of blocking it)."""
     img = handle_file(str(image)) if image is not None else None
-    job = client.submit(img, model, analysis, head, classes or [], normalize, block, opacity, checkpoint,
-                        api_name="/analyze")
+    job = client.submit(
+        img, model, analysis, head, classes or [], normalize, block, opacity, checkpoint, api_name="/analyze"
+    )
     return job.result(timeout=TIMEOUT)
 
 
@@ -157,16 +174,25 @@ def test_every_analysis_returns_its_outputs(client: Client, tiny_set: Path, anal
 
 
 def test_controls_reach_the_service(client: Client) -> None:
-    out = analyze(client, EXAMPLE, analysis="comparison", head="sse", classes=["sky", "road"],
-                  normalize="softmax", block=1, opacity=0.3)
+    out = analyze(
+        client,
+        EXAMPLE,
+        analysis="comparison",
+        head="sse",
+        classes=["sky", "road"],
+        normalize="softmax",
+        block=1,
+        opacity=0.3,
+    )
     m = _assert_ok(out, "comparison")
     assert (m["head"], m["normalize"], m["block"]) == ("sse", "softmax", 1)
     assert m["selected_classes"] == ["sky", "road"]
     m = _assert_ok(analyze(client, EXAMPLE, analysis="attention", head="cse", block=2), "attention")
     assert (m["head"], m["attention_block"]) == ("cse", 2)
     # labels are accepted as well as keys
-    m = _assert_ok(analyze(client, EXAMPLE, analysis="Paper comparison", head="StructToken-PWE",
-                           normalize="per map"), "comparison")
+    m = _assert_ok(
+        analyze(client, EXAMPLE, analysis="Paper comparison", head="StructToken-PWE", normalize="per map"), "comparison"
+    )
     assert (m["head"], m["normalize"]) == ("pwe", "per_map")
 
 
@@ -191,7 +217,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     full = d / "full.jpg"
     Image.fromarray(street).save(full, quality=90)
     files["corrupt"] = d / "corrupt.jpg"
-    files["corrupt"].write_bytes(full.read_bytes()[: 600])
+    files["corrupt"].write_bytes(full.read_bytes()[:600])
     files["tiny_1x1"] = d / "one.png"
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(files["tiny_1x1"])
     files["huge_6000x400"] = d / "huge.png"
@@ -224,8 +250,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_readable_and_the_next_request_works(client: Client, bad_files: dict[str, Path],
-                                                         case: str) -> None:
+def test_bad_input_is_readable_and_the_next_request_works(
+    client: Client, bad_files: dict[str, Path], case: str
+) -> None:
     must_fail, words = BAD[case]
     if case == "png16":
         assert Image.open(bad_files[case]).mode.startswith("I;16")
@@ -290,8 +317,9 @@ def test_the_api_cannot_make_the_server_read_its_own_files(server: tuple[str, An
         assert "not an image" not in stream, stream[:500]  # the service never opened it
 
 
-def test_unexpected_exception_is_reported_and_the_server_survives(client: Client, server: tuple[str, Any],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_exception_is_reported_and_the_server_survives(
+    client: Client, server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from analysis import service
 
     def boom(*args: Any, **kwargs: Any) -> None:
@@ -320,8 +348,9 @@ def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytes
     assert classes["choices"] == ["road", "sky", "car", "tree"] and classes["value"] == []
     assert head["choices"] == [("StructToken-CSE", "cse")]
     monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
-    _, availability, head, block, classes = app.refresh_controls(str(tiny_set), None, "attention", "pwe", 0,
-                                                                 ["sky", "unicorn"])
+    _, availability, head, block, classes = app.refresh_controls(
+        str(tiny_set), None, "attention", "pwe", 0, ["sky", "unicorn"]
+    )
     assert classes["value"] == ["sky"]
     assert availability == ""
     assert [v for _, v in head["choices"]] == ["cse", "sse"] and head["value"] == "cse"
@@ -365,3 +394,38 @@ def test_request_folders_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "KEEP_REQUEST_DIRS", 3)
     made = [app._request_dir() for _ in range(6)]
     assert [d.is_dir() for d in made] == [False, False, False, True, True, True]
+
+
+def test_a_finished_requests_figure_is_freed_by_the_next_request(
+    client: Client, server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matplotlib figures are reference cycles: without the app's collection before each request they
+    pile up until a rare full collection, and the server's memory creeps up request by request."""
+    import weakref
+
+    app = server[1]
+    seen: list[weakref.ref] = []
+    real = app._analyze_on_device
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        seen.append(weakref.ref(result.figure))
+        return result
+
+    monkeypatch.setattr(app, "_analyze_on_device", spy)
+    for _ in range(3):
+        _assert_ok(analyze(client, EXAMPLE), "comparison")
+    assert len(seen) == 3
+    assert [ref() is None for ref in seen[:2]] == [True, True]  # gone once the next request has started
+
+
+def test_malloc_tuning_applies_on_glibc() -> None:
+    import platform
+
+    import app
+
+    applied = app.tune_malloc()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
+    else:
+        assert not applied
