@@ -506,25 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from structtoken.assets import load_any
-    from structtoken.data import default_camvid_root
-    from structtoken.devices import resolve_device
+    from structtoken.evaluate import open_model_and_dataset
 
     try:
-        dataset = SegmentationDataset(args.data or default_camvid_root(), args.split)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        model = load_any(args.model, device=resolve_device(args.device))
+        model, dataset = open_model_and_dataset(args.model, args.data, args.split, args.device)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if model.cfg.num_classes != dataset.info.num_classes:
-        print(
-            f"error: the model predicts {model.cfg.num_classes} classes, the dataset has {dataset.info.num_classes}",
-            file=sys.stderr,
-        )
         return 2
     try:
         probe = collect_probe(args.probe_json, args.probe_runs)

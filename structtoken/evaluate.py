@@ -97,6 +97,24 @@ def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
 
 
+def open_model_and_dataset(
+    model: str, data: str | Path | None = None, split: str = "val", device: str = "auto"
+) -> tuple[Segmentor, SegmentationDataset]:
+    """The CLIs' common start: a model set (``load_any`` spec) on ``device`` and a dataset split
+    (``data`` or the default CamVid folder). Raises ``ValueError`` (``DatasetError``, ``CheckpointError``)
+    or ``OSError`` with a readable message, also when the two disagree on the number of classes."""
+    from .assets import load_any
+    from .devices import resolve_device
+
+    dataset = SegmentationDataset(data or default_camvid_root(), split)
+    segmentor = load_any(model, device=resolve_device(device))
+    if segmentor.cfg.num_classes != dataset.info.num_classes:
+        raise DatasetError(
+            f"the model predicts {segmentor.cfg.num_classes} classes, the dataset has {dataset.info.num_classes}"
+        )
+    return segmentor, dataset
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table: one row per head, mIoU, pixel accuracy and per-class IoU (percent)."""
     classes = result["classes"]
@@ -121,20 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-    from .assets import load_any
-    from .devices import resolve_device
-
     try:
-        dataset = SegmentationDataset(args.data or default_camvid_root(), args.split)
-        model = load_any(args.model, device=resolve_device(args.device))
-    except (DatasetError, ValueError) as e:
+        model, dataset = open_model_and_dataset(args.model, args.data, args.split, args.device)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if model.cfg.num_classes != dataset.info.num_classes:
-        print(
-            f"error: the model predicts {model.cfg.num_classes} classes, the dataset has {dataset.info.num_classes}",
-            file=sys.stderr,
-        )
         return 2
     result = evaluate_model(model, dataset, args.heads, args.mode, args.aug, args.save_predictions, limit=args.limit)
     result["model"] = str(args.model)

@@ -26,13 +26,7 @@ PALETTE = ((128, 128, 128), (128, 0, 0), (128, 64, 128), (64, 0, 128))
 HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**changes) -> ModelConfig:

@@ -21,14 +21,7 @@ from analysis.report import read_probe_run
 from structtoken import build_model, save_model
 from tests.test_maps import NAMES, PALETTE, tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ supported analyses
@@ -267,3 +260,21 @@ def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path)
     for head, stages in serial.items():
         for a, b in zip(stages, parallel[head]):
             assert a.compute() == b.compute()
+
+
+def test_report_and_evaluate_refuse_a_set_with_other_classes(tmp_path: Path, capsys) -> None:
+    from structtoken.evaluate import main as evaluate_main
+
+    data = tmp_path / "data"
+    _write_dataset(data, 1)  # 4 classes
+    torch.manual_seed(0)
+    five = tiny_config(num_classes=5, classes=(), palette=())
+    other = str(save_model(build_model(five), tmp_path / "five.safetensors"))
+    runs = (
+        lambda: cli_main(["report", "--model", other, "--data", str(data), "--out", str(tmp_path / "out")]),
+        lambda: evaluate_main(["--model", other, "--data", str(data)]),
+    )
+    for run in runs:
+        assert run() == 2
+        assert "the model predicts 5 classes, the dataset has 4" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

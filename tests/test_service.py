@@ -25,14 +25,7 @@ from analysis.service import ANALYSES, NORMALIZATIONS, AnalysisError, AnalysisRe
 from structtoken import build_model, save_model
 from tests.test_maps import NAMES, tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
