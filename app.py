@@ -29,6 +29,8 @@ from typing import Any
 
 import gradio as gr
 
+from analysis.labels import HEAD_LABELS
+
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -54,14 +56,6 @@ NORMALIZATION_LABELS: dict[str, str] = {
     "shared": "shared per class",
     "per_map": "per map",
     "softmax": "softmax (probability)",
-}
-HEAD_LABELS: dict[str, str] = {
-    "cse": "StructToken-CSE",
-    "sse": "StructToken-SSE",
-    "pwe": "StructToken-PWE",
-    "per_pixel": "Per-pixel",
-    "per_pixel_ds": "Per-pixel + deep sup.",
-    "linear": "Linear",
 }
 STRUCTTOKEN_HEADS = ("cse", "sse", "pwe")
 ATTENTION_HEADS = ("cse", "sse")
@@ -963,12 +957,8 @@ demo = build_demo()
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        prevent_thread_lock=True,
-        **launch_kwargs(),
-    )
+    # host and port: Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1, 7860 or the next free)
+    demo.launch(prevent_thread_lock=True, **launch_kwargs())
     # Import the service (torch, the heads) in the background once the page is served, so the first
     # analysis does not pay for it; models still load on first use.
     threading.Thread(target=_service, name="warm-service", daemon=True).start()

@@ -32,6 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from plotly.subplots import make_subplots
 
+from .labels import HEAD_LABELS
+
 __all__ = [
     "DIVERGING_CMAP",
     "FALLBACK_HEAD_COLORS",
@@ -80,14 +82,6 @@ HEAD_COLORS: dict[str, str] = {
 #: Colours for heads not in :data:`HEAD_COLORS`, picked by a stable hash of the name.
 FALLBACK_HEAD_COLORS: tuple[str, ...] = ("#CC79A7", "#56B4E9", "#8C564B", "#9467BD", "#BCBD22", "#17BECF")
 
-#: Pretty label per head; unknown heads are shown by their name.
-HEAD_LABELS: dict[str, str] = {
-    "cse": "StructToken-CSE",
-    "sse": "StructToken-SSE",
-    "pwe": "StructToken-PWE",
-    "per_pixel": "Per-pixel",
-    "per_pixel_ds": "Per-pixel + deep sup.",
-}
 #: Marker per head in line plots (so heads stay distinguishable in greyscale).
 HEAD_MARKERS: dict[str, str] = {"cse": "o", "sse": "s", "pwe": "^", "per_pixel": "D", "per_pixel_ds": "v"}
 _PLOTLY_MARKERS: dict[str, str] = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from tests.helpers import save_tiny_set, serve_app  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "assets" / "examples" / "street_synthetic.jpg"
 TIMEOUT = 120  # seconds; no request may hang
@@ -37,62 +38,19 @@ ANALYSES = ("prediction", "comparison", "probe", "attention")
 PARAMS = ["image", "model", "analysis", "head", "classes", "normalize", "block", "opacity", "checkpoint"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-ALL_HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds")
 CLASSES = ("road", "sky", "car", "tree")
-
-
-def make_tiny_set(path: Path, heads: tuple[str, ...] = ALL_HEADS) -> Path:
-    """A 2-block, 4-class model set with every head (random weights, a few hundred KB)."""
-    import torch
-
-    from structtoken import ModelConfig, build_model, save_model
-
-    if not path.is_file():
-        torch.manual_seed(0)
-        cfg = ModelConfig(
-            head=heads[0],
-            extra_heads=heads[1:],
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            num_blocks=2,
-            num_classes=4,
-            image_size=(64, 64),
-            classes=CLASSES,
-        )
-        save_model(build_model(cfg), path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_set(tmp_path_factory.mktemp("app_sets") / "tiny_set.safetensors")
+    return save_tiny_set(tmp_path_factory.mktemp("app_sets") / "tiny_set.safetensors", classes=CLASSES, palette=())
 
 
 @pytest.fixture(scope="module")
 def server(tiny_set: Path) -> Iterator[tuple[str, Any]]:
-    """The app on 127.0.0.1:<free port>, default model = the tiny set. Yields (url, app module)."""
-    old = os.environ.get("STRUCTTOKEN_DEFAULT_MODEL")
-    os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = str(tiny_set)
-    import app
-
-    demo = app.build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
-    try:
-        yield f"http://127.0.0.1:{port}/", app
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("STRUCTTOKEN_DEFAULT_MODEL", None)
-        else:
-            os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = old
+    """The app on 127.0.0.1, default model = the tiny set. Yields (url, app module)."""
+    with serve_app(tiny_set) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +294,7 @@ def test_unexpected_exception_is_reported_and_the_server_survives(
 def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import app
 
-    only_cse = make_tiny_set(tmp_path / "only_cse.safetensors", heads=("cse",))
+    only_cse = save_tiny_set(tmp_path / "only_cse.safetensors", extra_heads=(), classes=CLASSES, palette=())
     uploaded = {"path": str(only_cse)}  # as the page sends an uploaded checkpoint (preprocess=False)
     analysis, availability, head, block, classes = app.refresh_controls(
         "camvid", uploaded, "probe", None, -1, [], reset_classes=True

@@ -9,7 +9,6 @@ Screenshots go to ``tests/artifacts/`` (gitignored).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not found (apt-get install -y chromium)"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+
+from tests.helpers import save_tiny_set, serve_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -50,50 +51,12 @@ ANALYSES = {  # analysis key -> radio label
 WAIT_MS = 300_000  # generous: the CI box may be busy (a slow page is not a broken one)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tiny_set(path: Path) -> Path:
-    import torch
-
-    from structtoken import ModelConfig, build_model, save_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        head="cse",
-        extra_heads=("sse", "pwe", "per_pixel", "per_pixel_ds"),
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_blocks=2,
-        num_classes=4,
-        image_size=(64, 64),
-        classes=("road", "sky", "car", "tree"),
-    )
-    return save_model(build_model(cfg), path)
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tiny = _tiny_set(tmp_path_factory.mktemp("browser_set") / "tiny_set.safetensors")
-    old = os.environ.get("STRUCTTOKEN_DEFAULT_MODEL")
-    os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = str(tiny)
-    import app
-
-    demo = app.build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        if old is None:
-            os.environ.pop("STRUCTTOKEN_DEFAULT_MODEL", None)
-        else:
-            os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = old
+    classes = ("road", "sky", "car", "tree")
+    tiny = save_tiny_set(tmp_path_factory.mktemp("browser_set") / "tiny_set.safetensors", classes=classes, palette=())
+    with serve_app(tiny) as (url, _app):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -19,30 +19,10 @@ from analysis.maps import (
     top_channels,
     upsample_maps,
 )
-from structtoken import ModelConfig, build_model
-
-NAMES = ("Sky", "Building", "Road", "Car")
-PALETTE = ((128, 128, 128), (128, 0, 0), (128, 64, 128), (64, 0, 128))
-HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds")
-
+from structtoken import build_model
+from tests.helpers import HEADS, NAMES, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_config(**changes) -> ModelConfig:
-    cfg = ModelConfig(
-        head="cse",
-        extra_heads=("sse", "pwe", "per_pixel", "per_pixel_ds"),
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_blocks=2,
-        num_classes=4,
-        image_size=(64, 64),
-        classes=NAMES,
-        palette=PALETTE,
-    )
-    return cfg.replace(**changes) if changes else cfg
 
 
 @pytest.fixture(scope="module")

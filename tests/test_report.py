@@ -19,7 +19,7 @@ from analysis.__main__ import main as cli_main
 from analysis.probe import probe_summary, supported_analyses
 from analysis.report import read_probe_run
 from structtoken import build_model, save_model
-from tests.test_maps import NAMES, PALETTE, tiny_config
+from tests.helpers import NAMES, PALETTE, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

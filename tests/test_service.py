@@ -23,7 +23,7 @@ from PIL import Image
 from analysis import service
 from analysis.service import ANALYSES, NORMALIZATIONS, AnalysisError, AnalysisResult, analyze, load_image
 from structtoken import build_model, save_model
-from tests.test_maps import NAMES, tiny_config
+from tests.helpers import NAMES, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
