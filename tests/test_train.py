@@ -207,3 +207,26 @@ def test_evaluation_gives_the_known_miou(tmp_path):
     assert m["pixel_accuracy"] == pytest.approx(2 / 3)
     saved = np.asarray(Image.open(tmp_path / "pred" / "cse" / "x.png"))
     assert saved.tolist() == [[0, 1], [1, 1]]
+
+
+def test_config_differences_allows_added_fields_only():
+    from structtoken.train import config_differences
+
+    saved = {"iters": 10, "model": {"head": "linear", "depth": 8}}
+    assert config_differences(saved, {"iters": 10, "model": {"head": "linear", "depth": 8, "new": 1}, "x": 2}) == []
+    assert config_differences(saved, {"iters": 12, "model": {"head": "linear", "depth": 8}}) == ["iters: 10 -> 12"]
+    assert config_differences(saved, {"iters": 10, "model": {"head": "linear"}}) == ["model.depth: removed"]
+
+
+def test_v2_stage1_recipe_is_v1_two_and_a_half_times_longer():
+    from structtoken.train import recipe
+
+    v1, v2 = recipe("camvid_stage1"), recipe("camvid_v2_stage1")
+    assert v2.iters == 12_500 == round(2.5 * v1.iters)
+    assert v2.model.replace(description="") == v1.model.replace(description="")
+    assert (v2.lr, v2.batch_size, v2.crop_size, v2.weight_decay) == (
+        v1.lr,
+        v1.batch_size,
+        v1.crop_size,
+        v1.weight_decay,
+    )
