@@ -294,3 +294,33 @@ def test_preprocess_accepts_read_only_arrays_without_warning():
     assert y.shape == (1, 3, 40, 48)
     with pytest.raises(ValueError, match="uint8 RGB"):
         model.normalize(image.astype(np.float32))
+
+
+def test_predict_cli_reads_with_the_one_reader_and_says_where_it_wrote(tmp_path, capsys):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from structtoken import save_model
+    from structtoken.predict import main
+
+    torch.manual_seed(0)
+    ckpt = save_model(build_model(ModelConfig(head="cse", **TINY)), tmp_path / "set.safetensors")
+    grey16 = np.full((40, 56), 1000, np.uint16)  # dark 16-bit: read as 1000/65535, not stretched to white
+    Image.fromarray(grey16).save(tmp_path / "dark16.png")
+    (tmp_path / "broken.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. torch's "non-writable NumPy array"
+        rc = main([str(tmp_path / "dark16.png"), str(tmp_path / "broken.jpg"), "--model", str(ckpt), "--out", str(out)])
+    assert rc == 1  # one failure
+    printed = capsys.readouterr()
+    assert f"wrote {out / 'dark16_label.png'} and {out / 'dark16_color.png'}" in printed.out
+    assert "error: broken.jpg is not an image" in printed.err
+    label = np.asarray(Image.open(out / "dark16_label.png"))
+    assert label.shape == (40, 56) and label.max() < 5
+    color = np.asarray(Image.open(out / "dark16_color.png")).astype(int)
+    # blend = 0.4 * image + 0.6 * palette; the image part is 0.4 * 4 (dark), not 0.4 * 255
+    palette = np.asarray(build_model(ModelConfig(head="cse", **TINY)).cfg.class_palette())
+    np.testing.assert_allclose(color, np.round(0.4 * 4 + 0.6 * palette[label]), atol=1)
