@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from structtoken.metrics import ConfusionAccumulator, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+
 __all__ = [
     "BoundaryCounts",
     "BoundaryF1Accumulator",
@@ -179,51 +181,7 @@ def argmax_prediction(scores: Any) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def confusion_matrix(pred: Any, label: Any, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
-    """Confusion matrix ``[K, K]`` int64; rows = ground truth, columns = prediction.
-
-    ``pred`` and ``label`` have the same (any) shape, typically ``[H, W]``. Pixels whose label is
-    ``ignore_index`` are left out. Every prediction value (ignored pixels included) must lie in
-    ``0..K-1`` and every non-ignored label value too, else ``ValueError``.
-    """
-    p, g, valid, k = _prepare_pred_label(pred, label, num_classes, ignore_index)
-    idx = g[valid] * k + p[valid]
-    return np.bincount(idx, minlength=k * k).reshape(k, k).astype(np.int64)
-
-
-def _check_cm(cm: Any) -> np.ndarray:
-    m = _to_numpy(cm)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"confusion matrix must be square [K, K], got shape {m.shape}")
-    return m.astype(np.float64)
-
-
-def iou_per_class(cm: Any) -> np.ndarray:
-    """IoU per class ``[K]`` float64 from a confusion matrix ``[K, K]``.
-
-    ``IoU_c = cm[c, c] / (row_c + col_c - cm[c, c])``; ``NaN`` where the union is 0 (class
-    absent from both ground truth and prediction).
-    """
-    m = _check_cm(cm)
-    tp = np.diag(m)
-    union = m.sum(axis=0) + m.sum(axis=1) - tp
-    out = np.full(tp.shape, np.nan)
-    np.divide(tp, union, out=out, where=union > 0)
-    return out
-
-
-def mean_iou(cm: Any) -> float:
-    """Mean of :func:`iou_per_class` over classes that are not ``NaN``; ``NaN`` if all are."""
-    iou = iou_per_class(cm)
-    present = ~np.isnan(iou)
-    return float(iou[present].mean()) if present.any() else float("nan")
-
-
-def pixel_accuracy(cm: Any) -> float:
-    """Fraction of counted pixels predicted correctly (trace / total); ``NaN`` if no pixels."""
-    m = _check_cm(cm)
-    total = m.sum()
-    return float(np.trace(m) / total) if total > 0 else float("nan")
+# confusion_matrix, iou_per_class, mean_iou, pixel_accuracy: structtoken.metrics (imported above)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,35 +423,7 @@ def boundary_f1(
 # --------------------------------------------------------------------------------------------
 
 
-class ConfusionAccumulator:
-    """Accumulates one confusion matrix over a dataset; metrics are dataset-level (pooled pixels),
-    not means of per-image values."""
-
-    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
-        self.num_classes = _check_num_classes(num_classes)
-        self.ignore_index = ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything accumulated so far."""
-        self.cm = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        self.num_images = 0
-
-    def update(self, pred: Any, label: Any) -> None:
-        """Add one prediction/label pair (same shape, e.g. ``[H, W]``)."""
-        self.cm += confusion_matrix(pred, label, self.num_classes, self.ignore_index)
-        self.num_images += 1
-
-    def compute(self) -> dict[str, Any]:
-        """``{"miou": float, "pixel_accuracy": float, "iou_per_class": list[float | None]}``.
-
-        Scalars are ``NaN`` when nothing was counted; absent classes are ``None`` in the list.
-        """
-        return {
-            "miou": mean_iou(self.cm),
-            "pixel_accuracy": pixel_accuracy(self.cm),
-            "iou_per_class": _nan_to_none(iou_per_class(self.cm)),
-        }
+# ConfusionAccumulator: structtoken.metrics (imported above)
 
 
 class MaskAPAccumulator:
