@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch import nn
 from .backbone import build_backbone
 from .config import ModelConfig
 from .heads import BlockMaps, HeadOutput, build_head
+
+if TYPE_CHECKING:
+    from .readouts import FittedReadouts
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 """mmseg's ``--aug-test`` ratios, used for the published multi-scale mIoU."""
@@ -93,6 +97,7 @@ class Segmentor(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         self.heads = nn.ModuleDict({name: build_head(name, cfg) for name in cfg.heads})
+        self.fitted_readouts: FittedReadouts | None = None  # set by checkpoint.load_model (structtoken.readouts)
 
     @property
     def device(self) -> torch.device:
