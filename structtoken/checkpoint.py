@@ -286,8 +286,9 @@ def file_sha256(path: str | Path) -> str:
 
 def load_fitted_readouts(model: Segmentor, set_path: str | Path) -> FittedReadouts | None:
     """The fitted readouts beside the set file ``set_path``, checked against ``model``; None when
-    there is no such file. :class:`CheckpointError` (naming the file) for a corrupt, mis-shaped or
-    stale one (fitted on another version of the set)."""
+    there is no such file. A corrupt or mis-shaped file raises :class:`CheckpointError` naming it; one
+    fitted on another version of the set (its ``set_sha256``) is returned with ``problem`` saying so,
+    so the set still loads and the ``fitted`` readout reports itself unavailable."""
     set_path = Path(set_path)
     rp = readouts_path(set_path)
     if not rp.is_file():
@@ -297,11 +298,14 @@ def load_fitted_readouts(model: Segmentor, set_path: str | Path) -> FittedReadou
     except ReadoutError as e:
         raise CheckpointError(f"{e} (delete it or refit it)") from None
     want = fitted.metadata.get("set_sha256")
-    if want and want != file_sha256(set_path):
-        raise CheckpointError(
-            f"{rp} was fitted on another version of {set_path.name} (sha256 {want[:12]}..., the set is "
-            f"{file_sha256(set_path)[:12]}...); refit it with python -m structtoken.fit_readouts or delete it"
-        )
+    if want:
+        have = file_sha256(set_path)
+        if want != have:
+            fitted.problem = (
+                f"{rp} was fitted on another version of {set_path.name} (sha256 {want[:12]}..., the set is "
+                f"{have[:12]}...); refit it with python -m structtoken.fit_readouts --model {set_path} "
+                "--data DATA_DIR --split train"
+            )
     return fitted
 
 

@@ -15,8 +15,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-HEAD_KINDS = ("cse", "sse", "pwe", "per_pixel", "linear")
-"""Head architectures."""
+HEAD_KINDS = ("cse", "sse", "pwe", "per_pixel", "linear", "fcn", "segmenter")
+"""Head architectures. New kinds go at the end: a kind's index seeds its heads' initialisation
+(:func:`structtoken.train.seed_head_inits`)."""
 
 HEAD_NAMES: dict[str, tuple[str, bool]] = {
     "cse": ("cse", False),
@@ -25,12 +26,26 @@ HEAD_NAMES: dict[str, tuple[str, bool]] = {
     "per_pixel": ("per_pixel", False),
     "per_pixel_ds": ("per_pixel", True),
     "linear": ("linear", False),
+    "fcn": ("fcn", False),
+    "segmenter": ("segmenter", False),
 }
 """Head name -> (kind, deep supervision). A set holds each name at most once. ``linear`` (LN + 1x1 conv)
 is the light head used to pre-train a backbone; it is none of the compared heads."""
 
 STRUCTTOKEN_HEADS = ("cse", "sse", "pwe")
 PER_PIXEL_HEADS = ("per_pixel", "per_pixel_ds")
+
+PARADIGMS: dict[str, tuple[str, ...]] = {
+    "structure prior": STRUCTTOKEN_HEADS,
+    "static per-pixel": ("fcn", *PER_PIXEL_HEADS),
+    "dynamic per-pixel": ("segmenter",),
+}
+"""The compared heads by paradigm (Lin et al., arXiv 2203.12612, Fig. 1): StructToken; a static classifier
+(``fcn``: capacity-matched; ``per_pixel`` (± deep supervision): the paper's small peer); Segmenter's
+dynamic class embeddings."""
+
+COMPARED_HEADS: tuple[str, ...] = tuple(h for heads in PARADIGMS.values() for h in heads)
+"""Every compared head name, paradigm by paradigm."""
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -51,10 +66,12 @@ class ModelConfig:
     """Everything needed to build, load and run a model set.
 
     Architecture (patch 16 ViT + heads):
-        head: the primary head name (``cse`` | ``sse`` | ``pwe`` | ``per_pixel`` | ``per_pixel_ds``).
+        head: the primary head name (``cse`` | ``sse`` | ``pwe`` | ``per_pixel`` | ``per_pixel_ds`` | ``fcn`` |
+            ``segmenter`` | ``linear``; see :data:`HEAD_NAMES`).
         extra_heads: more head names sharing the same backbone pass.
         embed_dim, depth, num_heads, mlp_ratio: the ViT; ``embed_dim`` is also the heads' channel count C.
-        num_blocks: blocks per head (StructToken blocks, or residual blocks of the per-pixel baseline).
+        num_blocks: blocks per head (StructToken blocks, residual blocks of the per-pixel baseline, FCN's
+            pairs of 3x3 conv-BN-ReLU, Segmenter's transformer layers).
         num_classes: K.
         image_size: the official ``image_h/image_w`` (H, W): the ViT's positional-embedding grid and the
             structure-token grid are ``image_size / 16``.

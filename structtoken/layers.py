@@ -1,4 +1,4 @@
-"""Building blocks shared by the StructToken heads and the per-pixel baseline.
+"""Building blocks shared by the StructToken heads, the per-pixel baseline and the FCN head.
 
 Reproduces the modules of the official StructToken code (Lin et al., "StructToken: Rethinking
 Semantic Segmentation with Structural Prior", arXiv 2203.12612; RockeyCoss/StructToken on
@@ -130,6 +130,18 @@ class PreActResidualBlock(nn.Module):
         y = self.conv1(F.gelu(self.norm1(x)))
         y = self.conv2(F.gelu(self.norm2(y)))
         return y + x
+
+
+class ConvBNReLU(nn.Sequential):
+    """3x3 conv (no bias) -> BatchNorm -> ReLU, as mmseg's ``ConvModule`` in ``FCNHead``. [B, Cin, H, W] ->
+    [B, Cout, H, W]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
 
 
 def drop_path_rates(rate: float, n: int) -> list[float]:

@@ -114,11 +114,14 @@ class FittedReadouts:
         lenses: head name -> one :class:`StageLens` per stage (S = N + 2 of them).
         metadata: the fit's settings and results (JSON-ready; see the module docstring).
         path: the file it was loaded from or saved to, if any (for messages).
+        problem: why the lenses must not be used although the file is sound (e.g. it was fitted on
+            another version of the set), else None; :func:`readout_unavailable` reports it.
     """
 
     lenses: dict[str, tuple[StageLens, ...]]
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    problem: str | None = None
 
     def apply(self, head_name: str, stage: int, maps: torch.Tensor) -> torch.Tensor:
         """Scores [B, K, h, w] of ``maps`` [B, Cs, h, w], the maps of ``stage`` of head ``head_name``."""
@@ -249,6 +252,8 @@ def readout_unavailable(
         return None if isinstance(head, Head) else f"{type(head).__name__} does not implement the readout contract"
     if fitted is None:
         return NO_FITTED_REASON
+    if fitted.problem is not None:
+        return fitted.problem
     if head_name not in fitted.lenses:
         held = ", ".join(fitted.lenses) or "none"
         return (

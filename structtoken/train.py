@@ -4,6 +4,9 @@
     python -m structtoken.train --recipe camvid_stage1 --out ~/.cache/structtoken/runs/stage1
     python -m structtoken.train --recipe camvid_stage2 --init-from ~/.cache/structtoken/runs/stage1/final.safetensors \
         --out ~/.cache/structtoken/runs/stage2
+    # the v2 set: seven heads of the three paradigms on the v2 backbone
+    python -m structtoken.train --recipe camvid_v2_stage2 \
+        --init-from ~/.cache/structtoken/runs/v2_stage1/final.safetensors --out ~/.cache/structtoken/runs/v2_stage2
     # an official configuration (ADE20K layout, GPUs; one process per GPU)
     torchrun --nproc_per_node 8 -m structtoken.train --recipe ade20k --model sse_vit-b_ade20k --data /data/ade
 
@@ -120,13 +123,22 @@ def _camvid_v2_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
     )
 
 
-RECIPES = ("camvid_stage1", "camvid_stage2", "camvid_v2_stage1", "ade20k")
+RECIPES = ("camvid_stage1", "camvid_stage2", "camvid_v2_stage1", "camvid_v2_stage2", "ade20k")
+
+V2_STAGE2_HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "fcn", "segmenter")
+"""The heads of the v2 set: the three paradigms (:data:`structtoken.config.PARADIGMS`)."""
 
 
 def recipe(name: str, model: str | None = None) -> TrainConfig:
     """Named recipes: ``camvid_stage1`` (backbone + linear head from scratch), ``camvid_stage2`` (five
     heads on the frozen stage-1 backbone), ``camvid_v2_stage1`` (the v2 backbone: v1's recipe for
-    12,500 iterations, 2.5x), ``ade20k`` (an official configuration, ``model`` required)."""
+    12,500 iterations, 2.5x), ``camvid_v2_stage2`` (``camvid_stage2`` with the seven heads of
+    :data:`V2_STAGE2_HEADS` on the frozen v2 backbone, given with ``--init-from``), ``ade20k`` (an
+    official configuration, ``model`` required)."""
+    if name == "camvid_v2_stage2":
+        tc = recipe("camvid_stage2")
+        tc.model = _camvid_v2_model(V2_STAGE2_HEADS[0], V2_STAGE2_HEADS[1:])
+        return tc
     if name == "camvid_v2_stage1":
         tc = recipe("camvid_stage1")
         tc.model = _camvid_v2_model("linear")
@@ -262,14 +274,19 @@ def seed_head_inits(model: Segmentor, seed: int) -> None:
     """Re-initialise every compared head from a seed of its own, derived from (seed, head kind).
 
     Heads of the same kind (``per_pixel`` and ``per_pixel_ds``) thus start from identical weights, and a
-    head's start does not depend on which other heads share the set. The light ``linear`` pre-training
-    head keeps the initialisation it was built with. The global RNG is reset to ``seed`` afterwards.
+    head's start does not depend on which other heads share the set. A head with an ``init_weights``
+    method (``fcn``, ``segmenter``) uses it; the others reset every submodule and redraw their structure
+    tokens. The light ``linear`` pre-training head keeps the initialisation it was built with. The global
+    RNG is reset to ``seed`` afterwards.
     """
     for name, head in model.heads.items():
         kind = HEAD_NAMES[name][0]
         if kind == "linear":
             continue
         torch.manual_seed(seed * 1000 + HEAD_KINDS.index(kind))
+        if hasattr(head, "init_weights"):
+            head.init_weights()
+            continue
         for m in head.modules():
             if m is not head and hasattr(m, "reset_parameters"):
                 m.reset_parameters()

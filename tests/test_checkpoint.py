@@ -175,7 +175,7 @@ def test_unknown_model_name_lists_the_known_ones():
 
 def test_config_validation_messages():
     with pytest.raises(ConfigError, match="unknown head"):
-        ModelConfig(head="fcn")
+        ModelConfig(head="upernet")
     with pytest.raises(ConfigError, match="SSE and PWE"):
         ModelConfig(head="sse", image_size=(500, 500))
     with pytest.raises(ConfigError, match="divisible"):

@@ -263,12 +263,44 @@ def test_corrupt_and_mis_shaped_files_name_the_file(tmp_path):
         FittedReadouts.load(tmp_path / "nowhere.readouts.safetensors")
 
 
-def test_stale_fitted_file_is_refused(tmp_path):
+def test_stale_fitted_file_makes_fitted_unavailable_but_the_set_loads(tmp_path):
     model = all_heads_model()
     set_path = save_model(model, tmp_path / "s.safetensors")
     fitted = lenses_for(model)
     fitted.metadata["set_sha256"] = "0" * 64
     fitted.save(readouts_path(set_path))
-    with pytest.raises(CheckpointError, match=r"another version of s\.safetensors"):
-        load_model(set_path)
+    loaded = load_model(set_path)
+    reason = readout_unavailable("cse", loaded.heads["cse"], "fitted", loaded.fitted_readouts)
+    assert "fitted on another version of s.safetensors" in reason and "s.readouts.safetensors" in reason
     assert load_model(set_path, readouts=False).fitted_readouts is None
+    from structtoken.checkpoint import file_sha256
+
+    fitted.metadata["set_sha256"] = file_sha256(set_path)
+    fitted.save(readouts_path(set_path))
+    loaded = load_model(set_path)
+    assert readout_unavailable("cse", loaded.heads["cse"], "fitted", loaded.fitted_readouts) is None
+
+
+def test_cli_fits_and_writes_beside_the_set(tmp_path, capsys):
+    from structtoken.fit_readouts import main
+
+    model = permutation_model()
+    root = write_own_output_split(tmp_path / "data", model, n=2)
+    meta = {"train_config": json.dumps({"class_weights": True})}
+    set_path = save_model(model, tmp_path / "perm_set.safetensors", metadata=meta)
+    args = ["--model", str(set_path), "--data", str(root), "--pixels-per-image", "32", "--iterations", "10"]
+    assert main(args) == 2  # trained class-weighted, but this classes.json has no weights
+    assert "median_frequency_weights" in capsys.readouterr().err
+    assert main([*args, "--class-weights", "no"]) == 0
+    out = capsys.readouterr()
+    assert "perm_set.readouts.safetensors" in out.out and "per_pixel" in out.err
+    loaded = load_model(set_path)
+    fr = loaded.fitted_readouts
+    assert fr is not None and fr.problem is None
+    m = fr.metadata
+    assert (m["split"], m["num_images"], m["pixels_per_image"], m["iterations"]) == ("train", 2, 32, 10)
+    assert m["loss"] == "cross-entropy, unweighted" and m["set_file"] == "perm_set.safetensors"
+    assert m["standardize"] is True and m["l2"] == 1e-4
+    assert readout_unavailable("per_pixel", loaded.heads["per_pixel"], "fitted", fr) is None
+    assert main(["--model", str(tmp_path / "missing.safetensors"), "--data", str(root)]) == 2
+    assert "no such file" in capsys.readouterr().err

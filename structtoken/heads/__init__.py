@@ -1,5 +1,7 @@
-"""Segmentation heads: StructToken CSE / SSE / PWE, the per-pixel baseline (± deep supervision) and
-the light linear pre-training head. Every head follows the contract of :mod:`.base`."""
+"""Segmentation heads: StructToken CSE / SSE / PWE, the per-pixel baseline (± deep supervision), the
+capacity-matched FCN head, Segmenter's mask transformer and the light linear pre-training head.
+Every head follows the contract of :mod:`.base`; a new kind is one module and one line in
+:data:`HEAD_BUILDERS` (plus its name in :data:`structtoken.config.HEAD_NAMES`)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from collections.abc import Callable
 
 from ..config import HEAD_NAMES, ModelConfig
 from .base import BlockMaps, Head, HeadOutput
+from .fcn import FCNHead
 from .linear import LinearHead
 from .per_pixel import PerPixelHead
+from .segmenter import SegmenterHead
 from .structtoken import STRUCTTOKEN_BLOCKS, StructTokenHead
 
 
@@ -31,6 +35,16 @@ HEAD_BUILDERS: dict[str, Callable[[ModelConfig, bool], Head]] = {
     **{kind: _structtoken(kind) for kind in STRUCTTOKEN_BLOCKS},
     "per_pixel": lambda cfg, ds: PerPixelHead(cfg.embed_dim, cfg.num_classes, cfg.num_blocks, deep_supervision=ds),
     "linear": lambda cfg, ds: LinearHead(cfg.embed_dim, cfg.num_classes),
+    "fcn": lambda cfg, ds: FCNHead(cfg.embed_dim, cfg.num_classes, cfg.num_blocks),
+    "segmenter": lambda cfg, ds: SegmenterHead(
+        cfg.embed_dim,
+        cfg.num_classes,
+        cfg.num_blocks,
+        cfg.num_heads,
+        cfg.embed_dim,
+        cfg.mlp_ratio,
+        cfg.head_drop_path_rate,
+    ),
 }
 """Head kind (:data:`structtoken.config.HEAD_KINDS`) -> ``build(cfg, deep_supervision)``."""
 
@@ -45,10 +59,12 @@ __all__ = [
     "HEAD_BUILDERS",
     "STRUCTTOKEN_BLOCKS",
     "BlockMaps",
+    "FCNHead",
     "Head",
     "HeadOutput",
     "LinearHead",
     "PerPixelHead",
+    "SegmenterHead",
     "StructTokenHead",
     "build_head",
 ]
