@@ -20,29 +20,36 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from structtoken.config import HEAD_NAMES
 from structtoken.devices import autocast
 from structtoken.heads import HeadOutput
-from structtoken.segmentor import Segmentor, SegmentorOutput
+from structtoken.segmentor import Segmentor, SegmentorOutput, upsample
+
+from .roles import head_kind
 
 __all__ = [
     "NORMALIZATIONS",
+    "READOUTS",
     "HeadMaps",
     "ImageMaps",
     "compute_maps",
     "image_maps_from_output",
     "normalize_maps",
+    "readout_stages",
     "resolve_classes",
     "select_classes",
     "stage_names",
+    "stage_tensor",
     "top_channels",
     "upsample_maps",
 ]
 
 NORMALIZATIONS = ("shared", "per_map", "softmax")
 """Display normalisations of class maps (see :func:`normalize_maps`)."""
+
+READOUTS = ("raw",)
+"""How a stage is read as class scores (see :func:`readout_stages`). ``raw``: channel k of the stage's
+K-channel map is class k."""
 
 
 def stage_names(num_blocks: int) -> tuple[str, ...]:
@@ -96,7 +103,7 @@ class _LazyProbs(Mapping[str, np.ndarray]):
 
     def __getitem__(self, head: str) -> np.ndarray:
         logits = _tensor(self._heads[head].stages[-1])[None]
-        return _upsample_torch(logits, self._size)[0].softmax(0).numpy()
+        return upsample(logits, self._size)[0].softmax(0).numpy()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._heads)
@@ -163,6 +170,12 @@ def _stack(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     return _np(torch.cat([t[:1] for t in tensors], dim=0))
 
 
+def stage_tensor(out: HeadOutput) -> torch.Tensor:
+    """``[S, K, h, w]`` stages of the first image of a head's output: the class maps entering block 1,
+    after each block, and the logits (S = N + 2), on the output's device."""
+    return torch.cat([out.tokens_init[:1], *(b.tokens[:1] for b in out.blocks), out.logits[:1]], dim=0)
+
+
 def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
     """Class index of ``[K, H, W]`` logits -> ``[H, W]`` uint8 (int32 when K > 256); first max wins.
 
@@ -177,7 +190,7 @@ def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
 def head_maps(name: str, out: HeadOutput) -> HeadMaps:
     """:class:`HeadMaps` of the first image of a :class:`structtoken.HeadOutput`."""
     blocks = out.blocks
-    stages = _stack([out.tokens_init, *(b.tokens for b in blocks), out.logits])
+    stages = _np(stage_tensor(out))
     attention = None
     if blocks and all(b.attention is not None for b in blocks):
         attention = _stack([b.attention for b in blocks])
@@ -185,13 +198,12 @@ def head_maps(name: str, out: HeadOutput) -> HeadMaps:
     f0 = out.features_init
     if blocks and f0 is not None and all(b.features is not None for b in blocks[:-1]):
         features = _stack([f0, *(b.features for b in blocks[:-1])])
-    kind = HEAD_NAMES.get(name, (name, False))[0]
     return HeadMaps(
         stages=stages,
         stage_names=stage_names(len(blocks)),
         attention=attention,
         block_features=features,
-        kind=kind,
+        kind=head_kind(name),
     )
 
 
@@ -329,6 +341,18 @@ def select_classes(maps: ImageMaps, head: str, k: int = 4, classes: Sequence[str
     return [int(i) for i in order[: max(0, int(k))]]
 
 
+# ------------------------------------------------------------------------------------ readouts
+def readout_stages(maps: ImageMaps, head: str, readout: str = "raw") -> np.ndarray:
+    """``[S, K, h, w]`` class scores of every stage of ``head`` read the ``readout`` way.
+
+    Raises:
+        ValueError: an unknown readout (the message lists :data:`READOUTS`).
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
+    return maps.heads[head].stages
+
+
 # ------------------------------------------------------------------------------- normalisation
 def _minmax(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     span = hi - lo
@@ -385,12 +409,6 @@ def normalize_maps(
     return out[""] if single else out
 
 
-def _upsample_torch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (align_corners=False, no antialias) of maps ``[..., h, w]`` to ``[..., H, W]``.
 
@@ -402,7 +420,7 @@ def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"maps must be [..., h, w], got shape {a.shape}")
     lead = a.shape[:-2]
     t = _tensor(a).reshape(1, -1, *a.shape[-2:])
-    out = _upsample_torch(t, (int(size[0]), int(size[1])))
+    out = upsample(t, (int(size[0]), int(size[1])))
     return out.reshape(*lead, int(size[0]), int(size[1])).numpy()
 
 
