@@ -218,5 +218,5 @@ def test_readouts(maps: ImageMaps) -> None:
 
     assert READOUTS[0] == "raw"
     assert readout_stages(maps, "cse") is maps.heads["cse"].stages  # raw: channel k is class k
-    with pytest.raises(ValueError, match="^unknown readout 'fitted'; choose one of raw$"):
+    with pytest.raises(ValueError, match=r"^unknown readout 'fitted'; choose one of raw$"):
         readout_stages(maps, "cse", "fitted")
