@@ -4,6 +4,7 @@ Matches the official implementation (RockeyCoss/StructToken, mmseg 0.20.2) tenso
 loads its 11 released checkpoints, and returns every block's maps as typed outputs.
 """
 
+from .assets import EMBEDDED, available_models, load_any
 from .checkpoint import (
     CheckpointError,
     CheckpointUnavailable,
@@ -17,9 +18,11 @@ from .checkpoint import (
 )
 from .config import HEAD_NAMES, REGISTRY, RELEASED_MODELS, ConfigError, ModelConfig, get_config
 from .heads import BlockMaps, HeadOutput
+from .io import ImageReadError, read_image, read_label
 from .segmentor import Segmentor, SegmentorOutput, build_model
 
 __all__ = [
+    "EMBEDDED",
     "HEAD_NAMES",
     "REGISTRY",
     "RELEASED_MODELS",
@@ -28,16 +31,21 @@ __all__ = [
     "CheckpointUnavailable",
     "ConfigError",
     "HeadOutput",
+    "ImageReadError",
     "ModelConfig",
     "Segmentor",
     "SegmentorOutput",
+    "available_models",
     "build_model",
     "convert_official_state_dict",
     "fetch_checkpoint",
     "get_config",
+    "load_any",
     "load_model",
     "load_official",
     "load_state_dict_strict",
+    "read_image",
+    "read_label",
     "resolve_model",
     "save_model",
 ]

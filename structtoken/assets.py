@@ -1,7 +1,13 @@
-"""The model sets shipped in ``assets/`` and one entry point to load any model by name or path."""
+"""The model sets shipped in ``assets/`` and one entry point to load any model by name or path.
+
+The embedded sets are looked for in the checkout's ``assets/`` folder (a development tree) and then
+in the installed ``structtoken_assets`` package, which is what ``pip install .`` makes of
+``assets/`` (see setup.py).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -10,8 +16,31 @@ from .checkpoint import CheckpointError, load_model, resolve_model
 from .config import RELEASED_MODELS
 from .segmentor import Segmentor
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-EMBEDDED: dict[str, Path] = {"camvid": ASSETS_DIR / "camvid" / "camvid_set.safetensors"}
+CHECKOUT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+"""``assets/`` of a development checkout (absent in an install)."""
+
+
+def installed_assets() -> Path | None:
+    """The folder of the installed ``structtoken_assets`` package (``assets/`` of a wheel), or None."""
+    spec = importlib.util.find_spec("structtoken_assets")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
+def asset_path(relative: str) -> Path:
+    """``assets/<relative>`` of the checkout if it is there, else of the install (if there), else the checkout's."""
+    checkout = CHECKOUT_ASSETS / relative
+    if checkout.is_file():
+        return checkout
+    installed = installed_assets()
+    if installed is not None and (installed / relative).is_file():
+        return installed / relative
+    return checkout
+
+
+ASSETS_DIR = asset_path("camvid/camvid_set.safetensors").parent.parent
+"""The folder the embedded sets are read from (the checkout's ``assets/`` or the installed copy)."""
+EMBEDDED: dict[str, Path] = {"camvid": asset_path("camvid/camvid_set.safetensors")}
 """Embedded set name -> safetensors file (config in its metadata)."""
 
 

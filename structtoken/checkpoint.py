@@ -8,12 +8,15 @@
   metadata, so the file alone rebuilds the model (:func:`save_model` / :func:`load_model`).
 * :func:`fetch_checkpoint` downloads a released checkpoint into a cache with a progress bar and
   resume, and says exactly what to do when there is no network.
+* A set file may have fitted readouts beside it (``<stem>.readouts.safetensors``, see
+  :mod:`structtoken.readouts`); :func:`load_model` attaches them as ``model.fitted_readouts``.
 * Pickles are only ever read with ``torch.load(weights_only=True)``; one that needs anything beyond
   tensors, containers and numpy scalars is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -29,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .config import REGISTRY, ConfigError, ModelConfig, get_config
+from .readouts import READOUTS_SUFFIX, FittedReadouts, ReadoutError, readouts_path
 from .segmentor import Segmentor, build_model
 
 FORMAT_KEY = "structtoken_config"
@@ -271,11 +275,46 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Segmentor:
-    """Rebuild a model set from one of our safetensors files (config from its metadata), in eval mode."""
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (identifies the set a readout file was fitted on)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_fitted_readouts(model: Segmentor, set_path: str | Path) -> FittedReadouts | None:
+    """The fitted readouts beside the set file ``set_path``, checked against ``model``; None when
+    there is no such file. :class:`CheckpointError` (naming the file) for a corrupt, mis-shaped or
+    stale one (fitted on another version of the set)."""
+    set_path = Path(set_path)
+    rp = readouts_path(set_path)
+    if not rp.is_file():
+        return None
+    try:
+        fitted = FittedReadouts.load(rp, model)
+    except ReadoutError as e:
+        raise CheckpointError(f"{e} (delete it or refit it)") from None
+    want = fitted.metadata.get("set_sha256")
+    if want and want != file_sha256(set_path):
+        raise CheckpointError(
+            f"{rp} was fitted on another version of {set_path.name} (sha256 {want[:12]}..., the set is "
+            f"{file_sha256(set_path)[:12]}...); refit it with python -m structtoken.fit_readouts or delete it"
+        )
+    return fitted
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", readouts: bool = True) -> Segmentor:
+    """Rebuild a model set from one of our safetensors files (config from its metadata), in eval mode.
+
+    With ``readouts``, fitted readouts beside the file (:func:`structtoken.readouts.readouts_path`) are
+    loaded into ``model.fitted_readouts`` (None when there are none)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if path.name.endswith(READOUTS_SUFFIX):
+        raise CheckpointError(f"{path}: a fitted-readout file, not a model set; load the set file beside it")
     meta = read_metadata(path)
     if FORMAT_KEY not in meta:
         raise CheckpointError(f"{path}: safetensors file without a StructToken config in its metadata")
@@ -289,7 +328,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Segmento
         raise CheckpointError(f"{path}: cannot read tensors (truncated or corrupt?): {e}") from None
     model = build_model(cfg)
     load_state_dict_strict(model, {k: v.float() for k, v in sd.items()}, source=str(path))
-    return model.eval().to(device)
+    model.eval()
+    if readouts:
+        model.fitted_readouts = load_fitted_readouts(model, path)
+    return model.to(device)
 
 
 def load_official(path: str | Path, cfg: ModelConfig | None = None, device: str | torch.device = "cpu") -> Segmentor:

@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .config import IMAGENET_MEAN, IMAGENET_STD
+from .io import ImageReadError, read_image, read_label
 
 __all__ = [
     "EXPECTED_LAYOUT",
@@ -57,8 +59,6 @@ __all__ = [
     "random_resize",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 EXPECTED_LAYOUT = """\
@@ -170,32 +170,19 @@ def load_dataset_info(root: str | os.PathLike[str]) -> DatasetInfo:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """Read an RGB image as uint8 [H, W, 3]."""
+    """Read an image as uint8 RGB [H, W, 3] with :func:`structtoken.io.read_image`'s rules."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:
+        return read_image(path)
+    except ImageReadError as exc:
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def _read_label(path: Path) -> np.ndarray:
-    """Read a single-channel label as uint8 [H, W]."""
+    """Read a single-channel label as uint8 [H, W] with :func:`structtoken.io.read_label`."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "P"):
-                raise DatasetError(
-                    f"label {path} has PIL mode {im.mode!r}; expected a single-channel 8-bit PNG (mode 'L') "
-                    "holding class indices"
-                )
-            arr = np.asarray(im, dtype=np.uint8).copy()
-    except DatasetError:
-        raise
-    except (OSError, ValueError, SyntaxError) as exc:
+        return read_label(path)
+    except ImageReadError as exc:
         raise DatasetError(f"cannot read label {path}: {exc}") from exc
-    return arr
 
 
 class SegmentationDataset(Dataset):

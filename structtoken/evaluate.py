@@ -21,9 +21,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from analysis.metrics import ConfusionAccumulator
-
 from .data import DatasetError, SegmentationDataset, default_camvid_root
+from .metrics import ConfusionAccumulator
 from .segmentor import MS_RATIOS, Segmentor
 
 
@@ -41,7 +40,8 @@ def evaluate_model(
     """Per-head metrics over ``dataset`` (one backbone pass per image serves every head).
 
     Returns ``{"heads": {name: {"miou", "pixel_accuracy", "iou_per_class"}}, "classes": [...],
-    "num_images": N, "seconds": t}``; with ``save_predictions`` writes ``OUT/<head>/<name>.png``
+    "data": folder name, "num_images": N, "seconds": t}``; pixels labelled with the dataset's
+    ``info.ignore_index`` are not counted. With ``save_predictions`` writes ``OUT/<head>/<name>.png``
     label maps (class index per pixel, uint8).
     """
     heads = list(heads or model.cfg.heads)
@@ -66,6 +66,7 @@ def evaluate_model(
     return {
         "heads": {h: acc[h].compute() for h in heads},
         "classes": list(dataset.info.classes),
+        "data": dataset.root.name,  # the folder's name only: no machine paths in results
         "num_images": n,
         "mode": "aug" if aug else mode,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -125,6 +126,12 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _public_name(spec: str) -> str:
+    """A model spec as results may show it: a name as given, a file by its base name (no machine paths)."""
+    path = Path(spec)
+    return path.name if path.is_absolute() or len(path.parts) > 1 else spec
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m structtoken.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="camvid", help="'camvid' (the shipped set), a registry name or a checkpoint file")
@@ -145,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = evaluate_model(model, dataset, args.heads, args.mode, args.aug, args.save_predictions, limit=args.limit)
-    result["model"] = str(args.model)
+    result["model"] = _public_name(args.model)
     result["split"] = args.split
     result["costs"] = head_costs(model, tuple(dataset.load_pair(0)[0].shape[:2]))
     print(format_table(result))

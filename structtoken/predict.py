@@ -4,7 +4,10 @@
         [--head NAME] [--mode whole|slide] [--aug] [--device auto|cpu|cuda]
 
 Writes ``DIR/<stem>_color.png`` (the prediction in the model's class colours, blended over the
-image with ``--alpha``) and ``DIR/<stem>_label.png`` (class index per pixel, uint8; 16-bit when K > 255).
+image with ``--alpha``) and ``DIR/<stem>_label.png`` (class index per pixel, uint8; 16-bit when K > 255),
+and prints one line per image naming the files it wrote. Images are read by
+:func:`structtoken.io.read_image` (16-bit data divided by 65535, alpha composited on white, EXIF
+orientation applied).
 """
 
 from __future__ import annotations
@@ -15,38 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .assets import available_models, load_any
 from .checkpoint import CheckpointError
 from .devices import resolve_device
+from .io import ImageReadError, read_image
 from .segmentor import MS_RATIOS, Segmentor
 
-
-class ImageReadError(ValueError):
-    """An input that is not a readable image."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any PIL-readable file as uint8 RGB [H, W, 3]; :class:`ImageReadError` names the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = (arr / max(arr.max(), 1.0) * 255).round().astype(np.uint8)
-                return np.repeat(arr[..., None], 3, axis=2)
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+__all__ = ["ImageReadError", "colorize", "main", "predict_image", "read_image"]
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
@@ -98,9 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = predict_image(model, image, args.head, args.mode, args.aug)
         stem = Path(path).stem
         dtype = np.uint8 if model.cfg.num_classes <= 256 else np.uint16
-        Image.fromarray(label.astype(dtype)).save(out / f"{stem}_label.png")
+        label_path, color_path = out / f"{stem}_label.png", out / f"{stem}_color.png"
+        Image.fromarray(label.astype(dtype)).save(label_path)
         blend = (1 - args.alpha) * image + args.alpha * colorize(label, palette)
-        Image.fromarray(blend.round().astype(np.uint8)).save(out / f"{stem}_color.png")
+        Image.fromarray(blend.round().astype(np.uint8)).save(color_path)
+        tqdm.write(f"{path}: wrote {label_path} and {color_path}")
     return 1 if failures else 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch import nn
 from .backbone import build_backbone
 from .config import ModelConfig
 from .heads import BlockMaps, HeadOutput, build_head
+
+if TYPE_CHECKING:
+    from .readouts import FittedReadouts
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 """mmseg's ``--aug-test`` ratios, used for the published multi-scale mIoU."""
@@ -93,6 +97,7 @@ class Segmentor(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         self.heads = nn.ModuleDict({name: build_head(name, cfg) for name in cfg.heads})
+        self.fitted_readouts: FittedReadouts | None = None  # set by checkpoint.load_model (structtoken.readouts)
 
     @property
     def device(self) -> torch.device:
@@ -165,12 +170,23 @@ class Segmentor(nn.Module):
             return dict(self.forward(x, heads).logits_by_head)
         raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
 
-    def preprocess(self, image: np.ndarray, scale: tuple[int, int] | str | None = "config") -> torch.Tensor:
-        """uint8 RGB image [H, W, 3] -> normalised float32 [1, 3, H', W'] on the model's device.
+    def resize_image(self, image: np.ndarray, scale: tuple[int, int] | str | None = "config") -> np.ndarray:
+        """The image the model sees: uint8 RGB [H, W, 3] -> uint8 RGB [H', W', 3], before normalisation.
 
         ``scale="config"`` applies the set's test-time keep-ratio resize (``cfg.test_scale``), None keeps
         the native size, a (long, short) pair sets the bound. Resizing is bilinear (align_corners=False)
-        and rounded back to uint8 levels like OpenCV's.
+        on the model's device and rounded back to uint8 levels like OpenCV's.
+        """
+        return resize_image(image, self.cfg.test_scale if scale == "config" else scale, self.device)
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 RGB [H, W, 3] -> ``(image - cfg.mean) / cfg.std`` as float32 [1, 3, H, W] on the model's device."""
+        return normalize_image(image, self.cfg, self.device)
+
+    def preprocess(self, image: np.ndarray, scale: tuple[int, int] | str | None = "config") -> torch.Tensor:
+        """uint8 RGB image [H, W, 3] -> normalised float32 [1, 3, H', W'] on the model's device.
+
+        ``normalize(resize_image(image, scale))``: see :meth:`resize_image` for ``scale``.
         """
         return preprocess_image(image, self.cfg, self.cfg.test_scale if scale == "config" else scale, self.device)
 
@@ -217,20 +233,50 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def preprocess_image(
-    image: np.ndarray, cfg: ModelConfig, scale: tuple[int, int] | None, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """uint8 RGB [H, W, 3] -> normalised float32 [1, 3, H', W'] (see :meth:`Segmentor.preprocess`)."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    if scale is not None:
-        size = test_resize_shape(image.shape[0], image.shape[1], scale)
-        if size != tuple(image.shape[:2]):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+def _check_rgb_uint8(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {got}")
+
+
+def _to_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [1, 3, H, W] on ``device`` (values 0..255)."""
+    if not (image.flags.writeable and image.flags.c_contiguous):
+        image = np.array(image, order="C")  # torch.from_numpy warns on read-only arrays
+    return torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
+
+
+def resize_image(image: np.ndarray, scale: tuple[int, int] | None, device: torch.device | str = "cpu") -> np.ndarray:
+    """mmseg's test-time keep-ratio resize: uint8 RGB [H, W, 3] -> uint8 RGB [H', W', 3].
+
+    ``(H', W') = test_resize_shape(H, W, scale)``; ``scale=None`` (or a scale that keeps the size)
+    returns the image unchanged. Bilinear (align_corners=False, no antialias), computed on
+    ``device``, rounded and clipped to uint8 levels like OpenCV's.
+    """
+    _check_rgb_uint8(image)
+    if scale is None:
+        return image
+    size = test_resize_shape(image.shape[0], image.shape[1], scale)
+    if size == tuple(image.shape[:2]):
+        return image
+    x = F.interpolate(_to_tensor(image, device), size=size, mode="bilinear", align_corners=False)
+    return x.round_().clamp_(0, 255)[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def normalize_image(image: np.ndarray, cfg: ModelConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 RGB [H, W, 3] -> ``(image - cfg.mean) / cfg.std`` as float32 [1, 3, H, W] on ``device``."""
+    _check_rgb_uint8(image)
+    x = _to_tensor(image, device)
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
+
+
+def preprocess_image(
+    image: np.ndarray, cfg: ModelConfig, scale: tuple[int, int] | None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """uint8 RGB [H, W, 3] -> normalised float32 [1, 3, H', W']: ``normalize_image(resize_image(image, scale))``."""
+    return normalize_image(resize_image(image, scale, device), cfg, device)
 
 
 def build_model(cfg: ModelConfig) -> Segmentor:

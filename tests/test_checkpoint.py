@@ -233,7 +233,7 @@ def test_fetch_downloads_resumes_and_uses_cache(tmp_path, http_file):
     assert len(handler.requests) == 1
 
 
-def test_fetch_offline_says_what_to_do(tmp_path):
+def test_fetch_unreachable_server_says_what_to_do(tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -246,7 +246,43 @@ def test_fetch_offline_says_what_to_do(tmp_path):
     assert url in msg and str(tmp_path / "sse.pth") in msg and "offline" in msg
 
 
-def test_registry_name_uses_a_cached_file_without_network(tmp_path, monkeypatch):
+class _NetworkBlocked(OSError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to open a socket (or resolve a name) raises; returns the list of attempts."""
+    import socket
+
+    attempts: list[str] = []
+
+    def refuse(name):
+        def blocked(*args, **kwargs):
+            attempts.append(name)
+            raise _NetworkBlocked(f"network blocked by the test ({name})")
+
+        return blocked
+
+    monkeypatch.setattr(socket, "socket", refuse("socket.socket"))
+    monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("socket.getaddrinfo"))
+    return attempts
+
+
+def test_released_model_without_network_names_the_url_and_the_destination(tmp_path, monkeypatch, no_network):
+    cfg = get_config("sse_vit-t_ade20k")
+    monkeypatch.setenv("STRUCTTOKEN_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointUnavailable) as e:
+        resolve_model("sse_vit-t_ade20k", progress=False)
+    msg = str(e.value)
+    assert no_network, "the download never tried the network"
+    assert cfg.url.startswith("http") and cfg.url in msg
+    assert str(tmp_path / Path(cfg.url).name) in msg and "offline" in msg
+    assert not (tmp_path / Path(cfg.url).name).exists()
+
+
+def test_registry_name_uses_a_cached_file_without_network(tmp_path, monkeypatch, no_network):
     cfg = get_config("pwe_vit-t_ade20k").replace(depth=1, num_blocks=1)  # a small stand-in file
     sd = random_official_state_dict("pwe", 192, 1, 150, (32, 32), 1)
     monkeypatch.setenv("STRUCTTOKEN_CACHE", str(tmp_path))
@@ -254,3 +290,4 @@ def test_registry_name_uses_a_cached_file_without_network(tmp_path, monkeypatch)
     monkeypatch.setitem(REGISTRY, "pwe_vit-t_ade20k", cfg)
     model = resolve_model("pwe_vit-t_ade20k")
     assert model.cfg.name == "pwe_vit-t_ade20k" and model.cfg.depth == 1
+    assert no_network == []  # the cache was used: no socket was even tried

@@ -502,3 +502,20 @@ def test_camvid_val_items() -> None:
         values = set(np.unique(item["label"]).tolist())
         assert values <= set(range(11)) | {255}
         assert len(values - {255}) > 1
+
+
+def test_images_are_read_by_the_one_reader(tiny_root: Path) -> None:
+    from structtoken.config import IMAGENET_MEAN, IMAGENET_STD
+    from structtoken.io import read_image
+
+    assert D.IMAGENET_MEAN is IMAGENET_MEAN and D.IMAGENET_STD is IMAGENET_STD  # one definition
+    ds = D.SegmentationDataset(tiny_root, "train")
+    path = ds.image_paths[0]
+    h, w = ds.load_pair(0)[1].shape
+    rgba = np.zeros((h, w, 4), dtype=np.uint8)
+    rgba[..., 1] = 90
+    rgba[:, : w // 2, 3] = 255  # right half transparent
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    image, _ = ds.load_pair(0)
+    np.testing.assert_array_equal(image, read_image(path))
+    assert tuple(image[0, 0]) == (0, 90, 0) and tuple(image[0, -1]) == (255, 255, 255)  # alpha on white

@@ -16,9 +16,12 @@ from analysis.metrics import (
     argmax_prediction,
     average_precision,
     block_metrics,
+    boundary_counts,
+    boundary_counts_batch,
     boundary_f1,
     confusion_matrix,
     iou_per_class,
+    mask_ap_batch,
     mask_ap_per_image,
     mean_iou,
     pixel_accuracy,
@@ -506,3 +509,188 @@ def test_block_metrics_smoke():
     scores = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
     res = block_metrics(scores, label)
     assert res == pytest.approx({"miou": 1.0, "pixel_accuracy": 1.0, "mask_ap": 1.0, "boundary_f1": 1.0})
+
+
+# --------------------------------------------------------------------------------------------
+# batched mask AP / boundary counts == the previous per-stack implementation
+# --------------------------------------------------------------------------------------------
+# The reference functions below are the per-stack code these batched functions replaced
+# (analysis/metrics.py before mask_ap_batch / boundary_counts_batch), kept verbatim in spirit:
+# one value sort + two searchsorted per class channel; per-class boolean masks and dilations.
+
+
+def _ref_mask_ap(s: np.ndarray, g: np.ndarray, ignore=IGN) -> dict[int, float]:
+    """Old ``mask_ap_per_image``: ``s [K, H, W]``, ``g [H, W]`` → {present class: AP}."""
+    valid = g != ignore if ignore is not None else np.ones(g.shape, bool)
+    gv = g[valid].astype(np.int64)
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    out = {}
+    for c in np.flatnonzero(np.bincount(gv, minlength=s.shape[0])):
+        x = s[int(c)][valid]
+        sa, sp = np.sort(x), np.sort(x[gv == c])
+        all_ge = sa.size - np.searchsorted(sa, sp, side="left")
+        pos_ge = sp.size - np.searchsorted(sp, sp, side="left")
+        out[int(c)] = float(np.sum(pos_ge / all_ge) / sp.size)
+    return out
+
+
+def _ref_boundary(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1, mode="edge")
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def _ref_shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    h, w = a.shape
+    out = np.zeros_like(a)
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def _ref_dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx <= r * r:
+                out |= _ref_shift(mask, dy, dx)
+    return out
+
+
+def _ref_boundary_counts(p: np.ndarray, g: np.ndarray, k: int, tol: int, ignore=IGN) -> dict[str, np.ndarray]:
+    """Old ``boundary_counts``: per-class masks, boundaries and disk dilations."""
+    valid = g != ignore if ignore is not None else np.ones(g.shape, bool)
+    out = {n: np.zeros(k, np.int64) for n in ("pred_matched", "pred_total", "gt_matched", "gt_total")}
+    out["present_pred"] = np.bincount(p[valid].astype(np.int64), minlength=k) > 0
+    out["present_gt"] = np.bincount(g[valid].astype(np.int64), minlength=k) > 0
+    for c in np.flatnonzero(out["present_pred"] | out["present_gt"]):
+        bp = _ref_boundary(p == c) & valid
+        bg = _ref_boundary(g == c) & valid
+        out["pred_total"][c], out["gt_total"][c] = bp.sum(), bg.sum()
+        if bp.any() and bg.any():
+            out["pred_matched"][c] = (bp & _ref_dilate(bg, tol)).sum()
+            out["gt_matched"][c] = (bg & _ref_dilate(bp, tol)).sum()
+    return out
+
+
+def _random_case(seed: int, s: int = 5, k: int = 6, h: int = 13, w: int = 17, dtype=np.float32):
+    """Blocky label with ignore pixels and absent classes; scores with many exact ties."""
+    rng = np.random.default_rng(seed)
+    label = np.kron(rng.integers(0, k - 2, size=(h // 3 + 1, w // 3 + 1)), np.ones((3, 3), int))[:h, :w]
+    label[label == 1] = k - 1  # classes 1 and k - 2 are absent from the label
+    label[rng.random((h, w)) < 0.15] = IGN
+    # quantised scores: plenty of ties within a channel, across positives and negatives
+    scores = (rng.integers(0, 7, size=(s, k, h, w)) / 4).astype(dtype)
+    scores[0, 0] = 0.5  # one channel entirely tied
+    scores[1] += (label == 2) * 0.75  # a partly informative stack
+    preds = scores.argmax(axis=1).astype(np.uint8)
+    preds[2] = rng.integers(0, k, size=(h, w))  # noisy: boundaries everywhere
+    preds[3] = label.clip(0, k - 1)  # perfect except on ignored pixels
+    return scores, label.astype(np.uint8), preds
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mask_ap_batch_equals_reference(seed, dtype):
+    scores, label, _ = _random_case(seed, dtype=dtype)
+    ap = mask_ap_batch(scores, label)
+    assert ap.shape == scores.shape[:2]
+    for i in range(scores.shape[0]):
+        ref = _ref_mask_ap(scores[i], label)
+        assert sorted(ref) == list(np.flatnonzero(~np.isnan(ap[i])))  # NaN exactly where absent
+        for c, v in ref.items():
+            assert abs(ap[i, c] - v) <= 1e-12
+        assert mask_ap_per_image(scores[i], label) == pytest.approx(ref, abs=1e-12, rel=0)
+    # and the ranking definition itself (brute force through average_precision)
+    valid = label != IGN
+    for c in np.flatnonzero(~np.isnan(ap[1])):
+        assert ap[1, c] == pytest.approx(average_precision(scores[1, c][valid], label[valid] == c), abs=1e-12)
+
+
+def test_mask_ap_batch_no_ignore_edge_cases():
+    scores, label, _ = _random_case(3)
+    label = np.where(label == IGN, 0, label)
+    np.testing.assert_array_equal(
+        mask_ap_batch(scores, label, ignore_index=None),
+        mask_ap_batch(scores, label, ignore_index=IGN),  # no pixel is 255 any more
+    )
+    assert mask_ap_batch(scores[:0], label).shape == (0, scores.shape[1])
+    all_ignored = np.full(label.shape, IGN, np.uint8)
+    assert np.isnan(mask_ap_batch(scores, all_ignored)).all()
+    bad = scores.copy()
+    bad[2, 0, label == 0] = np.nan  # NaN on a scored pixel of a present class
+    with pytest.raises(ValueError, match="NaN"):
+        mask_ap_batch(bad, label)
+    with pytest.raises(ValueError):
+        mask_ap_batch(scores[0], label)  # [K, H, W] is not a batch
+    with pytest.raises(ValueError):
+        mask_ap_batch(scores[:, :, :-1], label)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("tol", [0, 1, 2, 3])
+def test_boundary_counts_batch_equals_reference(seed, tol):
+    _, label, preds = _random_case(seed)
+    k = 6
+    got = boundary_counts_batch(preds, label, k, tolerance=tol)
+    assert len(got) == preds.shape[0]
+    for i, bc in enumerate(got):
+        ref = _ref_boundary_counts(preds[i], label, k, tol)
+        for name, v in ref.items():
+            np.testing.assert_array_equal(getattr(bc, name), v, err_msg=f"stack {i} {name}")
+        single = boundary_counts(preds[i].astype(np.int64), label, k, tolerance=tol)
+        for name, v in ref.items():
+            np.testing.assert_array_equal(getattr(single, name), v)
+
+
+def test_boundary_counts_batch_more_than_64_classes_and_no_ignore():
+    rng = np.random.default_rng(7)
+    k = 70  # two 64-class words
+    label = np.kron(rng.integers(0, k, size=(5, 6)), np.ones((2, 2), int))
+    preds = np.stack([label, rng.integers(0, k, size=label.shape), np.roll(label, 1, axis=1)])
+    for tol in (0, 2):
+        got = boundary_counts_batch(preds, label, k, tolerance=tol, ignore_index=None)
+        for i, bc in enumerate(got):
+            ref = _ref_boundary_counts(preds[i], label, k, tol, ignore=None)
+            for name, v in ref.items():
+                np.testing.assert_array_equal(getattr(bc, name), v)
+    with pytest.raises(ValueError):
+        boundary_counts_batch(preds[0], label, k)  # [H, W] is not a batch
+    with pytest.raises(ValueError):
+        boundary_counts_batch(preds + 1, label, k)  # class 70 out of range
+
+
+def test_accumulators_take_batched_results():
+    scores, label, preds = _random_case(11)
+    k = scores.shape[1]
+    ap = mask_ap_batch(scores, label)
+    counts = boundary_counts_batch(preds, label, k, tolerance=2)
+    for i in range(scores.shape[0]):
+        a_old, a_new = MaskAPAccumulator(k), MaskAPAccumulator(k)
+        b_old, b_new = BoundaryF1Accumulator(k, tolerance=2), BoundaryF1Accumulator(k, tolerance=2)
+        for _ in range(2):  # two "images"
+            a_old.update(scores[i], label)
+            a_new.update_ap(ap[i])
+            b_old.update(preds[i], label)
+            b_new.update_counts(counts[i])
+        assert a_new.compute() == a_old.compute()
+        assert b_new.compute() == b_old.compute()
+    with pytest.raises(ValueError):
+        MaskAPAccumulator(k).update_ap(ap[0, :-1])
+    with pytest.raises(ValueError):
+        BoundaryF1Accumulator(k + 1).update_counts(counts[0])
+
+
+def test_dilate_disk_batched_bit_planes():
+    rng = np.random.default_rng(5)
+    planes = rng.random((3, 4, 9, 11)) < 0.08  # [S, bits, H, W]
+    packed = (planes * (1 << np.arange(4))[None, :, None, None]).sum(axis=1).astype(np.uint8)
+    for r in (0, 1, 2, 3):
+        got = _dilate_disk(packed, r)  # [S, H, W] bit sets
+        for s in range(3):
+            for b in range(4):
+                np.testing.assert_array_equal((got[s] >> b) & 1, _ref_dilate(planes[s, b], r))

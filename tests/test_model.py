@@ -101,28 +101,22 @@ def test_independent_reference_matches_fixtures(reference_dir, kind):
 
 
 CASES = [
-    # kind, embed, depth, heads, classes, image_size, blocks, input size
-    ("cse", 64, 3, 1, 7, (96, 96), 3, (96, 96)),  # native grid
-    ("sse", 64, 2, 1, 5, (96, 96), 2, (70, 130)),  # padding, resized pos-embed and tokens
-    ("pwe", 128, 2, 2, 9, (80, 80), 1, (64, 144)),  # odd configured grid (5x5): align_corners tokens
-    ("cse", 128, 2, 2, 3, (160, 160), 1, (50, 50)),  # 1 block: CSE without ffn2
-    (
-        "sse",
-        64,
-        1,
-        1,
-        4,
-        (128, 128),
-        2,
-        (32, 512),
-    ),  # 2x32 grid = 64 tokens = 8x8 table: pos-embed kept, tokens resized
+    # kind, embed, depth, heads, classes, image_size, blocks, input size, weight seed (fixed, so a failure reruns)
+    ("cse", 64, 3, 1, 7, (96, 96), 3, (96, 96), 101),  # native grid
+    ("sse", 64, 2, 1, 5, (96, 96), 2, (70, 130), 202),  # padding, resized pos-embed and tokens
+    ("pwe", 128, 2, 2, 9, (80, 80), 1, (64, 144), 303),  # odd configured grid (5x5): align_corners tokens
+    ("cse", 128, 2, 2, 3, (160, 160), 1, (50, 50), 404),  # 1 block: CSE without ffn2
+    # 2x32 grid = 64 tokens = 8x8 table: pos-embed kept, tokens resized
+    ("sse", 64, 1, 1, 4, (128, 128), 2, (32, 512), 505),
 ]
 
 
-@pytest.mark.parametrize("kind,embed,depth,heads,classes,image_size,blocks,size", CASES)
-def test_matches_independent_reference_on_unseen_configs(kind, embed, depth, heads, classes, image_size, blocks, size):
+@pytest.mark.parametrize("kind,embed,depth,heads,classes,image_size,blocks,size,seed", CASES)
+def test_matches_independent_reference_on_unseen_configs(
+    kind, embed, depth, heads, classes, image_size, blocks, size, seed
+):
     grid = (image_size[0] // 16, image_size[1] // 16)
-    sd = random_official_state_dict(kind, embed, depth, classes, grid, blocks, seed=hash((kind, embed)) % 1000)
+    sd = random_official_state_dict(kind, embed, depth, classes, grid, blocks, seed=seed)
     cfg = ModelConfig(
         head=kind,
         embed_dim=embed,
@@ -242,3 +236,91 @@ def test_predict_multiscale_flip_returns_probabilities():
     probs = model.predict(img, scale=None, ratios=(0.75, 1.0, 1.5), flip=True)["sse"]
     assert probs.shape == (1, 5, 50, 70)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 50, 70))
+
+
+def _old_preprocess(image, cfg, scale):
+    """The single-function preprocessing before resize_image / normalize were split out (reference)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from structtoken.segmentor import test_resize_shape
+
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+    if scale is not None:
+        size = test_resize_shape(image.shape[0], image.shape[1], scale)
+        if size != tuple(image.shape[:2]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (64, 64), (37, 200), (300, 20)])
+@pytest.mark.parametrize("scale", ["config", None, (96, 48), (64, 64)])
+def test_preprocess_is_normalize_of_resize_bit_for_bit(shape, scale):
+    import numpy as np
+
+    cfg = ModelConfig(head="cse", test_scale=(128, 64), **TINY)
+    model = build_model(cfg).eval()
+    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    bound = cfg.test_scale if scale == "config" else scale
+    seen = model.resize_image(image, scale)
+    assert seen.dtype == np.uint8 and seen.ndim == 3 and seen.shape[2] == 3
+    if bound is not None:
+        from structtoken.segmentor import test_resize_shape
+
+        assert seen.shape[:2] == test_resize_shape(*shape, bound)
+    x = model.preprocess(image, scale)
+    assert torch.equal(x, model.normalize(seen))
+    assert torch.equal(x, _old_preprocess(image, cfg, bound))
+    # nothing to undo: the normalisation of the resized image is exactly invertible to it
+    back = (x * torch.tensor(cfg.std).view(1, 3, 1, 1) + torch.tensor(cfg.mean).view(1, 3, 1, 1)).round()
+    np.testing.assert_array_equal(back[0].permute(1, 2, 0).to(torch.uint8).numpy(), seen)
+
+
+def test_preprocess_accepts_read_only_arrays_without_warning():
+    import warnings
+
+    import numpy as np
+
+    model = build_model(ModelConfig(head="cse", **TINY)).eval()
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = model.preprocess(image, scale=(96, 48))
+        y = model.normalize(image)
+    assert x.shape == (1, 3, 48, 58)  # keep-ratio: 40x48 * min(96/48, 48/40) = 48x57.6
+    assert y.shape == (1, 3, 40, 48)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        model.normalize(image.astype(np.float32))
+
+
+def test_predict_cli_reads_with_the_one_reader_and_says_where_it_wrote(tmp_path, capsys):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from structtoken import save_model
+    from structtoken.predict import main
+
+    torch.manual_seed(0)
+    ckpt = save_model(build_model(ModelConfig(head="cse", **TINY)), tmp_path / "set.safetensors")
+    grey16 = np.full((40, 56), 1000, np.uint16)  # dark 16-bit: read as 1000/65535, not stretched to white
+    Image.fromarray(grey16).save(tmp_path / "dark16.png")
+    (tmp_path / "broken.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. torch's "non-writable NumPy array"
+        rc = main([str(tmp_path / "dark16.png"), str(tmp_path / "broken.jpg"), "--model", str(ckpt), "--out", str(out)])
+    assert rc == 1  # one failure
+    printed = capsys.readouterr()
+    assert f"wrote {out / 'dark16_label.png'} and {out / 'dark16_color.png'}" in printed.out
+    assert "error: broken.jpg is not an image" in printed.err
+    label = np.asarray(Image.open(out / "dark16_label.png"))
+    assert label.shape == (40, 56) and label.max() < 5
+    color = np.asarray(Image.open(out / "dark16_color.png")).astype(int)
+    # blend = 0.4 * image + 0.6 * palette; the image part is 0.4 * 4 (dark), not 0.4 * 255
+    palette = np.asarray(build_model(ModelConfig(head="cse", **TINY)).cfg.class_palette())
+    np.testing.assert_allclose(color, np.round(0.4 * 4 + 0.6 * palette[label]), atol=1)

@@ -209,6 +209,40 @@ def test_evaluation_gives_the_known_miou(tmp_path):
     assert saved.tolist() == [[0, 1], [1, 1]]
 
 
+def test_evaluation_uses_the_datasets_ignore_index(tmp_path):
+    root = tmp_path / "data"
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "labels").mkdir(parents=True)
+    meta = {"classes": ["a", "b"], "palette": [[0, 0, 0], [255, 255, 255]], "ignore_index": 7}
+    (root / "classes.json").write_text(json.dumps(meta))
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(root / "val" / "images" / "x.png")
+    Image.fromarray(np.array([[0, 0], [1, 7]], np.uint8)).save(root / "val" / "labels" / "x.png")
+    res = evaluate_model(
+        _FixedModel([np.array([[0, 1], [1, 0]])], 2), SegmentationDataset(root, "val"), heads=["cse"], progress=False
+    )
+    assert res["heads"]["cse"]["pixel_accuracy"] == pytest.approx(2 / 3)  # the pixel labelled 7 is not counted
+    assert res["data"] == "data"
+
+
+def test_evaluate_cli_json_names_no_machine_paths(tmp_path, capsys):
+    from structtoken import save_model
+    from structtoken.evaluate import main as evaluate_main
+
+    data = write_dataset(tmp_path / "mydata", n_train=1, n_val=2)
+    torch.manual_seed(0)
+    model = tmp_path / "models" / "tiny.safetensors"
+    model.parent.mkdir()
+    save_model(build_model(tiny_tc().model), model)
+    out = tmp_path / "res.json"
+    assert evaluate_main(["--model", str(model), "--data", str(data), "--json", str(out), "--device", "cpu"]) == 0
+    text = out.read_text()
+    assert str(tmp_path) not in text and "/" not in text  # no path of any kind
+    res = json.loads(text)
+    assert res["model"] == "tiny.safetensors" and res["data"] == "mydata" and res["split"] == "val"
+    assert set(res["heads"]) == {"cse", "per_pixel", "per_pixel_ds"}
+    assert "| cse |" in capsys.readouterr().out
+
+
 def test_config_differences_allows_added_fields_only():
     from structtoken.train import config_differences
 

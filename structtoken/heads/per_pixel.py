@@ -11,11 +11,16 @@ import torch
 from torch import nn
 
 from ..layers import PreActResidualBlock
-from .base import BlockMaps, HeadOutput
+from .base import BlockMaps, Head, HeadOutput
 
 
-class PerPixelHead(nn.Module):
-    """Per-pixel baseline. features [B, C, h, w] -> :class:`HeadOutput` with logits [B, K, h, w]."""
+class PerPixelHead(Head):
+    """Per-pixel baseline. features [B, C, h, w] -> :class:`HeadOutput` with logits [B, K, h, w].
+
+    Stages are K-channel class maps (``stage_field = "tokens"``). Readouts: ``raw`` = the maps
+    (with deep supervision these are what the auxiliary losses score); ``head`` = the final 1x1
+    ``classifier`` applied to them.
+    """
 
     def __init__(self, in_channels: int, num_classes: int, num_blocks: int = 4, deep_supervision: bool = False) -> None:
         super().__init__()
@@ -34,3 +39,9 @@ class PerPixelHead(nn.Module):
             maps.append(BlockMaps(tokens=x))
         aux = tuple(m.tokens for m in maps) if self.deep_supervision else ()
         return HeadOutput(logits=self.classifier(x), tokens_init=tokens_init, blocks=tuple(maps), aux_logits=aux)
+
+    def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
+        """``classifier(maps)`` for stages 0 .. N ([B, K, h, w]); identity at the output stage."""
+        if self.check_stage(stage, out) == out.num_stages - 1:
+            return maps
+        return self.classifier(maps)

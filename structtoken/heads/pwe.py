@@ -1,7 +1,8 @@
-"""StructToken PWE head: point-wise extraction (Lin et al., arXiv 2203.12612, Sec. 3.2).
+"""StructToken PWE block: point-wise extraction (Lin et al., arXiv 2203.12612, Sec. 3.2).
 
 Like SSE, but the self attention over the concatenated token and feature channels is replaced by
-a 1x1 convolution. Reproduces the official ``PointWiseExtracStructTokenHead``.
+a 1x1 convolution, so the block has no attention map. Reproduces a layer of the official
+``PointWiseExtracStructTokenHead``.
 """
 
 from __future__ import annotations
@@ -9,40 +10,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import GroupConvBlock, PointWiseAttention, drop_path_rates
-from .base import BlockMaps, StructTokenHead
+from ..layers import GroupConvBlock, PointWiseAttention
 
 
 class PWEBlock(nn.Module):
-    """x = [tokens; features] [B, K+C, h, w] -> point-wise mixing -> FFN -> split back."""
+    """x = [tokens; features] [B, K+C, h, w] -> point-wise mixing -> FFN -> split back; attention None."""
 
-    def __init__(self, channels: int, num_classes: int, mlp_ratio: int, drop_path: float) -> None:
+    def __init__(self, channels: int, num_classes: int, mlp_ratio: int, drop_path: float, last: bool = False) -> None:
         super().__init__()
         self.attn = PointWiseAttention(num_classes + channels, drop_path)
         self.ffn = GroupConvBlock(num_classes + channels, mlp_ratio, drop_path)
 
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         k = tokens.shape[1]
         x = self.ffn(self.attn(torch.cat((tokens, features), dim=1)))
-        return x[:, :k], x[:, k:]
-
-
-class PWEHead(StructTokenHead):
-    """PWE head. features [B, C, h, w] -> :class:`HeadOutput` with logits [B, K, h, w]."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        token_grid: tuple[int, int],
-        num_blocks: int = 4,
-        mlp_ratio: int = 4,
-        drop_path_rate: float = 0.1,
-    ) -> None:
-        super().__init__(in_channels, num_classes, token_grid)
-        dpr = drop_path_rates(drop_path_rate, num_blocks)
-        self.blocks = nn.ModuleList(PWEBlock(in_channels, num_classes, mlp_ratio, dpr[i]) for i in range(num_blocks))
-
-    def run_block(self, block: nn.Module, tokens: torch.Tensor, features: torch.Tensor) -> BlockMaps:
-        tokens, features = block(tokens, features)
-        return BlockMaps(tokens=tokens, features=features)
+        return x[:, :k], x[:, k:], None

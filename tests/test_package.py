@@ -1,0 +1,134 @@
+"""The library as a package: layering (structtoken never imports analysis) and the wheel's contents."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports (absolute imports only)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_structtoken_imports_nothing_from_analysis_or_app() -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imported_modules(p) & {"analysis", "app", "gradio"})
+        for p in sorted((ROOT / "structtoken").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_analysis_metrics_reexports_the_confusion_metrics() -> None:
+    import analysis.metrics as A
+    import structtoken.metrics as S
+
+    for name in S.__all__:
+        assert getattr(A, name) is getattr(S, name), name
+
+
+def test_declared_dependencies_cover_the_runtime_imports() -> None:
+    """Every third-party module imported by structtoken and analysis is declared in pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {_req_name(r) for r in project["dependencies"]}
+    extras = {_req_name(r) for reqs in project.get("optional-dependencies", {}).values() for r in reqs}
+    dist_of = {"PIL": "pillow", "yaml": "pyyaml"}  # import name -> distribution name, where they differ
+    local = {"structtoken", "analysis"}
+    imported: set[str] = set()
+    for pkg in ("structtoken", "analysis"):
+        for p in (ROOT / pkg).rglob("*.py"):
+            imported |= _imported_modules(p)
+    third_party = {m for m in imported - local if m not in sys.stdlib_module_names}
+    missing = sorted(m for m in third_party if dist_of.get(m, m).lower() not in declared)
+    assert missing == [], f"imported but not declared in [project].dependencies: {missing}"
+    assert "gradio" in extras and "gradio" not in declared  # the UI is an optional extra
+    pinned = _requirements(ROOT / "requirements.txt")
+    assert declared <= set(pinned), f"declared but not in requirements.txt: {sorted(declared - set(pinned))}"
+
+
+def _req_name(req: str) -> str:
+    for sep in ("[", "=", "<", ">", "!", "~", ";", " "):
+        req = req.split(sep)[0]
+    return req.strip().lower().replace("_", "-")
+
+
+def _requirements(path: Path) -> dict[str, str]:
+    lines = [ln.split("#")[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    return {_req_name(ln): ln for ln in lines if ln and not ln.startswith("-")}
+
+
+def _tree_state() -> tuple[str, list[str]]:
+    """``git status`` of the checkout and the build artefacts at its root (ignored or not)."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    artefacts = sorted(p.name for p in ROOT.iterdir() if p.name in ("build", "dist") or p.suffix == ".egg-info")
+    return status, artefacts
+
+
+@pytest.mark.slow
+def test_wheel_holds_every_module_resource_and_the_embedded_set(tmp_path: Path) -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout")
+    before = _tree_state()
+    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    wheels = list(tmp_path.glob("*.whl"))
+    assert len(wheels) == 1, wheels
+    names = set(zipfile.ZipFile(wheels[0]).namelist())
+    expected = {
+        str(p.relative_to(ROOT)).replace(os.sep, "/")
+        for pkg in ("structtoken", "analysis")
+        for p in (ROOT / pkg).rglob("*")
+        if p.suffix in (".py", ".json") and "__pycache__" not in p.parts
+    }
+    assert "structtoken/heads/cse.py" in expected and "structtoken/resources/released_models.json" in expected
+    assert expected - names == set()
+    data = {
+        "structtoken_assets/" + str(p.relative_to(ROOT / "assets")).replace(os.sep, "/")
+        for p in [*(ROOT / "assets" / "camvid").glob("*.safetensors"), ROOT / "assets/camvid/report/metrics.json"]
+    }
+    assert "structtoken_assets/camvid/camvid_set.safetensors" in data
+    assert data - names == set()
+    assert not any(n.startswith(("tests/", "bench/", "app.py", "assets/")) for n in names)
+    assert _tree_state() == before, "building the wheel left files in the tree"
+    assert before[1] == []
+
+
+def test_embedded_sets_are_found_in_the_checkout_then_in_an_install(tmp_path: Path, monkeypatch) -> None:
+    import importlib
+
+    import structtoken.assets as A
+
+    assert A.EMBEDDED["camvid"] == ROOT / "assets" / "camvid" / "camvid_set.safetensors"  # this checkout
+    installed = tmp_path / "site" / "structtoken_assets" / "camvid"
+    installed.mkdir(parents=True)
+    (installed / "x.safetensors").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    assert A.asset_path("camvid/x.safetensors") == installed / "x.safetensors"  # not in the checkout
+    monkeypatch.setattr(A, "CHECKOUT_ASSETS", tmp_path / "no-checkout")
+    assert A.asset_path("camvid/x.safetensors") == installed / "x.safetensors"
+    assert A.asset_path("camvid/missing.safetensors") == tmp_path / "no-checkout" / "camvid" / "missing.safetensors"
