@@ -171,9 +171,9 @@ def _stack(tensors: Sequence[torch.Tensor]) -> np.ndarray:
 
 
 def stage_tensor(out: HeadOutput) -> torch.Tensor:
-    """``[S, K, h, w]`` stages of the first image of a head's output: the class maps entering block 1,
-    after each block, and the logits (S = N + 2), on the output's device."""
-    return torch.cat([out.tokens_init[:1], *(b.tokens[:1] for b in out.blocks), out.logits[:1]], dim=0)
+    """``[S, Cs, h, w]`` stages of the first image of a head's output (:meth:`HeadOutput.stage_maps`: the
+    maps entering block 1, after each block, and the logits; S = N + 2), on the output's device."""
+    return torch.cat([m[:1] for m in out.stage_maps()], dim=0)
 
 
 def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
@@ -227,15 +227,6 @@ def image_maps_from_output(
     )
 
 
-def _seen_image(x: torch.Tensor, model: Segmentor) -> np.ndarray:
-    """The uint8 image the model saw: undo the normalisation of ``x`` [1, 3, H, W] (exact: the
-    resize rounds to uint8 levels before normalising)."""
-    mean = torch.tensor(model.cfg.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.cfg.std, device=x.device).view(1, 3, 1, 1)
-    img = (x * std + mean).round_().clamp_(0, 255)[0].permute(1, 2, 0)
-    return img.to(torch.uint8).cpu().numpy()
-
-
 @torch.no_grad()
 def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True) -> ImageMaps:
     """Run the backbone once and every head of ``model`` on one image.
@@ -257,10 +248,9 @@ def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True)
     was_training = model.training
     model.eval()
     try:
-        x = model.preprocess(image_uint8, scale="config" if resize else None)
-        seen = image_uint8 if tuple(x.shape[-2:]) == image_uint8.shape[:2] else _seen_image(x, model)
+        seen = model.resize_image(image_uint8, scale="config" if resize else None)
         with autocast(model.device):
-            out = model(x)
+            out = model(model.normalize(seen))
         names = model.cfg.class_names()
         maps = image_maps_from_output(np.ascontiguousarray(seen), out, class_names=names)
     finally:

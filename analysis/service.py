@@ -11,9 +11,7 @@ message meant for a person. An Explorer owns its caches and is thread-safe.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -29,12 +27,13 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from structtoken.assets import EMBEDDED, available_models, load_any
 from structtoken.checkpoint import FORMAT_KEY, CheckpointError, read_metadata
 from structtoken.config import REGISTRY, ConfigError, ModelConfig
 from structtoken.devices import resolve_device
+from structtoken.io import ImageReadError, read_image
 from structtoken.segmentor import Segmentor
 
 from . import figures as F
@@ -196,155 +195,12 @@ def _wh(shape: Sequence[int]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-def _pil_to_array(im: Image.Image, notices: list[str]) -> tuple[np.ndarray, int | None]:
-    """Decode a PIL image into an array (and its bit depth when the mode says it)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and im.width * im.height > limit:
-        raise AnalysisError(
-            f"the image is {im.width}x{im.height} px ({im.width * im.height / 1e6:.0f} MP), "
-            "over the decoder's "
-            f"safety limit of {limit / 1e6:.0f} MP (decompression-bomb guard); downscale it before uploading"
-        )
-    with contextlib.suppress(EOFError, AttributeError):
-        im.seek(0)
-    if getattr(im, "n_frames", 1) > 1:
-        notices.append("the file holds several frames; the first one is analysed")
-    if im.format == "JPEG" and (max(im.size) > MAX_SIDE or im.width * im.height > MAX_PIXELS):
-        # decode big JPEGs at a reduced scale (a power of 2 that stays above the final size)
-        f = min(MAX_SIDE / max(im.size), math.sqrt(MAX_PIXELS / (im.width * im.height)))
-        size0 = im.size
-        im.draft("RGB", (math.ceil(im.width * f), math.ceil(im.height * f)))
-        if im.size != size0:
-            notices.append(f"JPEG of {size0[0]}x{size0[1]} px decoded at reduced scale ({im.width}x{im.height})")
-    im.load()
-    transposed = ImageOps.exif_transpose(im)
-    if transposed is not None and transposed is not im:
-        im = transposed
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(im).astype(np.uint16), 16
-    if mode in ("I", "F"):
-        return np.asarray(im), None
-    if mode == "1":
-        return np.asarray(im.convert("L")), 8
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA")), 8
-    if mode == "L":
-        return np.asarray(im), 8
-    return np.asarray(im.convert("RGB")), 8
-
-
-def _to_unit_float(arr: np.ndarray, notices: list[str], bits: int | None) -> np.ndarray:
-    """Any numeric array -> float32 in [0, 1] (16-bit scaled by its range, floats in 0..1 or 0..255)."""
-    if arr.dtype == bool:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        lo, hi = int(arr.min()), int(arr.max())
-        if arr.dtype == np.uint16 or bits == 16:
-            return arr.astype(np.float32) / 65535.0
-        if lo >= 0 and hi <= 255:
-            return arr.astype(np.float32) / 255.0
-        if lo >= 0 and hi <= 65535:
-            notices.append(f"{arr.dtype} image with values up to {hi} read as 16-bit (0..65535)")
-            return arr.astype(np.float32) / 65535.0
-        notices.append(f"{arr.dtype} image with values {lo}..{hi} rescaled to 0..255")
-        return ((arr.astype(np.float64) - lo) / max(hi - lo, 1)).astype(np.float32)
-    if np.issubdtype(arr.dtype, np.floating):
-        a = arr.astype(np.float32)
-        finite = np.isfinite(a)
-        if not finite.all():
-            if not finite.any():
-                raise AnalysisError("the image holds no finite values (all NaN or infinite)")
-            notices.append(f"{int((~finite).sum())} NaN / infinite values set to black")
-            a = np.where(finite, a, 0.0).astype(np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return a
-        if lo >= 0.0 and hi <= 255.0:
-            notices.append(f"float image with values up to {hi:.4g} read as 0..255")
-            return a / 255.0
-        notices.append(f"float image with values {lo:.4g}..{hi:.4g} rescaled to 0..255")
-        return ((a - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-    raise AnalysisError(f"unsupported pixel type {arr.dtype}: expected integers, floats or booleans")
-
-
-def _array_to_rgb(arr: np.ndarray, notices: list[str], bits: int | None = None) -> np.ndarray:
-    """Numeric array ``[H, W]``, ``[H, W, 1..4]`` (or channel-first ``[1..4, H, W]``) -> uint8
-    ``[H, W, 3]``."""
-    if arr.dtype == object or not (
-        arr.dtype == bool or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise AnalysisError(f"unsupported pixel type {arr.dtype}: expected integers, floats or booleans")
-    if arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4) and arr.shape[0] in (1, 2, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)
-        notices.append("channel-first array read as [H, W, C]")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise AnalysisError(
-            f"an image array must be [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA); got shape {tuple(arr.shape)}"
-        )
-    if arr.size == 0:
-        raise AnalysisError(f"the image is empty ({_wh(arr.shape)} px)")
-    c = arr.shape[2]
-    has_alpha = c in (2, 4)
-    if arr.dtype == np.uint8 and bits in (None, 8):
-        color = arr[:, :, : c - 1] if has_alpha else arr
-        rgb = np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color
-        if has_alpha:
-            alpha = arr[:, :, -1]
-            if alpha.min() < 255:
-                a = alpha.astype(np.float32)[:, :, None] / 255.0
-                rgb = np.clip(rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
-                notices.append("transparent pixels composited on white")
-        return np.ascontiguousarray(rgb, dtype=np.uint8)
-    unit = _to_unit_float(arr, notices, bits)
-    color = unit[:, :, : c - 1] if has_alpha else unit
-    if color.shape[2] == 1:
-        color = np.repeat(color, 3, axis=2)
-    if has_alpha:
-        a = unit[:, :, -1:]
-        if a.min() < 1.0:
-            color = color * a + (1.0 - a)
-            notices.append("transparent pixels composited on white")
-    return np.ascontiguousarray(np.clip(color * 255.0 + 0.5, 0, 255).astype(np.uint8))
-
-
-def _open_bytes_or_path(image: Any, notices: list[str]) -> tuple[np.ndarray, int | None]:
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        src: Any = io.BytesIO(bytes(image))
-        name = "the uploaded data"
-        if not bytes(image):
-            raise AnalysisError("the uploaded data is empty (0 bytes)")
-    else:
-        path = Path(os.fspath(image)).expanduser()
-        name = path.name or str(path)
-        if not path.is_file():
-            raise AnalysisError(f"image file not found: {path}")
-        if path.stat().st_size == 0:
-            raise AnalysisError(f"{name} is empty (0 bytes)")
-        src = path
-    try:
-        with Image.open(src) as im:
-            return _pil_to_array(im, notices)
-    except AnalysisError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise AnalysisError(f"{name} is too large to decode safely ({e}); downscale it before uploading") from None
-    except UnidentifiedImageError:
-        raise AnalysisError(f"{name} is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP, GIF ...)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise AnalysisError(f"could not decode {name}: the file looks truncated or corrupt ({e})") from None
-
-
 def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
     """Turn an image input into uint8 RGB ``[H, W, 3]`` and a list of notices (sentences).
 
-    Accepts a numpy array (uint8 / uint16 / other ints / float / bool; ``[H, W]``, ``[H, W, 1]``,
-    ``[H, W, 2]`` grey + alpha, ``[H, W, 3]``, ``[H, W, 4]``), a PIL image, raw file bytes or a
-    file path. 16-bit values are scaled by their full range (not clipped); floats in [0, 1] are
-    scaled by 255; alpha is composited on white; greyscale is repeated to 3 channels. Images
-    larger than :data:`MAX_SIDE` px on a side or :data:`MAX_PIXELS` pixels are downscaled (a
+    Reads it with the project's one reader, :func:`structtoken.io.read_image` (its 16-bit, alpha,
+    grey and EXIF rules), then applies the app's size policy: at least :data:`MIN_SIDE` px a side;
+    images larger than :data:`MAX_SIDE` px on a side or :data:`MAX_PIXELS` pixels are downscaled (a
     notice says so).
 
     Raises:
@@ -352,32 +208,10 @@ def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
             unsupported input.
     """
     notices: list[str] = []
-    bits: int | None = None
-    if image is None:
-        raise AnalysisError("no image given: upload an image or pick an example")
-    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        if isinstance(image, str) and not image.strip():
-            raise AnalysisError("no image given: the path is empty")
-        arr, bits = _open_bytes_or_path(image, notices)
-    elif isinstance(image, Image.Image):
-        try:
-            arr, bits = _pil_to_array(image, notices)
-        except AnalysisError:
-            raise
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise AnalysisError(f"could not decode the image: it looks truncated or corrupt ({e})") from None
-    elif isinstance(image, torch.Tensor):
-        arr = image.detach().cpu().numpy()
-    elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
-        try:
-            arr = np.asarray(image)
-        except (TypeError, ValueError) as e:
-            raise AnalysisError(f"could not read the image array: {e}") from None
-    else:
-        raise AnalysisError(
-            f"unsupported image input {type(image).__name__}: pass a numpy array, a PIL image or a file path"
-        )
-    rgb = _array_to_rgb(arr, notices, bits)
+    try:
+        rgb = read_image(image, notices, max_side=MAX_SIDE, max_pixels=MAX_PIXELS)
+    except ImageReadError as e:
+        raise AnalysisError(str(e)) from None
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise AnalysisError(
