@@ -772,23 +772,12 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         for control in (head, classes, normalize, block, readout):
             run_then_fit(control.input, ui.analyze_if_image, **private)
         run_then_fit(opacity.release, ui.analyze_if_image, **private)
-        fitted = analysis.input(
-            ui.refresh_controls,
-            inputs=refresh_in,
-            outputs=controls,
-            preprocess=False,
-            trigger_mode="always_last",
-            **quiet,
-        )
-        run_then_fit(fitted.then, ui.analyze_if_image, api_visibility="private")
-        for event in (model.input, checkpoint.upload, checkpoint.clear):
+        # a new analysis refits the controls to the set; a new set also forgets the chosen classes
+        refits = [(analysis.input, ui.refresh_controls)]
+        refits += [(event, ui.on_model_change) for event in (model.input, checkpoint.upload, checkpoint.clear)]
+        for event, refit in refits:
             fitted = event(
-                ui.on_model_change,
-                inputs=refresh_in,
-                outputs=controls,
-                preprocess=False,
-                trigger_mode="always_last",
-                **quiet,
+                refit, inputs=refresh_in, outputs=controls, preprocess=False, trigger_mode="always_last", **quiet
             )
             run_then_fit(fitted.then, ui.analyze_if_image, api_visibility="private")
         demo.load(ui.refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False, **quiet)
