@@ -1,8 +1,9 @@
 """StructToken Explorer: a Gradio app to see, block by block, how StructToken heads build a segmentation.
 
-Layout and events only: every analysis goes through :func:`analysis.service.analyze`. Building the
-Blocks is cheap (no model, no torch import); the service is imported and models are loaded on the
-first request.
+Layout and events only: every analysis goes through an :class:`analysis.service.Explorer`, which
+owns the models and caches; :func:`build_demo` lays out the page for one Explorer. Importing this
+module has no side effects; ``python app.py`` (also how Hugging Face Spaces runs it) calls
+:func:`main`.
 
     python app.py                      # http://127.0.0.1:7860
     GRADIO_SERVER_NAME=0.0.0.0 python app.py
@@ -14,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
-import json
 import logging
 import os
 import re
@@ -23,13 +23,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from analysis.labels import HEAD_LABELS
+from analysis.labels import HEAD_LABELS, NORMALIZATION_LABELS
+from analysis.service import (
+    READOUTS,
+    AnalysisError,
+    AnalysisInfo,
+    AnalysisRequest,
+    AnalysisResult,
+    Explorer,
+    ModelInfo,
+    save_downloads,
+    save_pdf,
+)
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
@@ -38,31 +49,17 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 MAX_FILE_SIZE = "20mb"
 CAMVID_EXAMPLES = 6
 KEEP_REQUEST_DIRS = 64  # per-request download folders kept on disk (older ones are deleted)
+DEFAULT_ANALYSIS = "comparison"
+ALL_BLOCKS = -1
+"""The block control's "every stage" (comparison, probe) / "last block" (attention) value."""
+
+log = logging.getLogger("structtoken.app")
 
 
 def default_model() -> str:
     """The set the page opens with: ``$STRUCTTOKEN_DEFAULT_MODEL`` (a name or a file), else ``camvid``."""
     return os.environ.get("STRUCTTOKEN_DEFAULT_MODEL") or "camvid"
 
-
-# UI label per service analysis key (analysis.service.ANALYSES), in display order.
-ANALYSIS_LABELS: dict[str, str] = {
-    "prediction": "Prediction",
-    "comparison": "Paper comparison",
-    "probe": "Deep-supervision probe",
-    "attention": "Token–feature attention",
-}
-NORMALIZATION_LABELS: dict[str, str] = {
-    "shared": "shared per class",
-    "per_map": "per map",
-    "softmax": "softmax (probability)",
-}
-STRUCTTOKEN_HEADS = ("cse", "sse", "pwe")
-ATTENTION_HEADS = ("cse", "sse")
-ALL_BLOCKS = -1
-"""The block control's "every stage" (comparison, probe) / "last block" (attention) value."""
-
-log = logging.getLogger("structtoken.app")
 
 TITLE = "StructToken Explorer"
 INTRO = """
@@ -112,23 +109,7 @@ CSS = """
 """
 
 
-# --------------------------------------------------------------------------- service (lazy)
-_service_lock = threading.Lock()
-_service_mod: Any = None
-
-
-def _service() -> Any:
-    """``analysis.service``, imported on first use (it pulls in torch)."""
-    global _service_mod
-    if _service_mod is None:
-        with _service_lock:
-            if _service_mod is None:
-                import analysis.service as mod
-
-                _service_mod = mod
-    return _service_mod
-
-
+# --------------------------------------------------------------------------- platform
 def _gpu(fn: Callable) -> Callable:
     """``spaces.GPU`` on Hugging Face (ZeroGPU) Spaces; the function itself everywhere else."""
     try:
@@ -144,23 +125,6 @@ def _on_spaces() -> bool:
     except ImportError:
         return False
     return True
-
-
-_gc_lock = threading.Lock()
-_gc_frozen = False
-
-
-def tidy_memory() -> None:
-    """Free the previous requests' figures now. Matplotlib figures are reference cycles, so they would
-    wait for a full garbage collection, which is rare, and pile up meanwhile. The first call freezes the
-    long-lived objects (modules, the service), so later collections only scan what requests created and
-    cost milliseconds (``app_gc_s`` in the timings)."""
-    global _gc_frozen
-    with _gc_lock:
-        gc.collect()
-        if not _gc_frozen:
-            gc.freeze()
-            _gc_frozen = True
 
 
 def tune_malloc(threshold: int = 256 * 1024) -> bool:
@@ -180,9 +144,42 @@ def tune_malloc(threshold: int = 256 * 1024) -> bool:
         return False
 
 
-@_gpu
-def _analyze_on_device(image: Any, progress: Callable | None = None, **kwargs: Any) -> Any:
-    return _service().analyze(image, progress=progress, **kwargs)
+class MemoryTidier:
+    """Frees the previous requests' figures before each request. Matplotlib figures are reference
+    cycles, so they would wait for a full garbage collection, which is rare, and pile up meanwhile. The
+    first call freezes the long-lived objects (modules, the models), so later collections only scan what
+    requests created and cost milliseconds (``app_gc_s`` in the timings)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frozen = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            gc.collect()
+            if not self._frozen:
+                gc.freeze()
+                self._frozen = True
+
+
+class RequestFolders:
+    """A fresh folder per request's downloads, under one temporary root; only the newest ``keep`` are kept."""
+
+    def __init__(self, keep: int = KEEP_REQUEST_DIRS) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._dirs: collections.deque[Path] = collections.deque()
+        self._root: Path | None = None
+
+    def new(self) -> Path:
+        with self._lock:
+            if self._root is None or not self._root.is_dir():
+                self._root = Path(tempfile.mkdtemp(prefix="structtoken_app_"))
+            d = Path(tempfile.mkdtemp(dir=self._root))
+            self._dirs.append(d)
+            while len(self._dirs) > self.keep:
+                shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
+        return d
 
 
 # --------------------------------------------------------------------------- models and examples
@@ -194,12 +191,10 @@ def _model_label(name: str) -> str:
     return name
 
 
-def model_names() -> list[str]:
+def model_names(explorer: Explorer) -> list[str]:
     """The models the picker offers: the default first, then the embedded and released sets."""
-    from structtoken.assets import available_models
-
     first = default_model()
-    return [first, *(n for n in available_models() if n != first)]
+    return [first, *(n for n in explorer.available_models() if n != first)]
 
 
 def camvid_root() -> Path:
@@ -238,73 +233,11 @@ def example_images() -> list[Path]:
     return [*shipped, *_camvid_val_images()]
 
 
-# --------------------------------------------------------------------------- per-request files
-_dirs_lock = threading.Lock()
-_request_dirs: collections.deque[Path] = collections.deque()
-_out_root: Path | None = None
-
-
-def _request_dir() -> Path:
-    """A fresh folder for one request's downloads; the oldest beyond :data:`KEEP_REQUEST_DIRS` are deleted."""
-    global _out_root
-    with _dirs_lock:
-        if _out_root is None or not _out_root.is_dir():
-            _out_root = Path(tempfile.mkdtemp(prefix="structtoken_app_"))
-        d = Path(tempfile.mkdtemp(dir=_out_root))
-        _request_dirs.append(d)
-        while len(_request_dirs) > KEEP_REQUEST_DIRS:
-            shutil.rmtree(_request_dirs.popleft(), ignore_errors=True)
-    return d
-
-
+# --------------------------------------------------------------------------- argument handling
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).stem if os.sep in text else text).strip("-") or "model"
 
 
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def write_pdf(figure: Any, path: Path) -> str:
-    from analysis.figures import figure_to_pdf_bytes
-
-    path.write_bytes(figure_to_pdf_bytes(figure))
-    return str(path)
-
-
-def write_downloads(result: Any, stem: str, pdf: bool = True) -> dict[str, Any]:
-    """Figure PNG (and PDF), maps ``.npz`` and metrics JSON of one result, in a fresh temp folder.
-
-    ``pdf=False`` leaves the PDF out (``"pdf": None``): the page renders it in a follow-up step, so
-    the picture shows up first; ``"dir"`` is the folder."""
-    import numpy as np
-
-    from analysis.figures import figure_to_png_bytes
-
-    d = _request_dir()
-    out: dict[str, Any] = {"png": None, "pdf": None, "npz": None, "json": None, "dir": d}
-    if result.figure is not None:
-        (d / f"{stem}.png").write_bytes(figure_to_png_bytes(result.figure))
-        out["png"] = str(d / f"{stem}.png")
-        if pdf:
-            out["pdf"] = write_pdf(result.figure, d / f"{stem}.pdf")
-    if result.maps:
-        np.savez_compressed(d / f"{stem}_maps.npz", **{k: np.asarray(v) for k, v in result.maps.items()})
-        out["npz"] = str(d / f"{stem}_maps.npz")
-    (d / f"{stem}_metrics.json").write_text(json.dumps(result.metrics, indent=2, default=_json_default))
-    out["json"] = str(d / f"{stem}_metrics.json")
-    return out
-
-
-# --------------------------------------------------------------------------- argument handling
 def _is_array(x: Any) -> bool:
     return hasattr(x, "__array_interface__") or type(x).__module__.startswith("numpy")
 
@@ -327,39 +260,15 @@ def _has_image(image: Any) -> bool:
     return _is_array(image) or _payload_path(image) is not None
 
 
-def _analysis_key(value: Any) -> str:
+def _key_of(value: Any, labels: Mapping[str, str], what: str, default: str) -> str:
+    """A control value (a key or its label, any case) -> the key."""
     if value in (None, ""):
-        return "comparison"
+        return default
     s = str(value).strip()
-    for key, label in ANALYSIS_LABELS.items():
-        if s.lower() in (key, label.lower()):
-            return key
-    raise gr.Error(f"unknown analysis {s!r}; choose one of: {', '.join(ANALYSIS_LABELS)}")
-
-
-def _normalize_key(value: Any) -> str:
-    if value in (None, ""):
-        return "shared"
-    s = str(value).strip()
-    for key, label in NORMALIZATION_LABELS.items():
+    for key, label in labels.items():
         if s.lower() in (key.lower(), label.lower()):
             return key
-    raise gr.Error(f"unknown normalisation {s!r}; choose one of: {', '.join(NORMALIZATION_LABELS)}")
-
-
-def _model_spec(model: Any, checkpoint: Any) -> str:
-    """The model the service gets: an uploaded checkpoint, else one of the picker's names (never a
-    free path: API callers cannot point the server at its own files)."""
-    ckpt = _payload_path(checkpoint)
-    if ckpt:
-        if not ckpt.lower().endswith(CHECKPOINT_SUFFIXES):
-            raise gr.Error(f"checkpoint {Path(ckpt).name!r}: expected a .safetensors or .pth file")
-        return ckpt
-    allowed = model_names()
-    name = str(model).strip() if model not in (None, "") else allowed[0]
-    if name not in allowed:
-        raise gr.Error(f"unknown model {name!r}; choose one of: {', '.join(allowed)}")
-    return name
+    raise gr.Error(f"unknown {what} {s!r}; choose one of: {', '.join(labels)}")
 
 
 def _classes_arg(classes: Any) -> list[str] | None:
@@ -406,193 +315,11 @@ def _opacity_arg(opacity: Any) -> float:
     return v
 
 
-# --------------------------------------------------------------------------- controls
-def model_config(spec: str | None) -> Any:
-    """The :class:`structtoken.ModelConfig` of a set without loading its weights, or None when that
-    needs the weights (an official ``.pth``) or the file is missing or unreadable."""
-    if not spec:
-        return None
-    try:
-        from structtoken.assets import EMBEDDED
-        from structtoken.checkpoint import FORMAT_KEY, read_metadata
-        from structtoken.config import REGISTRY, ModelConfig
-
-        if spec in REGISTRY:
-            return REGISTRY[spec]
-        path = EMBEDDED.get(spec) or Path(spec)
-        if path.suffix == ".safetensors" and path.is_file():
-            meta = read_metadata(path)
-            return ModelConfig.from_dict(json.loads(meta[FORMAT_KEY])) if FORMAT_KEY in meta else None
-    except Exception:  # a cheap hint only; the analysis itself reports real problems
-        return None
-    return None
+def _block_choices(info: AnalysisInfo) -> list[tuple[str, int]]:
+    return [(label, ALL_BLOCKS if b is None else b) for label, b in info.blocks]
 
 
-def _supported(cfg: Any) -> dict[str, str | None]:
-    if cfg is None:
-        return {}
-    try:
-        from analysis.probe import supported_analyses
-
-        return dict(supported_analyses(cfg))
-    except Exception:
-        return {}
-
-
-def _head_options(heads: Sequence[str], analysis: str) -> list[str]:
-    if analysis == "prediction":
-        return list(heads)
-    wanted = ATTENTION_HEADS if analysis == "attention" else STRUCTTOKEN_HEADS
-    return [h for h in heads if h in wanted]
-
-
-def _block_options(num_blocks: int | None, analysis: str) -> list[tuple[str, int]]:
-    n = int(num_blocks or 0)
-    if analysis == "attention":
-        return [("last block", ALL_BLOCKS), *((f"block {i}", i) for i in range(1, n + 1))]
-    if analysis in ("comparison", "probe"):
-        return (
-            [
-                ("every stage", ALL_BLOCKS),
-                ("input", 0),
-                *((f"block {i}", i) for i in range(1, n + 1)),
-                ("output", n + 1),
-            ]
-            if n
-            else [("every stage", ALL_BLOCKS)]
-        )
-    return [("every stage", ALL_BLOCKS)]
-
-
-def _availability_markdown(available: dict[str, str | None]) -> str:
-    return "  \n".join(
-        f"**{ANALYSIS_LABELS.get(k, k)}** is not available: {why}" for k, why in available.items() if why
-    )
-
-
-def control_updates(
-    heads: Sequence[str] | None,
-    num_blocks: int | None,
-    available: dict[str, str | None],
-    analysis: str,
-    head: str | None,
-    block: Any,
-    class_names: Sequence[str] | None,
-    selected: Sequence[str] | None,
-) -> tuple[Any, Any, Any, Any, Any]:
-    """Updates for (analysis, availability, head, block, classes) that fit a model set."""
-    if available.get(analysis):  # the current choice is impossible with this set: fall back
-        analysis = next((a for a in ("comparison", "prediction") if not available.get(a)), analysis)
-    analysis_up = gr.update(
-        choices=[(label + (" (n/a)" if available.get(k) else ""), k) for k, label in ANALYSIS_LABELS.items()],
-        value=analysis,
-    )
-    if heads is None:
-        head_up = gr.update()
-    else:
-        options = _head_options(heads, analysis)
-        head_up = gr.update(
-            choices=[(HEAD_LABELS.get(h, h), h) for h in options],
-            value=head if head in options else (options[0] if options else None),
-            interactive=len(options) > 1,
-            label="Head" if analysis == "prediction" else "StructToken head",
-        )
-    if num_blocks is None:
-        block_up = gr.update()
-    else:
-        options_b = _block_options(num_blocks, analysis)
-        values = [v for _, v in options_b]
-        b = _block_arg(block)
-        b = ALL_BLOCKS if b is None else b
-        block_up = gr.update(choices=options_b, value=b if b in values else ALL_BLOCKS, interactive=len(options_b) > 1)
-    classes_up = (
-        gr.update() if class_names is None else gr.update(choices=list(class_names), value=list(selected or []))
-    )
-    return analysis_up, _availability_markdown(available), head_up, block_up, classes_up
-
-
-def refresh_controls(
-    model: Any, checkpoint: Any, analysis: Any, head: Any, block: Any, classes: Any, reset_classes: bool = False
-) -> tuple[Any, ...]:
-    """Cheap (no weights loaded): fit the controls to the chosen set before analysing."""
-    try:
-        spec = _model_spec(model, checkpoint)
-        key = _analysis_key(analysis)
-    except gr.Error:
-        return tuple(gr.skip() for _ in range(5))
-    cfg = model_config(spec)
-    if cfg is None:
-        out = control_updates(None, None, {}, key, None, block, None, None)
-        if reset_classes:
-            out = (*out[:4], gr.update(choices=[], value=[]))
-        return out
-    names = list(cfg.class_names())
-    selected = [] if reset_classes else [c for c in (_classes_arg(classes) or []) if c in names]
-    return control_updates(
-        list(cfg.heads), cfg.num_blocks, _supported(cfg), key, _head_arg(head), block, names, selected
-    )
-
-
-def on_model_change(*args: Any) -> tuple[Any, ...]:
-    return refresh_controls(*args, reset_classes=True)
-
-
-def controls_from_result(state: dict[str, Any] | None) -> tuple[Any, ...]:
-    """After a run: the set's heads, blocks and classes as the service saw them."""
-    if not state:
-        return tuple(gr.skip() for _ in range(6))
-    fitted = control_updates(
-        state["heads"],
-        state["num_blocks"],
-        state["available"],
-        state["analysis"],
-        state["head"],
-        state["block"],
-        state["classes"],
-        state["selected"],
-    )
-    return (*fitted, gr.update(visible=bool(state.get("has_curves"))))
-
-
-def _result_state(result: Any, analysis: str, block: int | None, pending_pdf: Path | None = None) -> dict[str, Any]:
-    metrics = result.metrics or {}
-    heads = list(metrics.get("heads") or [])
-    head = metrics.get("head")
-    num_blocks = None
-    stages = (result.maps or {}).get(f"{head}/stages")
-    if stages is not None and getattr(stages, "ndim", 0) == 4:
-        num_blocks = int(stages.shape[0]) - 2
-    return {
-        "heads": heads or None,
-        "num_blocks": num_blocks,
-        "available": dict(result.available or {}),
-        "analysis": analysis,
-        "head": head,
-        "block": ALL_BLOCKS if block is None else block,
-        "classes": list(result.classes or []),
-        "selected": list(result.selected_classes or []),
-        "has_curves": result.curves is not None,
-        # the page's follow-up step renders the PDF from this figure into this path
-        "pdf_figure": result.figure if pending_pdf is not None else None,
-        "pdf_path": pending_pdf,
-    }
-
-
-def render_pending_pdf(state: dict[str, Any] | None) -> Any:
-    """The page's follow-up step: the figure PDF of the last run (the picture is already shown)."""
-    if not state or state.get("pdf_figure") is None:
-        return gr.skip()
-    try:
-        path = write_pdf(state["pdf_figure"], Path(state["pdf_path"]))
-    except Exception:  # a missing PDF must not break the page
-        log.exception("PDF export failed")
-        return None
-    finally:
-        state["pdf_figure"] = None  # drop the figure from the session
-    return path
-
-
-# --------------------------------------------------------------------------- the event
+# --------------------------------------------------------------------------- outputs
 OUTPUT_NAMES = (
     "figure",
     "plot",
@@ -607,6 +334,8 @@ OUTPUT_NAMES = (
     "download_json",
 )
 """What ``/analyze`` returns, in order (the page also keeps a private state for its controls)."""
+FAILED_SUMMARY = "*No result: the analysis stopped with the error shown at the top right; change the input and retry.*"
+PLOT_MAX_WIDTH = 1800  # px: wider interactive mosaics are scaled down to this (the results column scrolls)
 
 
 def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | None) -> Any:
@@ -619,9 +348,6 @@ def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | 
     return pd.DataFrame(rows, columns=headers)
 
 
-PLOT_MAX_WIDTH = 1800  # px: wider interactive mosaics are scaled down to this (the results column scrolls)
-
-
 def fit_plot(fig: Any) -> Any:
     """Cap a plotly figure's fixed width (scaling a fixed height in proportion, so aspect-locked mosaics
     keep their shape); the results column scrolls sideways for figures wider than itself, so the hover
@@ -632,9 +358,6 @@ def fit_plot(fig: Any) -> Any:
     if width and width > PLOT_MAX_WIDTH:
         fig.update_layout(width=PLOT_MAX_WIDTH, height=int(height * PLOT_MAX_WIDTH / width) if height else None)
     return fig
-
-
-FAILED_SUMMARY = "*No result: the analysis stopped with the error shown at the top right; change the input and retry.*"
 
 
 def clear_for_new_image(image: Any) -> tuple[Any, ...]:
@@ -654,106 +377,235 @@ def _progress_adapter(progress: Any) -> Callable[[float, str], None] | None:
     return report
 
 
-def analyze_image(
-    image: Any,
-    model: Any = None,
-    analysis: Any = "comparison",
-    head: Any = None,
-    classes: Any = None,
-    normalize: Any = "shared",
-    block: Any = ALL_BLOCKS,
-    opacity: Any = 0.5,
-    checkpoint: Any = None,
-    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
-    pdf: bool = True,
-) -> tuple[Any, ...]:
-    """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
+# --------------------------------------------------------------------------- events
+class ExplorerUI:
+    """The page's event handlers for one :class:`Explorer` (what the page and ``/analyze`` call).
 
-    ``pdf=False`` (the page) leaves the figure PDF to :func:`render_pending_pdf`, a follow-up step.
-
-    Every :class:`analysis.service.AnalysisError` becomes a ``gr.Error`` with its message; any other
-    exception is logged and reported as ``internal error: ...`` (the server stays up).
+    Args:
+        explorer: the service.
+        folders: where each request's downloads go.
     """
-    t0 = time.perf_counter()
-    img = image if _is_array(image) else _payload_path(image)
-    if img is None:
-        raise gr.Error("Upload an image first (or pick one of the examples).")
-    try:
-        spec = _model_spec(model, checkpoint)
-        kwargs = dict(
-            model=spec,
-            analysis=_analysis_key(analysis),
-            head=_head_arg(head),
-            classes=_classes_arg(classes),
-            normalize=_normalize_key(normalize),
-            block=_block_arg(block),
-            opacity=_opacity_arg(opacity),
-        )
-        report = None if _on_spaces() else _progress_adapter(progress)
-        service = _service()
-        t_gc = time.perf_counter()
-        tidy_memory()
-        t_gc = time.perf_counter() - t_gc
+
+    def __init__(self, explorer: Explorer, folders: RequestFolders | None = None) -> None:
+        self.explorer = explorer
+        self.folders = folders or RequestFolders()
+        self.tidy_memory = MemoryTidier()
+        self._run = _gpu(self._analyze)
+        labels = {key: a.label for key, a in explorer.analyses.items()}
+        self.analysis_labels: dict[str, str] = labels
+
+    def _analyze(self, request: AnalysisRequest, progress: Callable | None = None) -> AnalysisResult:
+        return self.explorer.analyze(request, progress)
+
+    def model_spec(self, model: Any, checkpoint: Any) -> str:
+        """The model the service gets: an uploaded checkpoint, else one of the picker's names (never a
+        free path: API callers cannot point the server at its own files)."""
+        ckpt = _payload_path(checkpoint)
+        if ckpt:
+            if not ckpt.lower().endswith(CHECKPOINT_SUFFIXES):
+                raise gr.Error(f"checkpoint {Path(ckpt).name!r}: expected a .safetensors or .pth file")
+            return ckpt
+        allowed = model_names(self.explorer)
+        name = str(model).strip() if model not in (None, "") else allowed[0]
+        if name not in allowed:
+            raise gr.Error(f"unknown model {name!r}; choose one of: {', '.join(allowed)}")
+        return name
+
+    def analysis_key(self, value: Any) -> str:
+        """An analysis control value (key or label) -> the registry key."""
+        return _key_of(value, self.analysis_labels, "analysis", DEFAULT_ANALYSIS)
+
+    # ---------------------------------------------------------------- the analysis
+    def analyze_image(
+        self,
+        image: Any,
+        model: Any = None,
+        analysis: Any = DEFAULT_ANALYSIS,
+        head: Any = None,
+        classes: Any = None,
+        normalize: Any = "shared",
+        block: Any = ALL_BLOCKS,
+        opacity: Any = 0.5,
+        checkpoint: Any = None,
+        readout: Any = "raw",
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
+        pdf: bool = True,
+    ) -> tuple[Any, ...]:
+        """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
+
+        ``pdf=False`` (the page) leaves the figure PDF to :meth:`render_pending_pdf`, a follow-up step.
+        Every :class:`analysis.service.AnalysisError` becomes a ``gr.Error`` with its message; any other
+        exception is logged and reported as ``internal error: ...`` (the server stays up).
+        """
+        t0 = time.perf_counter()
+        img = image if _is_array(image) else _payload_path(image)
+        if img is None:
+            raise gr.Error("Upload an image first (or pick one of the examples).")
         try:
-            result = _analyze_on_device(img, report, **kwargs)
-        except service.AnalysisError as e:
-            raise gr.Error(str(e), title="Cannot analyse this") from None
-        t1 = time.perf_counter()
-        stem = f"structtoken_{kwargs['analysis']}_{_slug(spec)}"
-        files = write_downloads(result, stem, pdf=pdf)
-        t2 = time.perf_counter()
-        timings = dict(result.timings or {})
-        timings.update(
-            app_gc_s=round(t_gc, 4),
-            app_service_s=round(t1 - t0, 4),
-            app_downloads_s=round(t2 - t1, 4),
-            app_total_s=round(time.perf_counter() - t0, 4),
+            spec = self.model_spec(model, checkpoint)
+            request = AnalysisRequest(
+                image=img,
+                model=spec,
+                analysis=self.analysis_key(analysis),
+                head=_head_arg(head),
+                classes=_classes_arg(classes),
+                normalize=_key_of(normalize, NORMALIZATION_LABELS, "normalisation", "shared"),
+                block=_block_arg(block),
+                opacity=_opacity_arg(opacity),
+                readout=str(readout or "raw"),
+            )
+            t_gc = time.perf_counter()
+            self.tidy_memory()
+            t_gc = time.perf_counter() - t_gc
+            try:
+                result = self._run(request, None if _on_spaces() else _progress_adapter(progress))
+            except AnalysisError as e:
+                raise gr.Error(str(e), title="Cannot analyse this") from None
+            t1 = time.perf_counter()
+            stem = f"structtoken_{request.analysis}_{_slug(spec)}"
+            folder = self.folders.new()
+            files = {k: None if v is None else str(v) for k, v in save_downloads(result, folder, stem, pdf).items()}
+            t2 = time.perf_counter()
+            timings = dict(result.timings or {})
+            timings.update(
+                app_gc_s=round(t_gc, 4),
+                app_service_s=round(t1 - t0, 4),
+                app_downloads_s=round(t2 - t1, 4),
+                app_total_s=round(time.perf_counter() - t0, 4),
+            )
+            pending = None if pdf or result.figure is None else folder / f"{stem}.pdf"
+            state = {
+                "spec": spec,
+                "analysis": request.analysis,
+                "head": result.metrics.get("head"),
+                "block": ALL_BLOCKS if request.block is None else request.block,
+                "selected": list(result.selected_classes),
+                "has_curves": result.curves is not None,
+                # the page's follow-up step renders the PDF from this figure into this path
+                "pdf_figure": result.figure if pending is not None else None,
+                "pdf_path": pending,
+            }
+            return (
+                files["png"],
+                fit_plot(result.plot),
+                result.overlay,
+                result.curves,
+                _table_value(result.table, result.table_headers),
+                result.summary or "",
+                timings,
+                files["png"],
+                files["pdf"],
+                files["npz"],
+                files["json"],
+                state,
+            )
+        except gr.Error:
+            raise
+        except Exception as e:  # the event boundary: report, keep serving
+            log.exception("analysis failed")
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise gr.Error(f"internal error: {type(e).__name__}{': ' + msg if msg else ''}") from None
+
+    def analyze_page(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+        """The page's Analyze button: as the API, with the PDF rendered in a follow-up step."""
+        return self.analyze_image(*args, progress=progress, pdf=False)
+
+    def analyze_if_image(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+        """The page's analysis (its controls re-run it): nothing without an image; the PDF comes after."""
+        if not _has_image(args[0]):
+            return tuple(gr.skip() for _ in range(len(OUTPUT_NAMES) + 1))
+        return self.analyze_image(*args, progress=progress, pdf=False)
+
+    def render_pending_pdf(self, state: dict[str, Any] | None) -> Any:
+        """The page's follow-up step: the figure PDF of the last run (the picture is already shown)."""
+        if not state or state.get("pdf_figure") is None:
+            return gr.skip()
+        try:
+            return str(save_pdf(state["pdf_figure"], Path(state["pdf_path"])))
+        except Exception:  # a missing PDF must not break the page
+            log.exception("PDF export failed")
+            return None
+        finally:
+            state["pdf_figure"] = None  # drop the figure from the session
+
+    # ---------------------------------------------------------------- controls
+    def control_updates(
+        self, info: ModelInfo, analysis: str, head: str | None, block: Any, selected: Sequence[str] | None
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        """Updates for (analysis, availability, head, block, classes) that fit the set ``info``."""
+        if not info.known:  # an official .pth before its first run: keep the controls as they are
+            choices = [(label, key) for key, label in self.analysis_labels.items()]
+            return gr.update(choices=choices, value=analysis), "", gr.update(), gr.update(), gr.update()
+        available = {key: a.reason for key, a in info.analyses.items()}
+        if available.get(analysis):  # the current choice is impossible with this set: fall back
+            analysis = next((a for a in (DEFAULT_ANALYSIS, "prediction") if not available.get(a)), analysis)
+        analysis_up = gr.update(
+            choices=[(a.label + (" (n/a)" if a.reason else ""), key) for key, a in info.analyses.items()],
+            value=analysis,
         )
-        return (
-            files["png"],
-            fit_plot(result.plot),
-            result.overlay,
-            result.curves,
-            _table_value(result.table, result.table_headers),
-            result.summary or "",
-            timings,
-            files["png"],
-            files["pdf"],
-            files["npz"],
-            files["json"],
-            _result_state(
-                result,
-                kwargs["analysis"],
-                kwargs["block"],
-                None if pdf or result.figure is None else files["dir"] / f"{stem}.pdf",
-            ),
+        availability = "  \n".join(
+            f"**{a.label}** is not available: {a.reason}" for a in info.analyses.values() if a.reason
         )
-    except gr.Error:
-        raise
-    except Exception as e:  # the event boundary: report, keep serving
-        log.exception("analysis failed")
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise gr.Error(f"internal error: {type(e).__name__}{': ' + msg if msg else ''}") from None
+        shown = info.analyses[analysis]
+        options = list(shown.heads)
+        head_up = gr.update(
+            choices=[(HEAD_LABELS.get(h, h), h) for h in options],
+            value=head if head in options else (options[0] if options else None),
+            interactive=len(options) > 1,
+            label=shown.head_control,
+        )
+        blocks = _block_choices(shown)
+        b = _block_arg(block)
+        b = ALL_BLOCKS if b is None else b
+        block_up = gr.update(
+            choices=blocks, value=b if b in [v for _, v in blocks] else ALL_BLOCKS, interactive=len(blocks) > 1
+        )
+        keep = [c for c in (selected or []) if c in info.classes]
+        return analysis_up, availability, head_up, block_up, gr.update(choices=list(info.classes), value=keep)
 
+    def refresh_controls(
+        self,
+        model: Any,
+        checkpoint: Any,
+        analysis: Any,
+        head: Any,
+        block: Any,
+        classes: Any,
+        reset_classes: bool = False,
+    ) -> tuple[Any, ...]:
+        """Cheap (no weights loaded): fit the controls to the chosen set before analysing."""
+        try:
+            spec = self.model_spec(model, checkpoint)
+            key = self.analysis_key(analysis)
+        except gr.Error:
+            return tuple(gr.skip() for _ in range(5))
+        info = self.explorer.describe_model(spec)
+        out = self.control_updates(info, key, _head_arg(head), block, [] if reset_classes else _classes_arg(classes))
+        if reset_classes and not info.known:
+            out = (*out[:4], gr.update(choices=[], value=[]))
+        return out
 
-def analyze_page(*args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
-    """The page's Analyze button: as the API, with the PDF rendered in a follow-up step."""
-    return analyze_image(*args, progress=progress, pdf=False)
+    def on_model_change(self, *args: Any) -> tuple[Any, ...]:
+        return self.refresh_controls(*args, reset_classes=True)
 
-
-def analyze_if_image(*args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
-    """The page's analysis (its controls re-run it): nothing without an image; the PDF comes after."""
-    if not _has_image(args[0]):
-        return tuple(gr.skip() for _ in range(len(OUTPUT_NAMES) + 1))
-    return analyze_image(*args, progress=progress, pdf=False)
+    def controls_from_result(self, state: dict[str, Any] | None) -> tuple[Any, ...]:
+        """After a run: the set's heads, blocks and classes (now known, the set being loaded)."""
+        if not state:
+            return tuple(gr.skip() for _ in range(6))
+        info = self.explorer.describe_model(state["spec"])
+        fitted = self.control_updates(info, state["analysis"], state["head"], state["block"], state["selected"])
+        return (*fitted, gr.update(visible=bool(state.get("has_curves"))))
 
 
 # --------------------------------------------------------------------------- layout
-def build_demo() -> gr.Blocks:
-    """The page. Cheap: no model is loaded and the service is not imported until the first request."""
-    models = model_names()
-    cfg = model_config(models[0])
-    n_blocks = getattr(cfg, "num_blocks", None)
+def build_demo(explorer: Explorer) -> gr.Blocks:
+    """The page for ``explorer``. Cheap: reads the default set's config, loads no weights."""
+    ui = ExplorerUI(explorer)
+    models = model_names(explorer)
+    info = explorer.describe_model(models[0])
+    first = info.analyses.get(DEFAULT_ANALYSIS) or AnalysisInfo(
+        DEFAULT_ANALYSIS, "", "", None, "StructToken head", (), (("every stage", None),)
+    )
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         gr.Markdown(INTRO, elem_id="st-intro")
         with gr.Accordion("How to read this", open=False):
@@ -788,7 +640,7 @@ def build_demo() -> gr.Blocks:
                         elem_id="st-checkpoint",
                     )
                 analysis = gr.Radio(
-                    choices=[(label, key) for key, label in ANALYSIS_LABELS.items()],
+                    choices=[(a.label, key) for key, a in explorer.analyses.items()],
                     value="comparison",
                     label="Analysis",
                     elem_id="st-analysis",
@@ -796,14 +648,14 @@ def build_demo() -> gr.Blocks:
                 availability = gr.Markdown("", elem_id="st-availability")
                 with gr.Row():
                     head = gr.Dropdown(
-                        choices=[(HEAD_LABELS[h], h) for h in STRUCTTOKEN_HEADS],
+                        choices=[(HEAD_LABELS.get(h, h), h) for h in first.heads],
                         value=None,
                         label="StructToken head",
                         scale=1,
                         elem_id="st-head",
                     )
                     block = gr.Dropdown(
-                        choices=_block_options(n_blocks, "comparison"),
+                        choices=_block_choices(first),
                         value=ALL_BLOCKS,
                         label="Block",
                         scale=1,
@@ -824,6 +676,14 @@ def build_demo() -> gr.Blocks:
                     elem_id="st-normalize",
                 )
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                readout = gr.Dropdown(
+                    choices=list(READOUTS),
+                    value=READOUTS[0],
+                    label="Readout",
+                    info="How a stage's map is read as class scores; raw: channel k = class k.",
+                    interactive=len(READOUTS) > 1,
+                    elem_id="st-readout",
+                )
             with gr.Column(scale=7, min_width=480):
                 with gr.Tabs():
                     with gr.Tab("Figure"):
@@ -861,7 +721,7 @@ def build_demo() -> gr.Blocks:
         state = gr.State(None, time_to_live=1800)
         api_run = gr.Button("analyze (API)", visible=False)
 
-        inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint]
+        inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
         outputs = [
             figure,
             plot,
@@ -883,10 +743,10 @@ def build_demo() -> gr.Blocks:
         def run_then_fit(dep: Any, fn: Callable, **kw: Any) -> None:
             dep = dep(fn, inputs=inputs, outputs=outputs, preprocess=False, concurrency_id="analyze", **kw)
             dep.failure(lambda: FAILED_SUMMARY, outputs=summary, **quiet)
-            done = dep.success(controls_from_result, inputs=state, outputs=[*controls, curves_box], **quiet)
-            if fn is not analyze_image:
+            done = dep.success(ui.controls_from_result, inputs=state, outputs=[*controls, curves_box], **quiet)
+            if fn != ui.analyze_image:
                 done.then(
-                    render_pending_pdf,
+                    ui.render_pending_pdf,
                     inputs=state,
                     outputs=dl_pdf,
                     show_progress="hidden",
@@ -899,35 +759,31 @@ def build_demo() -> gr.Blocks:
         # function with the PDF rendered in a follow-up step, so the picture shows up first)
         run_then_fit(
             api_run.click,
-            analyze_image,
+            ui.analyze_image,
             api_name="analyze",
             api_description="Analyse an image; block -1 = every stage (attention: the last block).",
         )
         private = dict(api_visibility="private", trigger_mode="always_last")
-        run_then_fit(run.click, analyze_page, api_visibility="private", trigger_mode="once")
+        run_then_fit(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")
         cleared = image.change(
             clear_for_new_image, inputs=image, outputs=outputs, preprocess=False, trigger_mode="always_last", **quiet
         )
-        run_then_fit(cleared.then, analyze_if_image, api_visibility="private")
-        for control in (head, classes, normalize, block):
-            run_then_fit(control.input, analyze_if_image, **private)
-        run_then_fit(opacity.release, analyze_if_image, **private)
-        fitted = analysis.input(
-            refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False, trigger_mode="always_last", **quiet
-        )
-        run_then_fit(fitted.then, analyze_if_image, api_visibility="private")
-        for event in (model.input, checkpoint.upload, checkpoint.clear):
+        run_then_fit(cleared.then, ui.analyze_if_image, api_visibility="private")
+        for control in (head, classes, normalize, block, readout):
+            run_then_fit(control.input, ui.analyze_if_image, **private)
+        run_then_fit(opacity.release, ui.analyze_if_image, **private)
+        # a new analysis refits the controls to the set; a new set also forgets the chosen classes
+        refits = [(analysis.input, ui.refresh_controls)]
+        refits += [(event, ui.on_model_change) for event in (model.input, checkpoint.upload, checkpoint.clear)]
+        for event, refit in refits:
             fitted = event(
-                on_model_change,
-                inputs=refresh_in,
-                outputs=controls,
-                preprocess=False,
-                trigger_mode="always_last",
-                **quiet,
+                refit, inputs=refresh_in, outputs=controls, preprocess=False, trigger_mode="always_last", **quiet
             )
-            run_then_fit(fitted.then, analyze_if_image, api_visibility="private")
-        demo.load(refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False, **quiet)
+            run_then_fit(fitted.then, ui.analyze_if_image, api_visibility="private")
+        demo.load(ui.refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False, **quiet)
+
     demo.queue(default_concurrency_limit=2, max_size=32)
+    demo.explorer_ui = ui  # type: ignore[attr-defined]  # the handlers, for tests and benchmarks
     return demo
 
 
@@ -951,18 +807,12 @@ def launch_kwargs() -> dict[str, Any]:
     )
 
 
-tune_malloc()
-demo = build_demo()
-
-
 def main() -> None:
+    """Serve the app: ``python app.py`` (Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; default
+    127.0.0.1, 7860 or the next free port)."""
     logging.basicConfig(level=logging.INFO)
-    # host and port: Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1, 7860 or the next free)
-    demo.launch(prevent_thread_lock=True, **launch_kwargs())
-    # Import the service (torch, the heads) in the background once the page is served, so the first
-    # analysis does not pay for it; models still load on first use.
-    threading.Thread(target=_service, name="warm-service", daemon=True).start()
-    demo.block_thread()
+    tune_malloc()
+    build_demo(Explorer()).launch(**launch_kwargs())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Figures for StructToken Explorer: segmentation overlays, block-by-block map grids, metric curves.
+"""Figures for StructToken Explorer: overlays, metric curves, attention (block grids: :mod:`analysis.grid`).
 
 Every public function takes numpy arrays / plain Python values and *returns* a figure:
 either a :class:`matplotlib.figure.Figure` built directly (never through ``pyplot``, so no global
@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from matplotlib import patheffects
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from PIL import Image
 from plotly.subplots import make_subplots
 
-from .labels import HEAD_LABELS
+from .labels import HEAD_LABELS, head_label
+from .values import percent
 
 __all__ = [
     "DIVERGING_CMAP",
@@ -42,21 +42,23 @@ __all__ = [
     "HEAD_MARKERS",
     "MAP_CMAP",
     "METRIC_LABELS",
-    "attention_figure",
+    "as_rgb_uint8",
     "attention_plotly",
     "block_curves_figure",
     "block_curves_plotly",
+    "boundary",
     "channel_maps_figure",
     "colorize_labels",
-    "comparison_figure",
-    "comparison_plotly",
     "figure_to_pdf_bytes",
     "figure_to_png_bytes",
     "head_color",
     "head_label",
+    "hover_escape",
     "overlay",
     "prediction_figure",
     "probe_figure",
+    "resize_nearest",
+    "resize_rgb",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -99,7 +101,6 @@ _DEFAULT_METRICS: tuple[str, ...] = ("miou", "mask_ap", "boundary_f1")
 _FINAL_LABEL = "out"
 _UNKNOWN_CLASS_RGB = (128, 128, 128)
 _SMALL = 8  # font size for dense grids
-_PLOTLY_MAX_SIDE = 128
 
 
 def head_color(head: str) -> str:
@@ -107,11 +108,6 @@ def head_color(head: str) -> str:
     if head in HEAD_COLORS:
         return HEAD_COLORS[head]
     return FALLBACK_HEAD_COLORS[zlib.crc32(head.encode("utf-8")) % len(FALLBACK_HEAD_COLORS)]
-
-
-def head_label(head: str) -> str:
-    """Pretty label of ``head`` (its name when it has none in :data:`HEAD_LABELS`)."""
-    return HEAD_LABELS.get(head, head)
 
 
 def _head_marker(head: str) -> str:
@@ -158,7 +154,7 @@ def colorize_labels(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_
     return out
 
 
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """``[H, W]``, ``[H, W, 1|3|4]`` uint8 or float (0–1 or 0–255) → ``[H, W, 3]`` uint8."""
     img = np.asarray(image)
     if img.ndim == 2:
@@ -195,7 +191,7 @@ def overlay(
     Returns:
         ``[H, W, 3]`` uint8.
     """
-    img = _as_rgb_uint8(image)
+    img = as_rgb_uint8(image)
     label = np.asarray(label)
     if label.shape != img.shape[:2]:
         raise ValueError(f"label shape {label.shape} does not match image shape {img.shape[:2]}")
@@ -231,7 +227,7 @@ def prediction_figure(
         Matplotlib figure with one image axes; legend entries are sorted by area, largest first,
         and the percentages are of all image pixels.
     """
-    img = _as_rgb_uint8(image)
+    img = as_rgb_uint8(image)
     pred = np.asarray(pred)
     blended = overlay(img, pred, palette, alpha=alpha, ignore_index=ignore_index)
     h, w = pred.shape
@@ -272,85 +268,30 @@ def prediction_figure(
 
 
 # --------------------------------------------------------------------------------------------------
-# Block-by-block map grids
+# Array helpers for thumbnails and outlines (the block grids themselves are in analysis.grid)
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_panels(panels: Mapping[str, np.ndarray], n_rows: int) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """Validate ``panels`` (head → ``[R, B, H, W]``); returns float arrays and the common ``(H, W)``."""
-    if not panels:
-        raise ValueError("panels is empty")
-    out: dict[str, np.ndarray] = {}
-    size: tuple[int, int] | None = None
-    for head, arr in panels.items():
-        a = np.asarray(arr, dtype=np.float64)
-        if a.ndim != 4:
-            raise ValueError(f"panels[{head!r}] must be [R, B, H, W], got shape {a.shape}")
-        if a.shape[0] != n_rows:
-            raise ValueError(f"panels[{head!r}] has {a.shape[0]} rows but there are {n_rows} class names")
-        if a.shape[1] < 1:
-            raise ValueError(f"panels[{head!r}] has no blocks")
-        if size is None:
-            size = (a.shape[2], a.shape[3])
-        elif size != a.shape[2:]:
-            raise ValueError(f"panels[{head!r}] maps are {a.shape[2:]}, others are {size}")
-        out[head] = a
-    assert size is not None
-    return out, size
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (PIL) of a uint8 image ``[H, W, 3]`` to ``size`` = (h, w); the input when it fits."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def _block_titles_for(block_titles: Sequence[str] | Mapping[str, Sequence[str]], head: str, n: int) -> list[str]:
-    """Titles of ``head``'s ``n`` blocks: list applied left to right (extra blocks → "block b")."""
-    titles = block_titles.get(head, ()) if isinstance(block_titles, Mapping) else block_titles
-    titles = list(titles)
-    return [titles[b] if b < len(titles) else f"block {b + 1}" for b in range(n)]
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of ``[H, W, ...]`` (label maps) to ``size`` = (h, w), sampling pixel centres."""
+    h, w = a.shape[:2]
+    ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return a[ys][:, xs]
 
 
-def _resolve_bound(
-    value: float | Sequence[float] | np.ndarray | None, n_rows: int, name: str
-) -> tuple[str, np.ndarray | None]:
-    """Classify a vmin/vmax argument: ("auto", None), ("shared", [R]) or ("row", [R])."""
-    if value is None:
-        return "auto", None
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim == 0:
-        return "shared", np.full(n_rows, float(arr))
-    if arr.shape != (n_rows,):
-        raise ValueError(f"{name} must be None, a float or an array of {n_rows} values, got shape {arr.shape}")
-    return "row", arr
-
-
-def _scale_mode(vmin_mode: str, vmax_mode: str) -> str:
-    """ "shared" if both bounds are shared, "row" if both given and one is per row, else "auto"."""
-    if vmin_mode == "shared" and vmax_mode == "shared":
-        return "shared"
-    if "auto" in (vmin_mode, vmax_mode):
-        return "auto"
-    return "row"
-
-
-def _stroke() -> list[Any]:
-    return [patheffects.withStroke(linewidth=2.2, foreground="black")]
-
-
-def _draw_boundary(ax: Axes, mask: np.ndarray, out_hw: tuple[int, int], dashed: bool) -> None:
-    """Contour of boolean ``mask`` ([h, w]) on an axes showing an image of size ``out_hw``."""
-    if not mask.any() or mask.all():
-        return
-    h, w = mask.shape
-    oh, ow = out_hw
-    xs = (np.arange(w) + 0.5) * (ow / w) - 0.5
-    ys = (np.arange(h) + 0.5) * (oh / h) - 0.5
-    cs = ax.contour(
-        xs,
-        ys,
-        mask.astype(np.float32),
-        levels=[0.5],
-        colors="white",
-        linewidths=1.0,
-        linestyles="--" if dashed else "-",
-    )
-    cs.set_path_effects(_stroke())
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: the pixels of ``mask`` with a 4-neighbour outside it (the image edge counts as inside)."""
+    p = np.pad(mask, 1, mode="edge")
+    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~interior
 
 
 def _cell_size(n_rows: int, n_cols: int, h: int, w: int, max_width: float = 26.0) -> tuple[float, float]:
@@ -367,379 +308,9 @@ def _cell_size(n_rows: int, n_cols: int, h: int, w: int, max_width: float = 26.0
     return cell_w, cell_h
 
 
-def comparison_figure(
-    image: np.ndarray,
-    class_names: Sequence[str],
-    block_titles: Sequence[str] | Mapping[str, Sequence[str]],
-    panels: Mapping[str, np.ndarray],
-    vmin: float | Sequence[float] | np.ndarray | None = None,
-    vmax: float | Sequence[float] | np.ndarray | None = None,
-    label: np.ndarray | None = None,
-    pred: np.ndarray | None = None,
-    class_ids: Sequence[int] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Paper-Fig.-3-style grid: rows = classes, columns = blocks, one column group per head.
-
-    Layout: the first column shows the image in *every* row (so the class boundary of that row can
-    be drawn on it), titled "image" and labelled with the row's class name; then one group of
-    columns per head (in ``panels`` order) with the head's label, in the head's colour, above the
-    group and the block titles above the top row.
-
-    Args:
-        image: ``[H, W, 3]`` uint8 (any size; thumbnails are drawn with the maps' extent).
-        class_names: ``[R]`` row names.
-        block_titles: column titles, applied left to right to each head's blocks (a head with
-            more blocks than titles gets "block b"); a mapping head → titles is also accepted.
-        panels: head name → ``[R, B_head, H, W]`` maps, already upsampled and normalised by the
-            caller; ``B_head`` may differ between heads.
-        vmin, vmax: colour range. ``None`` → each map on its own automatic scale (no colourbar);
-            a float → shared by every map (one shared colourbar); an ``[R]`` array → one range per
-            row (one colourbar per row). A float combined with an array acts per row.
-        label: ``[H', W']`` ground-truth class indices; with ``class_ids`` the boundary of
-            class ``class_ids[r]`` is drawn on every map of row ``r`` (solid white).
-        pred: ``[H', W']`` predicted class indices; drawn like ``label`` but dashed.
-        class_ids: ``[R]`` class index of each row (needed for ``label`` / ``pred`` contours).
-        title: figure title.
-
-    Returns:
-        Matplotlib figure. Map axes carry the label ``"map:{head}:{row}:{block}"``, image axes
-        ``"image:{row}"`` and head-header axes ``"header:{head}"``.
-    """
-    n_rows = len(class_names)
-    if n_rows == 0:
-        raise ValueError("class_names is empty")
-    maps, (h, w) = _check_panels(panels, n_rows)
-    img = _as_rgb_uint8(image)
-    if class_ids is not None and len(class_ids) != n_rows:
-        raise ValueError(f"class_ids has {len(class_ids)} entries for {n_rows} rows")
-    contours: list[tuple[np.ndarray, bool]] = []
-    if class_ids is not None:
-        for arr, dashed in ((label, False), (pred, True)):
-            if arr is not None:
-                a = np.asarray(arr)
-                if a.ndim != 2:
-                    raise ValueError(f"label/pred must be [H, W], got shape {a.shape}")
-                contours.append((a, dashed))
-
-    vmin_mode, vmins = _resolve_bound(vmin, n_rows, "vmin")
-    vmax_mode, vmaxs = _resolve_bound(vmax, n_rows, "vmax")
-    mode = _scale_mode(vmin_mode, vmax_mode)
-
-    heads = list(maps)
-    n_blocks = [maps[hd].shape[1] for hd in heads]
-    # Grid columns: image | gap | head 0 blocks | gap | head 1 blocks ...
-    col_of: list[list[int]] = []
-    widths = [1.0]
-    for nb in n_blocks:
-        widths.append(0.12)
-        col_of.append(list(range(len(widths), len(widths) + nb)))
-        widths.extend([1.0] * nb)
-    n_map_cols = 1 + sum(n_blocks)
-    cell_w, cell_h = _cell_size(n_rows, n_map_cols + 0.12 * len(heads), h, w)
-    header_h = 0.32
-    fig_w = cell_w * sum(widths) + 0.6 + (0.9 if mode != "auto" else 0.0)
-    fig_h = cell_h * n_rows + header_h + (0.5 if title else 0.15) + (0.3 if contours else 0.0)
-    fig = Figure(figsize=(fig_w, fig_h), layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
-    gs = fig.add_gridspec(
-        n_rows + 1, len(widths), width_ratios=widths, height_ratios=[header_h / cell_h] + [1.0] * n_rows
-    )
-
-    def clean(ax: Axes) -> None:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_linewidth(0.4)
-            spine.set_color("0.6")
-
-    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
-    row_axes: list[list[Axes]] = [[] for _ in range(n_rows)]
-    last_im = None
-    row_ims: list[Any] = [None] * n_rows
-
-    for gi, head in enumerate(heads):
-        cols = col_of[gi]
-        hax = fig.add_subplot(gs[0, cols[0] : cols[-1] + 1], label=f"header:{head}")
-        hax.set_axis_off()
-        hax.set_xlim(0, 1)
-        hax.set_ylim(0, 1)
-        hax.text(
-            0.5,
-            0.35,
-            head_label(head),
-            ha="center",
-            va="bottom",
-            fontsize=10,
-            fontweight="bold",
-            color=head_color(head),
-            transform=hax.transAxes,
-        )
-        hax.plot(
-            [0.01, 0.99],
-            [0.18, 0.18],
-            color=head_color(head),
-            lw=2.0,
-            transform=hax.transAxes,
-            solid_capstyle="butt",
-        )
-
-    for r in range(n_rows):
-        iax = fig.add_subplot(gs[r + 1, 0], label=f"image:{r}")
-        iax.imshow(img, extent=extent, interpolation="antialiased")
-        clean(iax)
-        iax.set_ylabel(str(class_names[r]), fontsize=_SMALL + 1)
-        if r == 0:
-            iax.set_title("image", fontsize=_SMALL)
-        for arr, dashed in contours:
-            _draw_boundary(iax, arr == int(class_ids[r]), (h, w), dashed)  # type: ignore[index]
-
-        for gi, head in enumerate(heads):
-            titles = _block_titles_for(block_titles, head, n_blocks[gi])
-            for b, c in enumerate(col_of[gi]):
-                ax = fig.add_subplot(gs[r + 1, c], label=f"map:{head}:{r}:{b}")
-                m = maps[head][r, b]
-                lo = vmins[r] if vmins is not None else None
-                hi = vmaxs[r] if vmaxs is not None else None
-                im = ax.imshow(m, cmap=MAP_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
-                clean(ax)
-                if r == 0:
-                    ax.set_title(titles[b], fontsize=_SMALL)
-                for arr, dashed in contours:
-                    _draw_boundary(ax, arr == int(class_ids[r]), (h, w), dashed)  # type: ignore[index]
-                row_axes[r].append(ax)
-                last_im = im
-                row_ims[r] = im
-
-    if mode == "shared" and last_im is not None:
-        all_axes = [ax for row in row_axes for ax in row]
-        cb = fig.colorbar(last_im, ax=all_axes, shrink=min(0.9, 0.35 + 0.12 * n_rows), aspect=25, pad=0.01)
-        cb.ax.tick_params(labelsize=_SMALL)
-        cb.set_label("map value", fontsize=_SMALL)
-    elif mode == "row":
-        for r in range(n_rows):
-            cb = fig.colorbar(row_ims[r], ax=row_axes[r], shrink=0.85, aspect=12, pad=0.01)
-            cb.ax.tick_params(labelsize=_SMALL - 1)
-
-    notes = []
-    if contours:
-        kinds = [("ground truth: solid" if not d else "prediction: dashed") for _, d in contours]
-        notes.append("class boundary — " + ", ".join(kinds))
-    if mode == "auto":
-        notes.append("each map on its own colour scale")
-    if notes:
-        fig.supxlabel("; ".join(notes), fontsize=_SMALL)
-    if title:
-        fig.suptitle(title, fontsize=12)
-    return fig
-
-
-def _downsample_stride(h: int, w: int, max_side: int = _PLOTLY_MAX_SIDE) -> int:
-    return max(1, math.ceil(max(h, w) / max_side))
-
-
-def _hover_escape(text: str) -> str:
+def hover_escape(text: str) -> str:
     """Make arbitrary text safe inside a plotly hovertemplate."""
     return str(text).replace("%{", "%\u200b{").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def comparison_plotly(
-    class_names: Sequence[str],
-    block_titles: Sequence[str] | Mapping[str, Sequence[str]],
-    panels: Mapping[str, np.ndarray],
-    vmin: float | Sequence[float] | np.ndarray | None = None,
-    vmax: float | Sequence[float] | np.ndarray | None = None,
-    title: str | None = None,
-) -> go.Figure:
-    """Interactive version of :func:`comparison_figure` (no image column, no contours).
-
-    One heatmap subplot per (class row, head block); hover shows head, class, block, pixel and
-    value. Maps whose long side exceeds 128 px are stride-subsampled for the browser (coordinates
-    stay in original pixels) and the title says so.
-
-    Args:
-        class_names: ``[R]`` row names.
-        block_titles: as in :func:`comparison_figure`.
-        panels: head → ``[R, B_head, H, W]``.
-        vmin, vmax: ``None`` or a float → one shared colour axis (a ``None`` bound is taken from
-            all maps, since plotly cannot show per-map scales with a shared axis); an ``[R]``
-            array → one colour axis (and colourbar) per row.
-        title: figure title.
-
-    Returns:
-        Plotly figure with ``R * sum(B_head)`` heatmap traces.
-    """
-    n_rows = len(class_names)
-    if n_rows == 0:
-        raise ValueError("class_names is empty")
-    maps, (h, w) = _check_panels(panels, n_rows)
-    heads = list(maps)
-    n_blocks = [maps[hd].shape[1] for hd in heads]
-    n_cols = sum(n_blocks)
-
-    vmin_mode, vmins = _resolve_bound(vmin, n_rows, "vmin")
-    vmax_mode, vmaxs = _resolve_bound(vmax, n_rows, "vmax")
-    per_row = "row" in (vmin_mode, vmax_mode)
-
-    stride = _downsample_stride(h, w)
-    xs = np.arange(0, w, stride)
-    ys = np.arange(0, h, stride)
-
-    col_titles: list[str] = []
-    for gi, head in enumerate(heads):
-        col_titles.extend(_block_titles_for(block_titles, head, n_blocks[gi]))
-    subplot_titles = col_titles + [""] * (n_cols * (n_rows - 1))
-    h_space = min(0.012, 0.5 / max(n_cols - 1, 1))
-    v_space = min(0.02, 0.5 / max(n_rows - 1, 1))
-    fig = make_subplots(
-        rows=n_rows,
-        cols=n_cols,
-        subplot_titles=subplot_titles,
-        horizontal_spacing=h_space,
-        vertical_spacing=v_space,
-    )
-
-    def bounds(r: int, data: list[np.ndarray]) -> tuple[float, float]:
-        finite = np.concatenate([d[np.isfinite(d)].ravel() for d in data]) if data else np.array([])
-        dmin = float(finite.min()) if finite.size else 0.0
-        dmax = float(finite.max()) if finite.size else 1.0
-        lo = float(vmins[r]) if vmins is not None else dmin
-        hi = float(vmaxs[r]) if vmaxs is not None else dmax
-        if hi <= lo:
-            hi = lo + 1e-6
-        return lo, hi
-
-    small = {hd: maps[hd][:, :, ::stride, ::stride] for hd in heads}
-    col = 0
-    for gi, head in enumerate(heads):
-        titles = _block_titles_for(block_titles, head, n_blocks[gi])
-        for b in range(n_blocks[gi]):
-            col += 1
-            for r in range(n_rows):
-                axis_name = "coloraxis" if not per_row or r == 0 else f"coloraxis{r + 1}"
-                hover = (
-                    f"<b>{_hover_escape(head_label(head))}</b><br>"
-                    f"class: {_hover_escape(class_names[r])}<br>"
-                    f"block: {_hover_escape(titles[b])}<br>"
-                    "x=%{x}, y=%{y}<br>value: %{z:.4g}<extra></extra>"
-                )
-                fig.add_trace(
-                    go.Heatmap(
-                        z=small[head][r, b],
-                        x=xs,
-                        y=ys,
-                        coloraxis=axis_name,
-                        hovertemplate=hover,
-                        name=f"{head_label(head)} · {class_names[r]} · {titles[b]}",
-                    ),
-                    row=r + 1,
-                    col=col,
-                )
-
-    fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(
-        showticklabels=False,
-        ticks="",
-        showgrid=False,
-        zeroline=False,
-        autorange="reversed",
-        constrain="domain",
-    )
-    # Keep pixels square.
-    for i in range(1, n_rows * n_cols + 1):
-        suffix = "" if i == 1 else str(i)
-        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-    for r in range(n_rows):
-        fig.update_yaxes(title_text=str(class_names[r]), title_font={"size": 11}, row=r + 1, col=1)
-
-    # Colour axes.
-    cb_common = {"thickness": 12, "tickfont": {"size": 10}}
-    if per_row:
-        for r in range(n_rows):
-            lo, hi = bounds(r, [small[hd][r] for hd in heads])
-            dom = fig.layout[f"yaxis{'' if r == 0 else r * n_cols + 1}"].domain
-            name = "coloraxis" if r == 0 else f"coloraxis{r + 1}"
-            fig.layout[name] = {
-                "colorscale": MAP_CMAP_PLOTLY,
-                "cmin": lo,
-                "cmax": hi,
-                "colorbar": {
-                    **cb_common,
-                    "y": (dom[0] + dom[1]) / 2,
-                    "len": (dom[1] - dom[0]) * 0.95,
-                    "yanchor": "middle",
-                },
-            }
-    else:
-        lo, hi = bounds(0, [small[hd] for hd in heads])
-        fig.layout["coloraxis"] = {
-            "colorscale": MAP_CMAP_PLOTLY,
-            "cmin": lo,
-            "cmax": hi,
-            "colorbar": {**cb_common, "title": {"text": "value"}},
-        }
-
-    # Head labels above each column group.
-    col = 0
-    for gi, head in enumerate(heads):
-        first, last = col + 1, col + n_blocks[gi]
-        col = last
-        x0 = fig.layout[f"xaxis{'' if first == 1 else first}"].domain[0]
-        x1 = fig.layout[f"xaxis{'' if last == 1 else last}"].domain[1]
-        fig.add_annotation(
-            x=(x0 + x1) / 2,
-            y=1.0,
-            xref="paper",
-            yref="paper",
-            yshift=26,
-            showarrow=False,
-            text=f"<b>{_hover_escape(head_label(head))}</b>",
-            font={"size": 13, "color": head_color(head)},
-            xanchor="center",
-            yanchor="bottom",
-        )
-        fig.add_shape(
-            type="line",
-            x0=x0,
-            x1=x1,
-            y0=1.0,
-            y1=1.0,
-            xref="paper",
-            yref="paper",
-            line={"color": head_color(head), "width": 2},
-        )
-    for ann in fig.layout.annotations:
-        if ann.text in col_titles and ann.font.size is None:
-            ann.font.size = 11
-
-    full_title = title or ""
-    if stride > 1:
-        note = f"maps downsampled ×{stride} for display ({h}×{w} → {len(ys)}×{len(xs)})"
-        full_title = f"{full_title}<br><sup>{note}</sup>" if full_title else note
-    cell_px = 130
-    aspect = w / max(h, 1)
-    width = int(min(1800, max(500, n_cols * cell_px * aspect + 160)))
-    top = 80 + (28 if full_title else 0) + (22 if title and stride > 1 else 0)
-    height = int(min(2400, max(300, n_rows * cell_px + top + 40)))
-    fig.update_layout(
-        title={
-            "text": full_title,
-            "x": 0.5,
-            "xanchor": "center",
-            "y": 1.0,
-            "yref": "container",
-            "yanchor": "top",
-            "pad": {"t": 12},
-        }
-        if full_title
-        else None,
-        width=width,
-        height=height,
-        margin={"l": 60, "r": 40, "t": top, "b": 20},
-        template="plotly_white",
-        plot_bgcolor="white",
-    )
-    return fig
 
 
 # --------------------------------------------------------------------------------------------------
@@ -748,14 +319,9 @@ def comparison_plotly(
 
 
 def _pct(v: Any) -> float:
-    """Fraction (or None/NaN) → percent float (NaN when missing)."""
-    if v is None:
-        return float("nan")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return 100.0 * f if math.isfinite(f) else float("nan")
+    """Fraction (or None/NaN) -> percent float for plotting (NaN when missing, drawn as a gap)."""
+    p = percent(v)
+    return float("nan") if p is None else p
 
 
 def _curve_data(
@@ -878,8 +444,8 @@ def block_curves_plotly(
                     customdata=where,
                     connectgaps=False,
                     hovertemplate=(
-                        f"<b>{_hover_escape(head_label(head))}</b><br>%{{customdata}}<br>"
-                        f"{_hover_escape(_metric_label(name))}: %{{y:.2f}}%<extra></extra>"
+                        f"<b>{hover_escape(head_label(head))}</b><br>%{{customdata}}<br>"
+                        f"{hover_escape(_metric_label(name))}: %{{y:.2f}}%<extra></extra>"
                     ),
                 ),
                 row=1,
@@ -1024,46 +590,6 @@ def _check_attention(attn: np.ndarray, class_names: Sequence[str]) -> np.ndarray
     return a
 
 
-def attention_figure(
-    attn: np.ndarray, class_names: Sequence[str], title: str | None = None, top_k: int | None = None
-) -> Figure:
-    """Class × feature-channel attention heatmap.
-
-    Args:
-        attn: ``[R, C]`` weights, rows = classes, columns = feature channels.
-        class_names: ``[R]`` row names.
-        title: figure title (default "Class × channel attention").
-        top_k: if given, each row's ``top_k`` largest channels are marked with a white ring.
-
-    Returns:
-        Matplotlib figure (heatmap axes + colourbar). Signed weights use the diverging colormap
-        symmetric about zero.
-    """
-    a = _check_attention(attn, class_names)
-    n_rows, n_ch = a.shape
-    cmap, lo, hi, signed = _attention_scale(a)
-    fig = Figure(figsize=(min(16.0, max(5.0, 0.05 * n_ch + 3.0)), max(2.6, 0.3 * n_rows + 1.3)), layout="constrained")
-    ax = fig.add_subplot()
-    im = ax.imshow(a, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
-    ax.set_yticks(range(n_rows), [str(c) for c in class_names], fontsize=_SMALL + 1 if n_rows <= 30 else 6)
-    ax.set_xlabel("feature channel")
-    ax.set_ylabel("class")
-    if top_k:
-        k = min(int(top_k), n_ch)
-        filled = np.where(np.isfinite(a), a, -np.inf)
-        top = np.argsort(-filled, axis=1, kind="stable")[:, :k]
-        rows = np.repeat(np.arange(n_rows), k)
-        ax.scatter(top.ravel(), rows, s=22, facecolors="none", edgecolors="white", linewidths=1.0)
-        ax.scatter(top.ravel(), rows, s=36, facecolors="none", edgecolors="black", linewidths=0.5)
-    cb = fig.colorbar(im, ax=ax, pad=0.01, aspect=max(10, 3 * n_rows) if n_rows < 20 else 40)
-    cb.set_label("attention (signed)" if signed else "attention")
-    full = title if title is not None else "Class × channel attention"
-    if top_k:
-        full += f" (○ = top {int(top_k)} per class)"
-    ax.set_title(full)
-    return fig
-
-
 def attention_plotly(attn: np.ndarray, class_names: Sequence[str], title: str | None = None) -> go.Figure:
     """Interactive class × channel attention heatmap (one trace; hover: class, channel, weight)."""
     a = _check_attention(attn, class_names)
@@ -1126,7 +652,7 @@ def channel_maps_figure(
     n = m.shape[0]
     if len(channel_ids) != n or len(weights) != n:
         raise ValueError("channel_ids and weights must have one entry per map")
-    img = _as_rgb_uint8(image)
+    img = as_rgb_uint8(image)
     h, w = m.shape[1:]
     n_panels = n + 1
     ncols = min(n_panels, 6)

@@ -1,4 +1,4 @@
-"""Display names shared by the figures and the UI. No imports, so the app can read them at start-up
+"""Display names shared by the figures, the analyses and the UI. No imports, so anything can read them
 without pulling in matplotlib or torch."""
 
 from __future__ import annotations
@@ -12,3 +12,22 @@ HEAD_LABELS: dict[str, str] = {
     "per_pixel_ds": "Per-pixel + deep sup.",
     "linear": "Linear",
 }
+
+#: Short label per display normalisation (the keys of :data:`analysis.maps.NORMALIZATIONS`), for controls.
+NORMALIZATION_LABELS: dict[str, str] = {
+    "shared": "shared per class",
+    "per_map": "per map",
+    "softmax": "softmax (probability)",
+}
+
+#: What each normalisation does, in a phrase (summaries and figure notes).
+NORMALIZATION_NOTES: dict[str, str] = {
+    "shared": "min–max per class, shared by all stages and heads shown",
+    "per_map": "min–max of each map on its own",
+    "softmax": "softmax over classes at each stage (class probability)",
+}
+
+
+def head_label(head: str) -> str:
+    """Pretty label of ``head`` (its name when it has none in :data:`HEAD_LABELS`)."""
+    return HEAD_LABELS.get(head, head)

@@ -20,29 +20,36 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from structtoken.config import HEAD_NAMES
 from structtoken.devices import autocast
 from structtoken.heads import HeadOutput
-from structtoken.segmentor import Segmentor, SegmentorOutput
+from structtoken.segmentor import Segmentor, SegmentorOutput, upsample
+
+from .roles import head_kind
 
 __all__ = [
     "NORMALIZATIONS",
+    "READOUTS",
     "HeadMaps",
     "ImageMaps",
     "compute_maps",
     "image_maps_from_output",
     "normalize_maps",
+    "readout_stages",
     "resolve_classes",
     "select_classes",
     "stage_names",
+    "stage_tensor",
     "top_channels",
     "upsample_maps",
 ]
 
 NORMALIZATIONS = ("shared", "per_map", "softmax")
 """Display normalisations of class maps (see :func:`normalize_maps`)."""
+
+READOUTS = ("raw",)
+"""How a stage is read as class scores (see :func:`readout_stages`). ``raw``: channel k of the stage's
+K-channel map is class k."""
 
 
 def stage_names(num_blocks: int) -> tuple[str, ...]:
@@ -96,7 +103,7 @@ class _LazyProbs(Mapping[str, np.ndarray]):
 
     def __getitem__(self, head: str) -> np.ndarray:
         logits = _tensor(self._heads[head].stages[-1])[None]
-        return _upsample_torch(logits, self._size)[0].softmax(0).numpy()
+        return upsample(logits, self._size)[0].softmax(0).numpy()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._heads)
@@ -163,6 +170,12 @@ def _stack(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     return _np(torch.cat([t[:1] for t in tensors], dim=0))
 
 
+def stage_tensor(out: HeadOutput) -> torch.Tensor:
+    """``[S, Cs, h, w]`` stages of the first image of a head's output (:meth:`HeadOutput.stage_maps`: the
+    maps entering block 1, after each block, and the logits; S = N + 2), on the output's device."""
+    return torch.cat([m[:1] for m in out.stage_maps()], dim=0)
+
+
 def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
     """Class index of ``[K, H, W]`` logits -> ``[H, W]`` uint8 (int32 when K > 256); first max wins.
 
@@ -177,7 +190,7 @@ def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
 def head_maps(name: str, out: HeadOutput) -> HeadMaps:
     """:class:`HeadMaps` of the first image of a :class:`structtoken.HeadOutput`."""
     blocks = out.blocks
-    stages = _stack([out.tokens_init, *(b.tokens for b in blocks), out.logits])
+    stages = _np(stage_tensor(out))
     attention = None
     if blocks and all(b.attention is not None for b in blocks):
         attention = _stack([b.attention for b in blocks])
@@ -185,13 +198,12 @@ def head_maps(name: str, out: HeadOutput) -> HeadMaps:
     f0 = out.features_init
     if blocks and f0 is not None and all(b.features is not None for b in blocks[:-1]):
         features = _stack([f0, *(b.features for b in blocks[:-1])])
-    kind = HEAD_NAMES.get(name, (name, False))[0]
     return HeadMaps(
         stages=stages,
         stage_names=stage_names(len(blocks)),
         attention=attention,
         block_features=features,
-        kind=kind,
+        kind=head_kind(name),
     )
 
 
@@ -215,15 +227,6 @@ def image_maps_from_output(
     )
 
 
-def _seen_image(x: torch.Tensor, model: Segmentor) -> np.ndarray:
-    """The uint8 image the model saw: undo the normalisation of ``x`` [1, 3, H, W] (exact: the
-    resize rounds to uint8 levels before normalising)."""
-    mean = torch.tensor(model.cfg.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.cfg.std, device=x.device).view(1, 3, 1, 1)
-    img = (x * std + mean).round_().clamp_(0, 255)[0].permute(1, 2, 0)
-    return img.to(torch.uint8).cpu().numpy()
-
-
 @torch.no_grad()
 def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True) -> ImageMaps:
     """Run the backbone once and every head of ``model`` on one image.
@@ -245,10 +248,9 @@ def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True)
     was_training = model.training
     model.eval()
     try:
-        x = model.preprocess(image_uint8, scale="config" if resize else None)
-        seen = image_uint8 if tuple(x.shape[-2:]) == image_uint8.shape[:2] else _seen_image(x, model)
+        seen = model.resize_image(image_uint8, scale="config" if resize else None)
         with autocast(model.device):
-            out = model(x)
+            out = model(model.normalize(seen))
         names = model.cfg.class_names()
         maps = image_maps_from_output(np.ascontiguousarray(seen), out, class_names=names)
     finally:
@@ -329,6 +331,18 @@ def select_classes(maps: ImageMaps, head: str, k: int = 4, classes: Sequence[str
     return [int(i) for i in order[: max(0, int(k))]]
 
 
+# ------------------------------------------------------------------------------------ readouts
+def readout_stages(maps: ImageMaps, head: str, readout: str = "raw") -> np.ndarray:
+    """``[S, K, h, w]`` class scores of every stage of ``head`` read the ``readout`` way.
+
+    Raises:
+        ValueError: an unknown readout (the message lists :data:`READOUTS`).
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
+    return maps.heads[head].stages
+
+
 # ------------------------------------------------------------------------------- normalisation
 def _minmax(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     span = hi - lo
@@ -385,12 +399,6 @@ def normalize_maps(
     return out[""] if single else out
 
 
-def _upsample_torch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (align_corners=False, no antialias) of maps ``[..., h, w]`` to ``[..., H, W]``.
 
@@ -402,7 +410,7 @@ def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"maps must be [..., h, w], got shape {a.shape}")
     lead = a.shape[:-2]
     t = _tensor(a).reshape(1, -1, *a.shape[-2:])
-    out = _upsample_torch(t, (int(size[0]), int(size[1])))
+    out = upsample(t, (int(size[0]), int(size[1])))
     return out.reshape(*lead, int(size[0]), int(size[1])).numpy()
 
 

@@ -7,7 +7,9 @@ For every image (native resolution, one backbone pass for all heads), every head
 (the class maps entering block 1, after each block, the head output), the stage's K-channel map
 is upsampled bilinearly to the label size and scored against the label: mIoU (argmax, dataset
 confusion matrix), mask AP (each class channel ranks the pixels) and boundary F1 (tolerance 2 px),
-with the accumulators of :mod:`analysis.metrics`; label 255 is ignored.
+with the accumulators of :mod:`analysis.metrics`; the dataset's ignore label is ignored.
+
+The outputs name the data and the runs by folder name only (never a path of the machine it ran on).
 
 Writes ``OUT/metrics.json``::
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import sys
 import time
@@ -35,18 +36,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as TF
 from tqdm.auto import tqdm
 
-from structtoken.config import HEAD_NAMES, STRUCTTOKEN_HEADS
+from structtoken.config import ModelConfig
 from structtoken.data import DatasetError, SegmentationDataset
 from structtoken.devices import autocast
-from structtoken.segmentor import Segmentor
+from structtoken.segmentor import Segmentor, upsample
 
 from . import figures as F
-from .maps import ImageMaps, image_maps_from_output, normalize_maps, stage_names, upsample_maps
+from .analyses import COMPARISON, PROBE
+from .grid import block_grid, render_static
+from .labels import head_label
+from .maps import ImageMaps, image_maps_from_output, stage_names, stage_tensor
 from .metrics import BoundaryF1Accumulator, ConfusionAccumulator, MaskAPAccumulator
-from .probe import _relation_sentence, comparison_heads, probe_summary, structtoken_heads
+from .probe import probe_summary, relation_sentence
+from .roles import baseline_heads, structtoken_heads
+from .values import json_ready, percent
 
 __all__ = ["StageMetrics", "build_report", "evaluate_stages", "main", "read_probe_json", "read_probe_run"]
 
@@ -59,7 +64,7 @@ NUM_EXAMPLES = 2
 class StageMetrics:
     """The three dataset accumulators of one (head, stage)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int) -> None:
         self.confusion = ConfusionAccumulator(num_classes, ignore_index)
         self.mask_ap = MaskAPAccumulator(num_classes, ignore_index)
         self.boundary = BoundaryF1Accumulator(num_classes, BOUNDARY_TOLERANCE, ignore_index)
@@ -82,11 +87,6 @@ class StageMetrics:
             "ap_per_class": a["ap_per_class"],
             "f1_per_class": b["f1_per_class"],
         }
-
-
-def _stage_tensor(out: Any) -> torch.Tensor:
-    """[S, K, h, w] stages of the first image of a HeadOutput."""
-    return torch.cat([out.tokens_init[:1], *(b.tokens[:1] for b in out.blocks), out.logits[:1]], dim=0)
 
 
 @torch.no_grad()
@@ -128,13 +128,12 @@ def evaluate_stages(
             size = tuple(label.shape)
             per_head = {}
             for h in heads:
-                st = _stage_tensor(out.heads[h]).float()
-                up = TF.interpolate(st, size=size, mode="bilinear", align_corners=False).cpu().numpy()
+                up = upsample(stage_tensor(out.heads[h]).float(), size).cpu().numpy()
                 # numpy's argmax over the class axis is ~5x faster than torch's on the CPU
                 pred = up.argmax(axis=1).astype(np.uint8 if k <= 256 else np.int32)
                 per_head[h] = (np.ascontiguousarray(up), pred)
                 if h not in acc:
-                    acc[h] = [StageMetrics(k, ignore) for _ in range(st.shape[0])]
+                    acc[h] = [StageMetrics(k, ignore) for _ in range(up.shape[0])]
             t2 = time.perf_counter()
 
             def run(h: str, label: np.ndarray = label, per_head: dict = per_head) -> None:
@@ -213,65 +212,38 @@ def collect_probe(json_files: Sequence[str | Path] = (), run_dirs: Sequence[str 
         found = {h: res[h] for h in seeds if h in res}
         for h, v in found.items():
             seeds[h].append(v)
-        sources.append({"source": str(src), **found})
+        sources.append({"source": Path(src).name, **found})  # a folder / file name, never a machine path
     return {"seeds": {h: v for h, v in seeds.items() if v}, "sources": sources}
 
 
 # ------------------------------------------------------------------------------------ figures
-def _example_figure(maps: ImageMaps, label: np.ndarray, heads: Sequence[str], title: str) -> Any:
-    """Paper-style grid with ground-truth (solid) and prediction (dashed) class contours."""
-    st = structtoken_heads(heads)
-    focus = st[0] if st else heads[0]
-    grid_heads = (
-        comparison_heads(heads, "probe", focus)
-        if "per_pixel_ds" in heads
-        else (comparison_heads(heads, "comparison", focus) if "per_pixel" in heads and st else list(heads)[:3])
-    )
-    valid = label[label != 255].astype(np.int64)
-    k = maps.heads[focus].stages.shape[1]
-    area = np.bincount(valid, minlength=k)
+def _example_figure(maps: ImageMaps, label: np.ndarray, cfg: ModelConfig, ignore_index: int, title: str) -> Any:
+    """The analyses' block grid of one dataset image, with ground-truth (solid) and prediction (dashed)
+    class outlines: the probe's heads when the set supports it, else the comparison's, else the first three."""
+    heads = list(cfg.heads)
+    focus = next(iter(structtoken_heads(heads)), heads[0])
+    grid = next((a for a in (PROBE, COMPARISON) if a.supported(cfg) is None), None)
+    grid_heads = grid.heads(cfg, focus) if grid is not None else heads[:3]
+    valid = label[label != ignore_index].astype(np.int64)
+    area = np.bincount(valid, minlength=maps.heads[focus].stages.shape[1])
     class_ids = [int(c) for c in np.argsort(-area, kind="stable")[:4] if area[c] > 0] or [0]
-    normed = normalize_maps({h: maps.heads[h].stages for h in grid_heads}, "shared")
-    assert isinstance(normed, dict)
-    h, w = label.shape
-    f = 160 / max(h, w)
-    size = (max(8, round(h * f)), max(8, round(w * f)))
-    panels = {
-        hd: np.clip(upsample_maps(normed[hd][:, class_ids].transpose(1, 0, 2, 3), size), 0, 1) for hd in grid_heads
-    }
-    ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
-    xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
-    names = maps.class_names
-    return F.comparison_figure(
-        maps.image,
-        [names[c] for c in class_ids],
-        {hd: list(maps.heads[hd].stage_names) for hd in grid_heads},
-        panels,
-        vmin=0.0,
-        vmax=1.0,
-        label=label[ys][:, xs],
-        pred=maps.pred[focus][ys][:, xs],
-        class_ids=class_ids,
+    layout = block_grid(
+        maps,
+        grid_heads,
+        class_ids,
+        "shared",
+        outline_head=focus,
+        label=label,
         title=title,
+        cell_long_side=160,
     )
+    return render_static(layout)
 
 
 # ------------------------------------------------------------------------------------ writing
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def _p(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * float(v):.1f}"
+    p = percent(v)
+    return "–" if p is None else f"{p:.1f}"
 
 
 def _head_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list[str]:
@@ -286,7 +258,7 @@ def _head_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list[str]:
         gains = [(names[i], mi[i] - mi[i - 1]) for i in range(1, len(mi))]
         best = max(gains, key=lambda g: g[1]) if gains else None
         s = (
-            f"{F.head_label(h)}: mIoU {_p(mi[0])} at the input → {_p(mi[-1])} at the output, mask AP "
+            f"{head_label(h)}: mIoU {_p(mi[0])} at the input → {_p(mi[-1])} at the output, mask AP "
             f"{_p(seq[0].get('mask_ap'))} → {_p(seq[-1].get('mask_ap'))}"
         )
         if best is not None:
@@ -296,20 +268,20 @@ def _head_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list[str]:
     return out
 
 
+def _block_percents(entry: dict[str, Any], metric: str) -> list[float]:
+    return [float("nan") if (p := percent(b.get(metric))) is None else p for b in entry["blocks"]]
+
+
 def _comparison_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list[str]:
-    if "per_pixel" not in metrics:
-        return []
+    """Each StructToken head's block maps against each baseline's (mask AP, then mIoU)."""
     out = []
-    for st in structtoken_heads(heads):
-        for metric in ("mask_ap", "miou"):
-            vals = [100 * v if v is not None else float("nan") for v in (b.get(metric) for b in metrics[st]["blocks"])]
-            base = [
-                100 * v if v is not None else float("nan")
-                for v in (b.get(metric) for b in metrics["per_pixel"]["blocks"])
-            ]
-            s = _relation_sentence(F.head_label(st), vals, F.head_label("per_pixel"), base, metric)
-            if s:
-                out.append(s)
+    for base in baseline_heads([h for h in heads if h in metrics]):
+        for st in structtoken_heads(heads):
+            for metric in ("mask_ap", "miou"):
+                vals, ref = _block_percents(metrics[st], metric), _block_percents(metrics[base], metric)
+                s = relation_sentence(head_label(st), vals, head_label(base), ref, metric)
+                if s:
+                    out.append(s)
     return out
 
 
@@ -348,7 +320,7 @@ def write_markdown(result: dict[str, Any], heads: Sequence[str], figures: dict[s
     for h in heads:
         f = result[h]["final"]
         lines.append(
-            f"| {F.head_label(h)} | {_p(f['miou'])} | {_p(f['mask_ap'])} | {_p(f['boundary_f1'])} | "
+            f"| {head_label(h)} | {_p(f['miou'])} | {_p(f['mask_ap'])} | {_p(f['boundary_f1'])} | "
             f"{_p(f.get('pixel_accuracy'))} |"
         )
     for metric in METRICS:
@@ -365,7 +337,7 @@ def write_markdown(result: dict[str, Any], heads: Sequence[str], figures: dict[s
             cells = [_p(m["input"].get(metric))]
             cells += [_p(m["blocks"][i].get(metric)) if i < len(m["blocks"]) else "–" for i in range(n)]
             cells.append(_p(m["final"].get(metric)))
-            lines.append(f"| {F.head_label(h)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {head_label(h)} | " + " | ".join(cells) + " |")
     lines += ["", "## Deep-supervision probe", ""]
     pr = result.get("probe", {})
     seeds = pr.get("seeds") or {}
@@ -374,7 +346,7 @@ def write_markdown(result: dict[str, Any], heads: Sequence[str], figures: dict[s
         for h, st in (probe or {}).get("heads", {}).items():
             std = "–" if st["std"] is None else f"{st['std']:.2f}"
             mean = "–" if st["mean"] is None else f"{st['mean']:.2f}"
-            lines.append(f"| {F.head_label(h)} | {st['n']} | {mean} | {std} |")
+            lines.append(f"| {head_label(h)} | {st['n']} | {mean} | {std} |")
         lines += ["", f"**Verdict:** {probe['verdict']}" if probe else ""]
     else:
         lines.append(
@@ -389,6 +361,11 @@ def write_markdown(result: dict[str, Any], heads: Sequence[str], figures: dict[s
         if name.endswith(".png"):
             lines.append(f"\n  ![{caption}]({name})\n")
     return "\n".join(lines) + "\n"
+
+
+def _name_only(model: str) -> str:
+    """A model given as a checkpoint path is named by its file name; names stay as they are."""
+    return Path(model).name if (os.sep in model or Path(model).suffix) else model
 
 
 def build_report(
@@ -422,19 +399,19 @@ def build_report(
             continue
         result[h] = {"input": stages[0], "blocks": stages[1:-1], "final": stages[-1]}
     head_metrics = {h: result[h] for h in heads if h in result}
-    st = next((h for h in heads if HEAD_NAMES[h][0] in STRUCTTOKEN_HEADS), None)
+    st = next(iter(structtoken_heads(heads)), None)
     result["probe"] = {
         **probe,
         "summary": probe_summary(probe["seeds"], head_metrics or None, structtoken_head=st),
     }
     seconds = time.perf_counter() - t0
     result["meta"] = {
-        "model": model_name or model.cfg.name,
+        "model": _name_only(model_name) or model.cfg.name,
         "model_name": model.cfg.name,
         "heads": heads,
         "classes": list(model.cfg.class_names()),
         "split": dataset.split,
-        "data": str(dataset.root),
+        "data": Path(dataset.root).name,  # the folder's name: no machine path in a shipped report
         "n_images": n,
         "ignore_index": dataset.info.ignore_index,
         "boundary_tolerance": BOUNDARY_TOLERANCE,
@@ -446,7 +423,7 @@ def build_report(
     }
     figures: dict[str, str] = {}
     if head_metrics:
-        title = f"Per-block metrics: {model_name or model.cfg.name} ({dataset.split}, {n} images)"
+        title = f"Per-block metrics: {result['meta']['model']} ({dataset.split}, {n} images)"
         fig = F.block_curves_figure(head_metrics, title=title)
         fig.savefig(out / "block_curves.png", dpi=110)
         F.block_curves_plotly(head_metrics, title=title).write_html(out / "block_curves.html", include_plotlyjs=True)
@@ -458,11 +435,12 @@ def build_report(
     for i, (maps, label) in sorted(kept.items()):
         name = dataset.names[i]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        fig = _example_figure(maps, label, heads, f"{name}: class maps block by block (shared normalisation)")
+        title = f"{name}: class maps block by block (shared normalisation)"
+        fig = _example_figure(maps, label, model.cfg, dataset.info.ignore_index, title)
         fig.savefig(out / f"comparison_{safe}.png", dpi=90)
         figures[f"comparison_{safe}.png"] = f"class maps of {name}"
     result["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
-    clean = _clean(result)
+    clean = json_ready(result)
     (out / "metrics.json").write_text(json.dumps(clean, indent=1))
     (out / "report.md").write_text(write_markdown(clean, [h for h in heads if h in clean], figures))
     return clean

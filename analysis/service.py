@@ -1,17 +1,17 @@
-"""The one function the UI calls: :func:`analyze` an image with a model set.
+"""The service between the models and the UI: an :class:`Explorer` analyses an image with a model set.
 
-It turns any image input into uint8 RGB (:func:`load_image`), loads the set (cached), runs the
-backbone and every head once per (set, image) (cached), and builds the figures, table, summary and
-downloads of the asked analysis from the cached arrays, so changing the analysis, the classes,
-the normalisation or the block does not run the model again. Every bad input raises
-:class:`AnalysisError` with a message meant for a person. Thread-safe.
+``Explorer().analyze(AnalysisRequest(image, model="camvid", analysis="comparison"))`` turns any image
+input into uint8 RGB (:func:`load_image`), loads the set (cached), runs the backbone and every head
+once per (set, image) (cached), and asks the analysis (from the registry :data:`ANALYSES`) for the
+view of the cached arrays, so changing the analysis, the classes, the normalisation or the block does
+not run the model again. :meth:`Explorer.describe_model` tells the controls what a set offers
+without loading its weights when it can. Every bad input raises :class:`AnalysisError` with a
+message meant for a person. An Explorer owns its caches and is thread-safe.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -21,48 +21,46 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from structtoken.assets import EMBEDDED
-from structtoken.checkpoint import CheckpointError
-from structtoken.config import ConfigError
+from structtoken.assets import EMBEDDED, available_models, load_any
+from structtoken.checkpoint import FORMAT_KEY, CheckpointError, read_metadata
+from structtoken.config import REGISTRY, ConfigError, ModelConfig
 from structtoken.devices import resolve_device
+from structtoken.io import ImageReadError, read_image
 from structtoken.segmentor import Segmentor
 
 from . import figures as F
-from .maps import NORMALIZATIONS, ImageMaps, compute_maps, select_classes
-from .probe import (
-    ANALYSES,
-    NORMALIZATION_LABELS,
-    attention_heads,
-    attention_view,
-    comparison_heads,
-    comparison_view,
-    prediction_view,
-    probe_summary,
-    structtoken_heads,
-    supported_analyses,
-)
+from .analyses import ANALYSES, Analysis, View, ViewRequest
+from .labels import head_label
+from .maps import NORMALIZATIONS, READOUTS, ImageMaps, compute_maps, select_classes
+from .probe import report_heads
+from .values import json_ready, md_table
 
 __all__ = [
     "ANALYSES",
+    "DEVICES",
     "MAX_PIXELS",
     "MAX_SIDE",
     "MIN_SIDE",
     "NORMALIZATIONS",
+    "READOUTS",
     "AnalysisError",
+    "AnalysisInfo",
+    "AnalysisRequest",
     "AnalysisResult",
-    "analyze",
-    "clear_caches",
+    "Explorer",
+    "ModelInfo",
     "load_image",
     "report_path",
-    "shipped_report",
+    "save_downloads",
+    "save_pdf",
 ]
 
 MIN_SIDE = 16
@@ -73,25 +71,49 @@ MAX_PIXELS = 40_000_000
 """Images with more pixels are downscaled (with a notice)."""
 DEFAULT_NUM_CLASSES = 4
 """Rows shown by default (the classes with the largest predicted area)."""
-
-_MAX_MODELS = 2
-_MAX_MAPS = 8
-
-ANALYSIS_TITLES = {
-    "prediction": "Prediction",
-    "comparison": "StructToken vs. per-pixel baseline, block by block",
-    "probe": "Deep-supervision probe",
-    "attention": "Class × channel attention",
-}
+DEVICES = ("auto", "cpu", "cuda")
+"""Where the model runs: ``auto`` is CUDA when available."""
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 class AnalysisError(ValueError):
     """A bad input or an impossible request; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What the UI asks for.
+
+    Attributes:
+        image: numpy array (uint8 / uint16 / float / bool; grey, RGB, RGBA), PIL image, file bytes or a
+            file path (see :func:`load_image`).
+        model: ``"camvid"`` (the embedded set), a released checkpoint name or a checkpoint path.
+        analysis: a key of :data:`ANALYSES`.
+        head: the head to show (None: the analysis's default, the set's first StructToken head).
+        classes: class names (or indices) for the rows; None / empty -> the 4 largest predicted.
+        normalize: one of :data:`NORMALIZATIONS` (see :func:`analysis.maps.normalize_maps`).
+        block: ``attention``: the block 1..N (None: N); ``comparison`` / ``probe``: only that stage
+            (0 = input maps, 1..N blocks, N + 1 = output; None = all).
+        opacity: overlay opacity in [0, 1].
+        device: one of :data:`DEVICES`.
+        readout: how stages are read as class scores, one of :data:`READOUTS`.
+    """
+
+    image: Any
+    model: str = "camvid"
+    analysis: str = "comparison"
+    head: str | None = None
+    classes: Sequence[str | int] | None = None
+    normalize: str = "shared"
+    block: int | None = None
+    opacity: float = 0.5
+    device: str = "auto"
+    readout: str = "raw"
+
+
 @dataclass
 class AnalysisResult:
-    """Everything the UI shows for one :func:`analyze` call.
+    """Everything the UI shows for one :meth:`Explorer.analyze` call.
 
     Attributes:
         figure: static matplotlib figure (the grid, the prediction, or channel maps).
@@ -124,160 +146,61 @@ class AnalysisResult:
     available: dict[str, str | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AnalysisInfo:
+    """What the controls offer for one analysis of one set.
+
+    Attributes:
+        name, label, title: the analysis's key, control label and heading.
+        reason: None when the set supports it, else why not.
+        head_control: the head control's label; heads: the heads the user may pick (first = default).
+        blocks: (label, block) options of the block control (None = every stage / the last block).
+    """
+
+    name: str
+    label: str
+    title: str
+    reason: str | None
+    head_control: str
+    heads: tuple[str, ...]
+    blocks: tuple[tuple[str, int | None], ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model set offers, for the controls (see :meth:`Explorer.describe_model`).
+
+    Attributes:
+        spec: the model as asked for; name: its configured name (or the file name).
+        source: ``ours`` (a safetensors set with its config), ``official`` (the authors' release or an
+            mmseg ``.pth``) or ``unknown`` (missing or unreadable file).
+        known: whether the config is known; an official ``.pth`` needs its weights read first (known
+            once the set has been analysed).
+        heads, classes, num_blocks: of the set (empty / None when not known).
+        analyses: analysis name -> :class:`AnalysisInfo`, in display order (empty when not known).
+    """
+
+    spec: str
+    name: str
+    source: str
+    known: bool
+    heads: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    num_blocks: int | None = None
+    analyses: dict[str, AnalysisInfo] = field(default_factory=dict)
+
+
 # ------------------------------------------------------------------------------------ images
 def _wh(shape: Sequence[int]) -> str:
     return f"{shape[1]}x{shape[0]}"
 
 
-def _pil_to_array(im: Image.Image, notices: list[str]) -> tuple[np.ndarray, int | None]:
-    """Decode a PIL image into an array (and its bit depth when the mode says it)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and im.width * im.height > limit:
-        raise AnalysisError(
-            f"the image is {im.width}x{im.height} px ({im.width * im.height / 1e6:.0f} MP), "
-            "over the decoder's "
-            f"safety limit of {limit / 1e6:.0f} MP (decompression-bomb guard); downscale it before uploading"
-        )
-    with contextlib.suppress(EOFError, AttributeError):
-        im.seek(0)
-    if getattr(im, "n_frames", 1) > 1:
-        notices.append("the file holds several frames; the first one is analysed")
-    if im.format == "JPEG" and (max(im.size) > MAX_SIDE or im.width * im.height > MAX_PIXELS):
-        # decode big JPEGs at a reduced scale (a power of 2 that stays above the final size)
-        f = min(MAX_SIDE / max(im.size), math.sqrt(MAX_PIXELS / (im.width * im.height)))
-        size0 = im.size
-        im.draft("RGB", (math.ceil(im.width * f), math.ceil(im.height * f)))
-        if im.size != size0:
-            notices.append(f"JPEG of {size0[0]}x{size0[1]} px decoded at reduced scale ({im.width}x{im.height})")
-    im.load()
-    transposed = ImageOps.exif_transpose(im)
-    if transposed is not None and transposed is not im:
-        im = transposed
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(im).astype(np.uint16), 16
-    if mode in ("I", "F"):
-        return np.asarray(im), None
-    if mode == "1":
-        return np.asarray(im.convert("L")), 8
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA")), 8
-    if mode == "L":
-        return np.asarray(im), 8
-    return np.asarray(im.convert("RGB")), 8
-
-
-def _to_unit_float(arr: np.ndarray, notices: list[str], bits: int | None) -> np.ndarray:
-    """Any numeric array -> float32 in [0, 1] (16-bit scaled by its range, floats in 0..1 or 0..255)."""
-    if arr.dtype == bool:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        lo, hi = int(arr.min()), int(arr.max())
-        if arr.dtype == np.uint16 or bits == 16:
-            return arr.astype(np.float32) / 65535.0
-        if lo >= 0 and hi <= 255:
-            return arr.astype(np.float32) / 255.0
-        if lo >= 0 and hi <= 65535:
-            notices.append(f"{arr.dtype} image with values up to {hi} read as 16-bit (0..65535)")
-            return arr.astype(np.float32) / 65535.0
-        notices.append(f"{arr.dtype} image with values {lo}..{hi} rescaled to 0..255")
-        return ((arr.astype(np.float64) - lo) / max(hi - lo, 1)).astype(np.float32)
-    if np.issubdtype(arr.dtype, np.floating):
-        a = arr.astype(np.float32)
-        finite = np.isfinite(a)
-        if not finite.all():
-            if not finite.any():
-                raise AnalysisError("the image holds no finite values (all NaN or infinite)")
-            notices.append(f"{int((~finite).sum())} NaN / infinite values set to black")
-            a = np.where(finite, a, 0.0).astype(np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return a
-        if lo >= 0.0 and hi <= 255.0:
-            notices.append(f"float image with values up to {hi:.4g} read as 0..255")
-            return a / 255.0
-        notices.append(f"float image with values {lo:.4g}..{hi:.4g} rescaled to 0..255")
-        return ((a - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-    raise AnalysisError(f"unsupported pixel type {arr.dtype}: expected integers, floats or booleans")
-
-
-def _array_to_rgb(arr: np.ndarray, notices: list[str], bits: int | None = None) -> np.ndarray:
-    """Numeric array ``[H, W]``, ``[H, W, 1..4]`` (or channel-first ``[1..4, H, W]``) -> uint8
-    ``[H, W, 3]``."""
-    if arr.dtype == object or not (
-        arr.dtype == bool or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise AnalysisError(f"unsupported pixel type {arr.dtype}: expected integers, floats or booleans")
-    if arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4) and arr.shape[0] in (1, 2, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)
-        notices.append("channel-first array read as [H, W, C]")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise AnalysisError(
-            f"an image array must be [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA); got shape {tuple(arr.shape)}"
-        )
-    if arr.size == 0:
-        raise AnalysisError(f"the image is empty ({_wh(arr.shape)} px)")
-    c = arr.shape[2]
-    has_alpha = c in (2, 4)
-    if arr.dtype == np.uint8 and bits in (None, 8):
-        color = arr[:, :, : c - 1] if has_alpha else arr
-        rgb = np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color
-        if has_alpha:
-            alpha = arr[:, :, -1]
-            if alpha.min() < 255:
-                a = alpha.astype(np.float32)[:, :, None] / 255.0
-                rgb = np.clip(rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
-                notices.append("transparent pixels composited on white")
-        return np.ascontiguousarray(rgb, dtype=np.uint8)
-    unit = _to_unit_float(arr, notices, bits)
-    color = unit[:, :, : c - 1] if has_alpha else unit
-    if color.shape[2] == 1:
-        color = np.repeat(color, 3, axis=2)
-    if has_alpha:
-        a = unit[:, :, -1:]
-        if a.min() < 1.0:
-            color = color * a + (1.0 - a)
-            notices.append("transparent pixels composited on white")
-    return np.ascontiguousarray(np.clip(color * 255.0 + 0.5, 0, 255).astype(np.uint8))
-
-
-def _open_bytes_or_path(image: Any, notices: list[str]) -> tuple[np.ndarray, int | None]:
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        src: Any = io.BytesIO(bytes(image))
-        name = "the uploaded data"
-        if not bytes(image):
-            raise AnalysisError("the uploaded data is empty (0 bytes)")
-    else:
-        path = Path(os.fspath(image)).expanduser()
-        name = path.name or str(path)
-        if not path.is_file():
-            raise AnalysisError(f"image file not found: {path}")
-        if path.stat().st_size == 0:
-            raise AnalysisError(f"{name} is empty (0 bytes)")
-        src = path
-    try:
-        with Image.open(src) as im:
-            return _pil_to_array(im, notices)
-    except AnalysisError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise AnalysisError(f"{name} is too large to decode safely ({e}); downscale it before uploading") from None
-    except UnidentifiedImageError:
-        raise AnalysisError(f"{name} is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP, GIF ...)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise AnalysisError(f"could not decode {name}: the file looks truncated or corrupt ({e})") from None
-
-
 def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
     """Turn an image input into uint8 RGB ``[H, W, 3]`` and a list of notices (sentences).
 
-    Accepts a numpy array (uint8 / uint16 / other ints / float / bool; ``[H, W]``, ``[H, W, 1]``,
-    ``[H, W, 2]`` grey + alpha, ``[H, W, 3]``, ``[H, W, 4]``), a PIL image, raw file bytes or a
-    file path. 16-bit values are scaled by their full range (not clipped); floats in [0, 1] are
-    scaled by 255; alpha is composited on white; greyscale is repeated to 3 channels. Images
-    larger than :data:`MAX_SIDE` px on a side or :data:`MAX_PIXELS` pixels are downscaled (a
+    Reads it with the project's one reader, :func:`structtoken.io.read_image` (its 16-bit, alpha,
+    grey and EXIF rules), then applies the app's size policy: at least :data:`MIN_SIDE` px a side;
+    images larger than :data:`MAX_SIDE` px on a side or :data:`MAX_PIXELS` pixels are downscaled (a
     notice says so).
 
     Raises:
@@ -285,32 +208,10 @@ def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
             unsupported input.
     """
     notices: list[str] = []
-    bits: int | None = None
-    if image is None:
-        raise AnalysisError("no image given: upload an image or pick an example")
-    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        if isinstance(image, str) and not image.strip():
-            raise AnalysisError("no image given: the path is empty")
-        arr, bits = _open_bytes_or_path(image, notices)
-    elif isinstance(image, Image.Image):
-        try:
-            arr, bits = _pil_to_array(image, notices)
-        except AnalysisError:
-            raise
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise AnalysisError(f"could not decode the image: it looks truncated or corrupt ({e})") from None
-    elif isinstance(image, torch.Tensor):
-        arr = image.detach().cpu().numpy()
-    elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):
-        try:
-            arr = np.asarray(image)
-        except (TypeError, ValueError) as e:
-            raise AnalysisError(f"could not read the image array: {e}") from None
-    else:
-        raise AnalysisError(
-            f"unsupported image input {type(image).__name__}: pass a numpy array, a PIL image or a file path"
-        )
-    rgb = _array_to_rgb(arr, notices, bits)
+    try:
+        rgb = read_image(image, notices, max_side=MAX_SIDE, max_pixels=MAX_PIXELS)
+    except ImageReadError as e:
+        raise AnalysisError(str(e)) from None
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise AnalysisError(
@@ -335,14 +236,6 @@ def load_image(image: Any) -> tuple[np.ndarray, list[str]]:
     return rgb, notices
 
 
-def image_key(rgb: np.ndarray) -> str:
-    """Content hash of a uint8 image (blake2b of shape + bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(rgb.shape).encode())
-    h.update(np.ascontiguousarray(rgb).data)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------ reports
 def report_path(model_spec: str | os.PathLike[str]) -> Path | None:
     """Where a set's shipped dataset report would be: ``assets/camvid/report/metrics.json`` for the
@@ -352,78 +245,88 @@ def report_path(model_spec: str | os.PathLike[str]) -> Path | None:
     if s in EMBEDDED:
         return EMBEDDED[s].parent / "report" / "metrics.json"
     p = Path(s).expanduser()
-    if p.suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt") and p.is_file():
+    if p.suffix in CHECKPOINT_SUFFIXES and p.is_file():
         return p.parent / "report" / "metrics.json"
     return None
 
 
-_REPORTS: dict[str, tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
-_REPORT_LOCK = threading.Lock()
-
-
-def _report_entry(model_spec: str) -> tuple[dict[str, Any] | None, go.Figure | None, Path | None]:
-    path = report_path(model_spec)
-    if path is None or not path.is_file():
-        return None, None, path
-    mtime = path.stat().st_mtime
-    key = str(path)
-    with _REPORT_LOCK:
-        hit = _REPORTS.get(key)
-        if hit is not None and hit[0] == mtime:
-            return hit[1], hit[2], path
+def _read_report(path: Path) -> tuple[dict[str, Any] | None, go.Figure | None]:
+    """A report's JSON (None when unreadable) and its per-block curves (None without head entries)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            data = None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        data = None
-    curves = None
-    if data is not None:
-        heads = _report_heads(data)
-        if heads:
-            try:
-                curves = F.block_curves_plotly(heads, title="Per-block metrics on the dataset (shipped report)")
-            except (ValueError, TypeError, KeyError):
-                curves = None
-    with _REPORT_LOCK:
-        _REPORTS[key] = (mtime, data, curves)
-    return data, curves, path
-
-
-def _report_heads(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
-
-
-def shipped_report(model_spec: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The dataset report (``metrics.json`` of ``python -m analysis report``) shipped with a set, or
-    None when there is none (or it cannot be read). See :func:`report_path` for where it is looked for."""
-    return _report_entry(str(model_spec))[0]
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    heads = report_heads(data)
+    if not heads:
+        return data, None
+    try:
+        return data, F.block_curves_plotly(heads, title="Per-block metrics on the dataset (shipped report)")
+    except (ValueError, TypeError, KeyError):
+        return data, None
 
 
 # ------------------------------------------------------------------------------------- caches
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A thread-safe least-recently-used mapping of at most ``size`` entries."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: K, value: V) -> list[K]:
+        """Store ``value``; returns the keys evicted to make room."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            evicted = []
+            while len(self._items) > self.size:
+                evicted.append(self._items.popitem(last=False)[0])
+            return evicted
+
+    def drop(self, keep: Callable[[K], bool]) -> None:
+        """Forget every entry whose key ``keep`` rejects."""
+        with self._lock:
+            for k in [k for k in self._items if not keep(k)]:
+                del self._items[k]
+
+    def values(self) -> list[V]:
+        with self._lock:
+            return list(self._items.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
 @dataclass
 class _ModelEntry:
-    model: Segmentor
-    lock: threading.Lock
+    spec: str
     key: tuple[Any, ...]
-
-
-_CACHE_LOCK = threading.Lock()
-_LOAD_LOCK = threading.Lock()
-_MODELS: OrderedDict[tuple[Any, ...], _ModelEntry] = OrderedDict()
-_MAPS: OrderedDict[tuple[Any, ...], ImageMaps] = OrderedDict()
-
-
-def clear_caches() -> None:
-    """Forget every cached model set, image maps and report."""
-    with _CACHE_LOCK:
-        _MODELS.clear()
-        _MAPS.clear()
-    with _REPORT_LOCK:
-        _REPORTS.clear()
+    model: Segmentor
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while the model runs: one image pass at a time per model."""
 
 
 def _model_key(spec: str, device: torch.device) -> tuple[Any, ...]:
+    """The file (resolved path, mtime, size) and device, so an overwritten checkpoint is reloaded."""
     path = EMBEDDED.get(spec) or Path(spec).expanduser()
     try:
         st = path.stat() if path.is_file() else None
@@ -434,51 +337,12 @@ def _model_key(spec: str, device: torch.device) -> tuple[Any, ...]:
     return (str(path.resolve()), st.st_mtime_ns, st.st_size, str(device))
 
 
-def _progress(progress: Callable[..., Any] | None, frac: float, desc: str) -> None:
-    if progress is not None:
-        progress(float(frac), desc)
-
-
-def _get_model(spec: str, device: torch.device, progress: Callable[..., Any] | None) -> tuple[_ModelEntry, float]:
-    key = _model_key(spec, device)
-    with _CACHE_LOCK:
-        entry = _MODELS.get(key)
-        if entry is not None:
-            _MODELS.move_to_end(key)
-            return entry, 0.0
-    from structtoken.assets import load_any
-
-    with _LOAD_LOCK:
-        with _CACHE_LOCK:  # loaded by another thread meanwhile?
-            entry = _MODELS.get(key)
-        if entry is not None:
-            return entry, 0.0
-        t0 = time.perf_counter()
-        _progress(progress, 0.02, f"loading model {spec}")
-
-        def on_bytes(done: int, total: int | None) -> None:
-            if total:
-                _progress(
-                    progress,
-                    0.02 + 0.5 * done / total,
-                    f"downloading {spec}: {done / 1e6:.0f} / {total / 1e6:.0f} MB",
-                )
-
-        try:
-            model = load_any(spec, device=device, progress=False, progress_callback=on_bytes)
-        except (CheckpointError, ConfigError) as e:
-            raise AnalysisError(str(e)) from None
-        except (ValueError, OSError, RuntimeError) as e:
-            raise AnalysisError(f"could not load model {spec!r}: {e}") from None
-        model.eval()
-        entry = _ModelEntry(model=model, lock=threading.Lock(), key=key)
-        with _CACHE_LOCK:
-            _MODELS[key] = entry
-            while len(_MODELS) > _MAX_MODELS:
-                old, _ = _MODELS.popitem(last=False)
-                for k in [k for k in _MAPS if k[0] == old]:
-                    del _MAPS[k]
-        return entry, time.perf_counter() - t0
+def image_key(rgb: np.ndarray) -> str:
+    """Content hash of a uint8 image (blake2b of shape + bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
 
 
 def _freeze(maps: ImageMaps) -> None:
@@ -490,349 +354,400 @@ def _freeze(maps: ImageMaps) -> None:
         a.setflags(write=False)
 
 
-def _get_maps(
-    entry: _ModelEntry, rgb: np.ndarray, progress: Callable[..., Any] | None
-) -> tuple[ImageMaps, bool, float]:
-    key = (entry.key, image_key(rgb))
-    with _CACHE_LOCK:
-        hit = _MAPS.get(key)
-        if hit is not None:
-            _MAPS.move_to_end(key)
-            return hit, True, 0.0
-    with entry.lock:
-        with _CACHE_LOCK:
-            hit = _MAPS.get(key)
-        if hit is not None:
-            return hit, True, 0.0
-        _progress(progress, 0.55, "running the backbone and heads")
-        try:
-            maps = compute_maps(entry.model, rgb, resize=True)
-        except torch.cuda.OutOfMemoryError:
-            raise AnalysisError("out of GPU memory for this image; try a smaller image or device 'cpu'") from None
-        except RuntimeError as e:
-            raise AnalysisError(f"the model could not run on this image ({e})") from None
-    _freeze(maps)
-    with _CACHE_LOCK:
-        _MAPS[key] = maps
-        while len(_MAPS) > _MAX_MAPS:
-            _MAPS.popitem(last=False)
-    return maps, False, maps.seconds
+def _progress(progress: Callable[..., Any] | None, frac: float, desc: str) -> None:
+    if progress is not None:
+        progress(float(frac), desc)
 
 
-# ------------------------------------------------------------------------------------ analyze
-def _choose_head(heads: Sequence[str], analysis: str, head: str | None) -> str:
-    st = structtoken_heads(heads)
-    if analysis == "attention":
-        allowed = attention_heads(heads)
-        if head is None:
-            return allowed[0]
-        if head not in allowed:
-            raise AnalysisError(f"head {head!r} has no class x channel attention; choose one of {', '.join(allowed)}")
-        return head
-    if head is None:
-        return st[0] if st else heads[0]
-    if head not in heads:
-        raise AnalysisError(f"this set has no head {head!r}; its heads are {', '.join(heads)}")
-    if analysis in ("comparison", "probe") and st and head not in st:
-        raise AnalysisError(
-            f"{head!r} is not a StructToken head; for the {analysis} pick one of {', '.join(st)} "
-            "(the per-pixel heads are always part of the grid)"
-        )
-    return head
-
-
-def _validate(analysis: str, normalize: str, block: Any, opacity: Any) -> None:
-    if analysis not in ANALYSES:
-        raise AnalysisError(f"unknown analysis {analysis!r}; choose one of {', '.join(ANALYSES)}")
-    if normalize not in NORMALIZATIONS:
-        raise AnalysisError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer))):
-        raise AnalysisError(f"block must be a whole number or None, got {block!r}")
+def _cheap_config(spec: str) -> tuple[str, ModelConfig | None]:
+    """(source, config) of a set without loading weights; the config is None when it needs them."""
+    if spec in REGISTRY:
+        return "official", REGISTRY[spec]
+    path = EMBEDDED.get(spec) or Path(spec).expanduser()
+    if not path.is_file():
+        return "unknown", None
+    if path.suffix != ".safetensors":
+        return "official", None
     try:
-        op = float(opacity)
-    except (TypeError, ValueError):
-        raise AnalysisError(f"opacity must be a number in [0, 1], got {opacity!r}") from None
-    if not 0.0 <= op <= 1.0:
-        raise AnalysisError(f"opacity must be in [0, 1], got {opacity!r}")
+        meta = read_metadata(path)
+        return "ours", ModelConfig.from_dict(json.loads(meta[FORMAT_KEY])) if FORMAT_KEY in meta else None
+    except Exception:  # a cheap hint only; analysing the set reports the real problem
+        return "unknown", None
 
 
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.1f}"
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _pct(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return 100.0 * f if math.isfinite(f) else None
-
-
-def _dataset_table(report_heads: dict[str, Any], heads: Sequence[str], metric: str) -> tuple[list[str], list[list]]:
-    shown = [h for h in heads if h in report_heads] or list(report_heads)
-    n = max(len(report_heads[h].get("blocks") or []) for h in shown)
-    headers = [
-        f"head (dataset {F.METRIC_LABELS.get(metric, metric)} %)",
-        "input",
-        *(f"block {i}" for i in range(1, n + 1)),
-        "output",
-    ]
-    rows = []
-    for h in shown:
-        m = report_heads[h]
-        blocks = list(m.get("blocks") or [])
-        vals = [_pct((m.get("input") or {}).get(metric))]
-        vals += [_pct((blocks[i] or {}).get(metric)) if i < len(blocks) else None for i in range(n)]
-        vals.append(_pct((m.get("final") or {}).get(metric)))
-        rows.append([F.head_label(h), *(None if v is None else round(v, 1) for v in vals)])
-    return headers, rows
-
-
-def _probe_from_report(report: dict[str, Any] | None, st_head: str | None) -> dict[str, Any] | None:
-    if not report:
-        return None
-    probe = report.get("probe")
-    heads = _report_heads(report)
-    if isinstance(probe, dict) and isinstance(probe.get("seeds"), dict) and probe["seeds"]:
-        return probe_summary(probe["seeds"], heads or None, structtoken_head=st_head)
-    if heads and "per_pixel_ds" in heads:
-        return probe_summary({}, heads, structtoken_head=st_head)
-    return None
-
-
-def analyze(
-    image: Any,
-    model: str = "camvid",
-    analysis: str = "comparison",
-    head: str | None = None,
-    classes: list[str] | None = None,
-    normalize: str = "shared",
-    block: int | None = None,
-    opacity: float = 0.5,
-    device: str = "auto",
-    progress: Callable[..., Any] | None = None,
-) -> AnalysisResult:
-    """Analyse one image with one model set.
+# ------------------------------------------------------------------------------------ explorer
+class Explorer:
+    """Analyses images with model sets, keeping the last models, image maps and reports in memory.
 
     Args:
-        image: numpy array (uint8 / uint16 / float / bool; grey, RGB, RGBA), PIL image, file bytes
-            or a file path (see :func:`load_image`).
-        model: ``"camvid"`` (the embedded set), a released checkpoint name or a checkpoint path.
-        analysis: one of :data:`ANALYSES`: ``prediction`` (overlay + class areas), ``comparison``
-            (a StructToken head vs. the per-pixel baseline, block by block), ``probe`` (per-pixel
-            with vs. without deep supervision, next to StructToken), ``attention`` (class x channel
-            attention of a CSE / SSE block and the channels a class reads).
-        head: the StructToken head to show (default: the set's first; for ``attention`` its first
-            CSE / SSE head; for ``prediction`` any head of the set).
-        classes: class names (or indices) for the rows; None / empty -> the 4 largest predicted.
-        normalize: one of :data:`NORMALIZATIONS` (see :func:`analysis.maps.normalize_maps`).
-        block: ``attention``: the block 1..N (default N); ``comparison`` / ``probe``: show only that
-            stage (0 = input maps, 1..N blocks, N + 1 = output; None = all).
-        opacity: overlay opacity in [0, 1].
-        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
-        progress: optional ``progress(fraction, description)`` callback (downloads, model pass).
-
-    Returns:
-        :class:`AnalysisResult`.
-
-    Raises:
-        AnalysisError: any bad input or unsupported request, with a readable message.
+        max_models: model sets kept loaded (evicting one forgets its images' maps).
+        max_maps: (set, image) backbone passes kept.
     """
-    t_start = time.perf_counter()
-    _validate(analysis, normalize, block, opacity)
-    if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
-        raise AnalysisError("no model given: use 'camvid', a released model name or a checkpoint path")
-    spec = str(model).strip()
+
+    def __init__(self, max_models: int = 2, max_maps: int = 8) -> None:
+        self._models: _LRU[tuple[Any, ...], _ModelEntry] = _LRU(max_models)
+        self._maps: _LRU[tuple[tuple[Any, ...], str], ImageMaps] = _LRU(max_maps)
+        self._reports: dict[str, tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
+        self._reports_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    @property
+    def analyses(self) -> dict[str, Analysis]:
+        """The registry: analysis name -> analysis, in display order."""
+        return ANALYSES
+
+    @staticmethod
+    def available_models() -> list[str]:
+        """The sets that can be named: the embedded ones (offline) first, then the released checkpoints."""
+        return available_models()
+
+    # ------------------------------------------------------------------------------- analyse
+    def analyze(self, request: AnalysisRequest, progress: Callable[[float, str], Any] | None = None) -> AnalysisResult:
+        """Analyse one image with one model set (see :class:`AnalysisRequest`).
+
+        Args:
+            request: what to show.
+            progress: optional ``progress(fraction, description)`` callback (downloads, model pass).
+
+        Raises:
+            AnalysisError: any bad input or unsupported request, with a readable message.
+        """
+        t_start = time.perf_counter()
+        analysis, spec, device = self._validate(request)
+        rgb, notices = load_image(request.image)
+        entry, t_load = self._model_entry(spec, device, progress)
+        cfg = entry.model.cfg
+        reason = analysis.supported(cfg)
+        if reason:
+            raise AnalysisError(f"{analysis.title} is not available: {reason}")
+        try:
+            head = analysis.choose_head(cfg, request.head)
+        except ValueError as e:
+            raise AnalysisError(str(e)) from None
+        maps, cached, t_fwd = self._image_maps(entry, rgb, progress)
+        _progress(progress, 0.8, "drawing figures")
+        t_fig = time.perf_counter()
+        report, curves, rpath = self._report(spec)
+        try:
+            class_ids = select_classes(maps, head, DEFAULT_NUM_CLASSES, list(request.classes or []) or None)
+            if not class_ids:
+                raise ValueError("no classes selected")
+            view_request = ViewRequest(
+                head=head,
+                heads=tuple(analysis.heads(cfg, head)),
+                class_ids=tuple(class_ids),
+                normalize=request.normalize,
+                block=None if request.block is None else int(request.block),
+                opacity=float(request.opacity),
+                readout=request.readout,
+                palette=cfg.class_palette(),
+                title=f"{analysis.title}: {cfg.name or Path(spec).name}",
+                report=report,
+            )
+            view = analysis.view(maps, view_request)
+        except ValueError as e:
+            raise AnalysisError(str(e)) from None
+        overlay = F.overlay(maps.image, maps.pred[head], view_request.palette, alpha=view_request.opacity)
+        t_fig = time.perf_counter() - t_fig
+        notices += _notices(cfg, rgb, maps, report is not None, rpath)
+        timings = {
+            "model_load": round(t_load, 4),
+            "backbone+heads": round(t_fwd, 4),
+            "figures": round(t_fig, 4),
+            "total": round(time.perf_counter() - t_start, 4),
+            "cached": cached,
+        }
+        names = list(cfg.class_names())
+        _progress(progress, 1.0, "done")
+        return AnalysisResult(
+            figure=view.figure,
+            plot=view.plot,
+            overlay=overlay,
+            curves=None if curves is None else go.Figure(curves),  # the cached figure is shared: a copy
+            table=view.table,
+            table_headers=view.table_headers,
+            summary=_summary(analysis, view, view_request, cfg, spec, maps, notices),
+            maps=_arrays(maps, view),
+            metrics=json_ready(_metrics(request, spec, cfg, maps, rgb, view_request, view, report, notices, timings)),
+            timings=timings,
+            classes=names,
+            selected_classes=[names[c] for c in class_ids],
+            available={name: a.supported(cfg) for name, a in ANALYSES.items()},
+        )
+
+    def _validate(self, request: AnalysisRequest) -> tuple[Analysis, str, torch.device]:
+        if request.analysis not in ANALYSES:
+            raise AnalysisError(f"unknown analysis {request.analysis!r}; choose one of {', '.join(ANALYSES)}")
+        if request.normalize not in NORMALIZATIONS:
+            raise AnalysisError(
+                f"unknown normalisation {request.normalize!r}; choose one of {', '.join(NORMALIZATIONS)}"
+            )
+        if request.readout not in READOUTS:
+            raise AnalysisError(f"unknown readout {request.readout!r}; choose one of {', '.join(READOUTS)}")
+        block = request.block
+        if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer))):
+            raise AnalysisError(f"block must be a whole number or None, got {block!r}")
+        try:
+            opacity = float(request.opacity)
+        except (TypeError, ValueError):
+            raise AnalysisError(f"opacity must be a number in [0, 1], got {request.opacity!r}") from None
+        if not 0.0 <= opacity <= 1.0:
+            raise AnalysisError(f"opacity must be in [0, 1], got {request.opacity!r}")
+        if not isinstance(request.model, (str, os.PathLike)) or not str(request.model).strip():
+            raise AnalysisError("no model given: use 'camvid', a released model name or a checkpoint path")
+        return ANALYSES[request.analysis], str(request.model).strip(), _device(request.device)
+
+    # -------------------------------------------------------------------------------- models
+    def describe_model(self, spec: str) -> ModelInfo:
+        """What the set ``spec`` offers the controls: its heads, classes, blocks and, per analysis,
+        whether it is supported (and why not) and which heads and blocks it offers. Reads only the
+        config (a loaded set's, a registered one, or a safetensors file's metadata); never the weights."""
+        spec = str(spec).strip()
+        source, cfg = _cheap_config(spec)
+        loaded = next((e for e in self._models.values() if e.spec == spec), None)
+        if loaded is not None:
+            cfg = loaded.model.cfg
+        name = (cfg.name if cfg is not None else "") or Path(spec).name
+        if cfg is None:
+            return ModelInfo(spec=spec, name=name, source=source, known=False)
+        analyses = {
+            key: AnalysisInfo(
+                name=key,
+                label=a.label,
+                title=a.title,
+                reason=a.supported(cfg),
+                head_control=a.head_control,
+                heads=tuple(a.head_choices(cfg)),
+                blocks=tuple(a.block_choices(cfg.num_blocks)),
+            )
+            for key, a in ANALYSES.items()
+        }
+        return ModelInfo(
+            spec=spec,
+            name=name,
+            source=source,
+            known=True,
+            heads=tuple(cfg.heads),
+            classes=tuple(cfg.class_names()),
+            num_blocks=cfg.num_blocks,
+            analyses=analyses,
+        )
+
+    def model(self, spec: str, device: str = "auto") -> Segmentor:
+        """The set ``spec`` on ``device``, loaded once and shared with :meth:`analyze`."""
+        return self._model_entry(str(spec).strip(), _device(device), None)[0].model
+
+    def cached_models(self) -> list[str]:
+        """The specs of the loaded sets, least recently used first."""
+        return [e.spec for e in self._models.values()]
+
+    def clear(self) -> None:
+        """Forget every loaded set, image maps and report."""
+        self._models.clear()
+        self._maps.clear()
+        with self._reports_lock:
+            self._reports.clear()
+
+    def _model_entry(
+        self, spec: str, device: torch.device, progress: Callable[..., Any] | None
+    ) -> tuple[_ModelEntry, float]:
+        key = _model_key(spec, device)
+        entry = self._models.get(key)
+        if entry is not None:
+            return entry, 0.0
+        with self._load_lock:
+            entry = self._models.get(key)  # loaded by another thread meanwhile?
+            if entry is not None:
+                return entry, 0.0
+            t0 = time.perf_counter()
+            _progress(progress, 0.02, f"loading model {spec}")
+
+            def on_bytes(done: int, total: int | None) -> None:
+                if total:
+                    mb = f"{done / 1e6:.0f} / {total / 1e6:.0f} MB"
+                    _progress(progress, 0.02 + 0.5 * done / total, f"downloading {spec}: {mb}")
+
+            try:
+                model = load_any(spec, device=device, progress=False, progress_callback=on_bytes)
+            except (CheckpointError, ConfigError) as e:
+                raise AnalysisError(str(e)) from None
+            except (ValueError, OSError, RuntimeError) as e:
+                raise AnalysisError(f"could not load model {spec!r}: {e}") from None
+            model.eval()
+            entry = _ModelEntry(spec=spec, key=key, model=model)
+            for old in self._models.put(key, entry):
+                self._maps.drop(lambda k, old=old: k[0] != old)
+            return entry, time.perf_counter() - t0
+
+    def _image_maps(
+        self, entry: _ModelEntry, rgb: np.ndarray, progress: Callable[..., Any] | None
+    ) -> tuple[ImageMaps, bool, float]:
+        """The image's maps from the cache, else from one pass of the model (one pass at a time per model)."""
+        key = (entry.key, image_key(rgb))
+        hit = self._maps.get(key)
+        if hit is not None:
+            return hit, True, 0.0
+        with entry.lock:
+            hit = self._maps.get(key)
+            if hit is not None:
+                return hit, True, 0.0
+            _progress(progress, 0.55, "running the backbone and heads")
+            try:
+                maps = compute_maps(entry.model, rgb, resize=True)
+            except torch.cuda.OutOfMemoryError:
+                raise AnalysisError("out of GPU memory for this image; try a smaller image or device 'cpu'") from None
+            except RuntimeError as e:
+                raise AnalysisError(f"the model could not run on this image ({e})") from None
+            _freeze(maps)
+            self._maps.put(key, maps)
+        return maps, False, maps.seconds
+
+    # ------------------------------------------------------------------------------- reports
+    def shipped_report(self, spec: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The dataset report (``metrics.json`` of ``python -m analysis report``) shipped with a set, or
+        None when there is none (or it cannot be read). See :func:`report_path` for where it is looked for."""
+        return self._report(str(spec))[0]
+
+    def _report(self, spec: str) -> tuple[dict[str, Any] | None, go.Figure | None, Path | None]:
+        """(report, its curves, where it is looked for), re-read when the file changes."""
+        path = report_path(spec)
+        if path is None or not path.is_file():
+            return None, None, path
+        mtime = path.stat().st_mtime
+        with self._reports_lock:
+            hit = self._reports.get(str(path))
+        if hit is None or hit[0] != mtime:
+            hit = (mtime, *_read_report(path))
+            with self._reports_lock:
+                self._reports[str(path)] = hit
+        return hit[1], hit[2], path
+
+
+def _device(spec: str) -> torch.device:
+    if spec not in DEVICES:
+        raise AnalysisError(f"unknown device {spec!r}; choose one of {', '.join(DEVICES)}")
     try:
-        dev = resolve_device(device)
+        return resolve_device(spec)
     except (ValueError, RuntimeError) as e:
         raise AnalysisError(str(e)) from None
-    rgb, notices = load_image(image)
-    entry, t_load = _get_model(spec, dev, progress)
-    cfg = entry.model.cfg
-    available = supported_analyses(cfg)
-    if available.get(analysis):
-        raise AnalysisError(f"{ANALYSIS_TITLES[analysis]} is not available: {available[analysis]}")
-    heads = list(cfg.heads)
-    head_name = _choose_head(heads, analysis, head)
-    maps, cached, t_fwd = _get_maps(entry, rgb, progress)
-    _progress(progress, 0.8, "drawing figures")
-    t_fig = time.perf_counter()
-    names = list(cfg.class_names())
-    palette = cfg.class_palette()
-    try:
-        class_ids = select_classes(maps, head_name, DEFAULT_NUM_CLASSES, classes or None)
-    except ValueError as e:
-        raise AnalysisError(str(e)) from None
-    if not class_ids:
-        raise AnalysisError("no classes selected")
 
-    report, curves, rpath = _report_entry(spec)
-    if curves is not None:  # the cached figure is shared: hand out a copy the caller may change
-        curves = go.Figure(curves)
-    title = f"{ANALYSIS_TITLES[analysis]}: {cfg.name or Path(spec).name}"
-    probe_info = None
-    try:
-        if analysis == "prediction":
-            view = prediction_view(maps, head_name, palette, float(opacity))
-        elif analysis == "attention":
-            view = attention_view(maps, head_name, block, class_ids)
-        else:
-            grid_heads = comparison_heads(heads, analysis, head_name)
-            view = comparison_view(maps, grid_heads, head_name, class_ids, normalize, block, title=title)
-            if analysis == "probe":
-                probe_info = _probe_from_report(report, head_name)
-                rh = _report_heads(report) if report else {}
-                if rh:
-                    view.table_headers, view.table = _dataset_table(rh, grid_heads, "mask_ap")
-    except ValueError as e:
-        raise AnalysisError(str(e)) from None
-    overlay_head = head_name
-    overlay = F.overlay(maps.image, maps.pred[overlay_head], palette, alpha=float(opacity))
-    t_fig_end = time.perf_counter()
 
-    # ---------------------------------------------------------------- summary
-    lines = [f"### {ANALYSIS_TITLES[analysis]}"]
+# ---------------------------------------------------------------------------------- result parts
+def _notices(cfg: ModelConfig, rgb: np.ndarray, maps: ImageMaps, has_report: bool, report_at: Path | None) -> list[str]:
+    """Sentences about what happened to the image and what the set lacks."""
+    out = []
     seen = maps.image.shape
-    lines.append(
-        f"Model set **{cfg.name or spec}** ({', '.join(heads)}); shown head: **{F.head_label(head_name)}**; "
-        f"image {_wh(seen)} px, feature grid {maps.grid[0]}x{maps.grid[1]} cells."
-    )
-    if analysis == "prediction":
-        lines.append(
-            f"The {F.head_label(head_name)} prediction over the image (opacity {float(opacity):.2f}); the "
-            "table lists the predicted area of each class for every head of the set."
-        )
-    elif analysis in ("comparison", "probe"):
-        grid_heads = comparison_heads(heads, analysis, head_name)
-        lines.append(
-            "Rows: classes; columns: the class maps entering block 1 (*input*), after each block, "
-            "and the head "
-            f"output, for {', '.join(F.head_label(h) for h in grid_heads)}. Normalisation: "
-            f"**{normalize}** ({NORMALIZATION_LABELS[normalize]})."
-        )
-        if analysis == "comparison":
-            lines.append(
-                "StructToken's maps are class-wise structure tokens refined block by block; the per-pixel "
-                "baseline's are the K-channel outputs of its residual blocks. The table gives, per stage, "
-                "the "
-                "share of grid cells whose argmax class already equals the head's output."
-            )
-        else:
-            lines.append(
-                "Does deep supervision (a loss on every block's map) give the per-pixel baseline "
-                "StructToken-like intermediate maps and a better final mIoU?"
-            )
-            if probe_info is not None:
-                lines.append(f"**Verdict (training seeds):** {probe_info['verdict']}")
-                if probe_info.get("blocks"):
-                    lines.append(f"**Block maps (dataset):** {probe_info['blocks']['verdict']}")
-            elif report is not None:
-                lines.append("The shipped report has no seed results for the probe yet.")
-    elif analysis == "attention":
-        lines.append(
-            f"How much each class (row) of {F.head_label(head_name)} draws on each feature channel in "
-            "that block, and the feature maps of the channels the first selected class uses most."
-        )
-    if block is not None and analysis in ("comparison", "probe"):
-        lines.append(f"Only one stage is shown: *{view.metrics.get('stage', block)}*.")
-    lines += view.notes
     if tuple(seen[:2]) != tuple(rgb.shape[:2]):
-        notices.append(
+        out.append(
             f"the set resizes images to fit {cfg.test_scale[0]}x{cfg.test_scale[1]} before inference: "
             f"{_wh(rgb.shape)} → {_wh(seen)} px"
             if cfg.test_scale
             else f"image resized from {_wh(rgb.shape)} to {_wh(seen)} px"
         )
     if cfg.test_mode == "slide":
-        notices.append("this set is evaluated with a sliding window; the maps here come from one whole-image pass")
-    if report is None:
-        where = f" ({rpath})" if rpath is not None else ""
-        notices.append(f"no dataset report shipped with this set{where}: dataset-level curves are not available")
+        out.append("this set is evaluated with a sliding window; the maps here come from one whole-image pass")
+    if not has_report:
+        where = f" ({report_at})" if report_at is not None else ""
+        out.append(f"no dataset report shipped with this set{where}: dataset-level curves are not available")
+    return out
+
+
+def _summary(
+    analysis: Analysis,
+    view: View,
+    request: ViewRequest,
+    cfg: ModelConfig,
+    spec: str,
+    maps: ImageMaps,
+    notices: list[str],
+) -> str:
+    """Markdown: the heading, the set and image, the analysis's own prose, notes, notices and the table."""
+    lines = [
+        f"### {analysis.title}",
+        f"Model set **{cfg.name or spec}** ({', '.join(cfg.heads)}); shown head: **{head_label(request.head)}**; "
+        f"image {_wh(maps.image.shape)} px, feature grid {maps.grid[0]}x{maps.grid[1]} cells.",
+        analysis.describe(view, request),
+        *view.notes,
+    ]
     if notices:
         lines.append("**Notices:** " + "; ".join(notices) + ".")
     if view.table and view.table_headers:
-        lines.append(_md_table(view.table_headers, view.table))
-    summary = "\n\n".join(lines)
+        lines.append(md_table(view.table_headers, view.table))
+    return "\n\n".join(lines)
 
-    # ---------------------------------------------------------------- downloads
-    arrays: dict[str, np.ndarray] = {
-        "image": maps.image,
-        "selected_class_ids": np.asarray(class_ids, dtype=np.int64),
-    }
+
+def _arrays(maps: ImageMaps, view: View) -> dict[str, np.ndarray]:
+    """The ``.npz`` download: the image, every head's stages, attention and prediction, the view's arrays."""
+    arrays: dict[str, np.ndarray] = {"image": maps.image}
     for h, hm in maps.heads.items():
         arrays[f"{h}/stages"] = hm.stages
         arrays[f"{h}/stage_names"] = np.asarray(hm.stage_names)
         if hm.attention is not None:
             arrays[f"{h}/attention"] = hm.attention
         arrays[f"pred/{h}"] = maps.pred[h]
-    arrays.update(view.arrays)
-    timings = {
-        "model_load": round(t_load, 4),
-        "backbone+heads": round(t_fwd, 4),
-        "figures": round(t_fig_end - t_fig, 4),
-        "total": round(time.perf_counter() - t_start, 4),
-        "cached": cached,
-    }
-    metrics: dict[str, Any] = {
+    return {**arrays, **view.arrays}
+
+
+def _metrics(
+    request: AnalysisRequest,
+    spec: str,
+    cfg: ModelConfig,
+    maps: ImageMaps,
+    rgb: np.ndarray,
+    view_request: ViewRequest,
+    view: View,
+    report: dict[str, Any] | None,
+    notices: list[str],
+    timings: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON download: the request as resolved, the view's numbers, notices, timings, the report."""
+    names = list(cfg.class_names())
+    out: dict[str, Any] = {
         "model": spec,
         "model_name": cfg.name,
-        "heads": heads,
-        "analysis": analysis,
-        "head": head_name,
-        "normalize": normalize,
-        "block": None if block is None else int(block),
+        "heads": list(cfg.heads),
+        "analysis": request.analysis,
+        "head": view_request.head,
+        "normalize": view_request.normalize,
+        "readout": view_request.readout,
+        "block": view_request.block,
         "classes": names,
-        "selected_classes": [names[c] for c in class_ids],
+        "selected_classes": [names[c] for c in view_request.class_ids],
+        "selected_class_ids": list(view_request.class_ids),
         "input_size_wh": [int(rgb.shape[1]), int(rgb.shape[0])],
-        "image_size_wh": [int(seen[1]), int(seen[0])],
+        "image_size_wh": [int(maps.image.shape[1]), int(maps.image.shape[0])],
         "grid_hw": list(maps.grid),
         **view.metrics,
         "notices": notices,
         "timings": timings,
     }
-    if probe_info is not None:
-        metrics["probe"] = probe_info
     if report is not None:
-        metrics["dataset_report"] = {k: v for k, v in report.items() if k != "probe"}
-    _progress(progress, 1.0, "done")
-    return AnalysisResult(
-        figure=view.figure,
-        plot=view.plot,
-        overlay=overlay,
-        curves=curves,
-        table=view.table,
-        table_headers=view.table_headers,
-        summary=summary,
-        maps=arrays,
-        metrics=_json_ready(metrics),
-        timings=timings,
-        classes=names,
-        selected_classes=[names[c] for c in class_ids],
-        available=available,
-    )
+        out["dataset_report"] = {k: v for k, v in report.items() if k != "probe"}
+    return out
 
 
-def _json_ready(x: Any) -> Any:
-    """NaN / inf -> None, numpy scalars -> Python, tuples -> lists (recursively)."""
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+# ------------------------------------------------------------------------------------ downloads
+def save_pdf(figure: Figure, path: Path) -> Path:
+    """Write a matplotlib figure as PDF to ``path``; returns ``path``."""
+    path.write_bytes(F.figure_to_pdf_bytes(figure))
+    return path
+
+
+def save_downloads(result: AnalysisResult, folder: Path, stem: str, pdf: bool = True) -> dict[str, Path | None]:
+    """The figure PNG (and PDF), the maps ``.npz`` and the metrics JSON of one result, in ``folder``.
+
+    ``pdf=False`` leaves the PDF out (``"pdf": None``), for a caller that renders it later
+    (:func:`save_pdf`). Returns ``{"png", "pdf", "npz", "json"}`` paths (None for what was not written).
+    """
+    out: dict[str, Path | None] = {"png": None, "pdf": None, "npz": None, "json": None}
+    if result.figure is not None:
+        out["png"] = folder / f"{stem}.png"
+        out["png"].write_bytes(F.figure_to_png_bytes(result.figure))
+        if pdf:
+            out["pdf"] = save_pdf(result.figure, folder / f"{stem}.pdf")
+    if result.maps:
+        out["npz"] = folder / f"{stem}_maps.npz"
+        np.savez_compressed(out["npz"], **{k: np.asarray(v) for k, v in result.maps.items()})
+    out["json"] = folder / f"{stem}_metrics.json"
+    out["json"].write_text(json.dumps(result.metrics, indent=2, default=str))
+    return out

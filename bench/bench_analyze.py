@@ -1,4 +1,4 @@
-"""Latency and memory of :func:`analysis.service.analyze` with the embedded set on this CPU.
+"""Latency and memory of :meth:`analysis.service.Explorer.analyze` with the embedded set on this CPU.
 
     python bench/bench_analyze.py [--model camvid] [--repeats 10] [--threads 2]
 
@@ -33,7 +33,12 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from analysis.service import analyze
+    from analysis.service import AnalysisRequest, Explorer
+
+    explorer = Explorer()
+
+    def analyze(image: np.ndarray, model: str, analysis: str, normalize: str = "shared") -> None:
+        explorer.analyze(AnalysisRequest(image, model, analysis, normalize=normalize))
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (360, 480, 3), dtype=np.uint8) for _ in range(args.repeats + 1)]

@@ -46,15 +46,17 @@ def save_tiny_set(path: Path, seed: int = 0, **changes: Any) -> Path:
 @contextlib.contextmanager
 def serve_app(default_model: Path) -> Iterator[tuple[str, Any]]:
     """``app.py`` launched in-process on 127.0.0.1 (Gradio picks a free port) with ``default_model`` as
-    its default set. Yields (url, the app module)."""
+    its default set, on a fresh :class:`analysis.service.Explorer`. Yields (url, the page's
+    :class:`app.ExplorerUI`, whose ``explorer`` is the service it calls)."""
     old = os.environ.get("STRUCTTOKEN_DEFAULT_MODEL")
     os.environ["STRUCTTOKEN_DEFAULT_MODEL"] = str(default_model)
     import app
+    from analysis.service import Explorer
 
-    demo = app.build_demo()
+    demo = app.build_demo(Explorer())
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
     try:
-        yield demo.local_url, app
+        yield demo.local_url, demo.explorer_ui
     finally:
         demo.close()
         if old is None:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "assets" / "examples" / "street_synthetic.jpg"
 TIMEOUT = 120  # seconds; no request may hang
 ANALYSES = ("prediction", "comparison", "probe", "attention")
-PARAMS = ["image", "model", "analysis", "head", "classes", "normalize", "block", "opacity", "checkpoint"]
+PARAMS = ["image", "model", "analysis", "head", "classes", "normalize", "block", "opacity", "checkpoint", "readout"]
 
 
 CLASSES = ("road", "sky", "car", "tree")
@@ -48,7 +48,7 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_set: Path) -> Iterator[tuple[str, Any]]:
-    """The app on 127.0.0.1, default model = the tiny set. Yields (url, app module)."""
+    """The app on 127.0.0.1, default model = the tiny set. Yields (url, the page's ExplorerUI)."""
     with serve_app(tiny_set) as served:
         yield served
 
@@ -118,10 +118,22 @@ def test_analyze_is_a_named_endpoint(client: Client) -> None:
 
 def test_ui_keys_match_the_service() -> None:
     import app
-    from analysis import service
+    from analysis.service import ANALYSES, NORMALIZATIONS, Explorer
 
-    assert tuple(app.ANALYSIS_LABELS) == tuple(service.ANALYSES)
-    assert set(app.NORMALIZATION_LABELS) == set(service.NORMALIZATIONS)
+    ui = app.ExplorerUI(Explorer())
+    assert ui.analysis_labels == {key: a.label for key, a in ANALYSES.items()}  # from the registry
+    assert set(app.NORMALIZATION_LABELS) == set(NORMALIZATIONS)
+
+
+def test_importing_the_app_has_no_side_effects() -> None:
+    """No demo built, no malloc tuning, no model loaded at import: ``main()`` does those."""
+    import subprocess
+
+    code = "import gc, app; assert not hasattr(app, 'demo'); assert not gc.get_freeze_count(); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    text = (ROOT / "app.py").read_text()
+    assert "\ntune_malloc()" not in text and "\ndemo = " not in text
 
 
 @pytest.mark.parametrize("analysis", ANALYSES)
@@ -278,12 +290,10 @@ def test_the_api_cannot_make_the_server_read_its_own_files(server: tuple[str, An
 def test_unexpected_exception_is_reported_and_the_server_survives(
     client: Client, server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from analysis import service
-
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(service, "analyze", boom)
+    monkeypatch.setattr(server[1].explorer, "analyze", boom)
     with pytest.raises(AppError, match="internal error: RuntimeError: boom"):
         analyze(client, EXAMPLE)
     monkeypatch.undo()
@@ -293,10 +303,13 @@ def test_unexpected_exception_is_reported_and_the_server_survives(
 # ------------------------------------------------------------------------------------- no server
 def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import app
+    from analysis.service import Explorer
+
+    ui = app.ExplorerUI(Explorer())
 
     only_cse = save_tiny_set(tmp_path / "only_cse.safetensors", extra_heads=(), classes=CLASSES, palette=())
     uploaded = {"path": str(only_cse)}  # as the page sends an uploaded checkpoint (preprocess=False)
-    analysis, availability, head, block, classes = app.refresh_controls(
+    analysis, availability, head, block, classes = ui.refresh_controls(
         "camvid", uploaded, "probe", None, -1, [], reset_classes=True
     )
     assert analysis["value"] == "prediction"  # probe and comparison need the per-pixel heads
@@ -306,14 +319,14 @@ def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytes
     assert classes["choices"] == ["road", "sky", "car", "tree"] and classes["value"] == []
     assert head["choices"] == [("StructToken-CSE", "cse")]
     monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
-    _, availability, head, block, classes = app.refresh_controls(
+    _, availability, head, block, classes = ui.refresh_controls(
         str(tiny_set), None, "attention", "pwe", 0, ["sky", "unicorn"]
     )
     assert classes["value"] == ["sky"]
     assert availability == ""
     assert [v for _, v in head["choices"]] == ["cse", "sse"] and head["value"] == "cse"
     assert [v for _, v in block["choices"]] == [-1, 1, 2] and block["value"] == -1
-    _, _, head, block, _ = app.refresh_controls(str(tiny_set), None, "comparison", "sse", 3, [])
+    _, _, head, block, _ = ui.refresh_controls(str(tiny_set), None, "comparison", "sse", 3, [])
     assert [v for _, v in block["choices"]] == [-1, 0, 1, 2, 3] and block["value"] == 3
     assert head["value"] == "sse"
 
@@ -322,15 +335,17 @@ def test_argument_helpers() -> None:
     import gradio as gr
 
     import app
+    from analysis.service import Explorer
 
+    ui = app.ExplorerUI(Explorer())
     assert app._block_arg(None) is None and app._block_arg(-1) is None and app._block_arg("2") == 2
     with pytest.raises(gr.Error):
         app._block_arg(1.5)
-    assert app._analysis_key("Token–feature attention") == "attention"
+    assert ui.analysis_key("Token–feature attention") == "attention"
     assert app._head_arg("Per-pixel + deep sup.") == "per_pixel_ds"
     with pytest.raises(gr.Error, match="unknown model"):
-        app._model_spec("../../etc/passwd", None)
-    assert app._model_spec(None, {"path": "/tmp/x/set.safetensors"}) == "/tmp/x/set.safetensors"
+        ui.model_spec("../../etc/passwd", None)
+    assert ui.model_spec(None, {"path": "/tmp/x/set.safetensors"}) == "/tmp/x/set.safetensors"
 
 
 def test_examples_are_shipped_small_and_documented() -> None:
@@ -346,11 +361,11 @@ def test_examples_are_shipped_small_and_documented() -> None:
     assert all(p.parent == ROOT / "assets" / "examples" or "camvid" in str(p) for p in examples)
 
 
-def test_request_folders_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_request_folders_are_bounded() -> None:
     import app
 
-    monkeypatch.setattr(app, "KEEP_REQUEST_DIRS", 3)
-    made = [app._request_dir() for _ in range(6)]
+    folders = app.RequestFolders(keep=3)
+    made = [folders.new() for _ in range(6)]
     assert [d.is_dir() for d in made] == [False, False, False, True, True, True]
 
 
@@ -361,16 +376,16 @@ def test_a_finished_requests_figure_is_freed_by_the_next_request(
     pile up until a rare full collection, and the server's memory creeps up request by request."""
     import weakref
 
-    app = server[1]
+    explorer = server[1].explorer
     seen: list[weakref.ref] = []
-    real = app._analyze_on_device
+    real = explorer.analyze
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         result = real(*args, **kwargs)
         seen.append(weakref.ref(result.figure))
         return result
 
-    monkeypatch.setattr(app, "_analyze_on_device", spy)
+    monkeypatch.setattr(explorer, "analyze", spy)
     for _ in range(3):
         _assert_ok(analyze(client, EXAMPLE), "comparison")
     assert len(seen) == 3

@@ -1,8 +1,9 @@
 """The app in a real browser: Debian's chromium driven by playwright (never ``playwright install``).
 
 Launches ``app.py`` in-process on a tiny model set, uploads an image, runs every analysis and checks
-that the figure and overlay images decoded, that plotly drew the interactive plot, and that no error
-toast appeared; then checks that a bad image does give a readable error toast and the page recovers.
+that the maps rendered (the figure and overlay images decoded with a real size, plotly holds the
+expected traces: one heatmap per head, stage and class for the grids) and that no error toast
+appeared; then checks that a bad image does give a readable error toast and the page recovers.
 Screenshots go to ``tests/artifacts/`` (gitignored).
 """
 
@@ -28,6 +29,7 @@ pytestmark = [
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
+from analysis.analyses import ANALYSES as REGISTRY  # noqa: E402
 from tests.helpers import save_tiny_set, serve_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,7 @@ ANALYSES = {  # analysis key -> radio label
     "probe": "Deep-supervision probe",
     "attention": "Token–feature attention",
 }
+ANALYSIS_TITLES = {key: a.title for key, a in REGISTRY.items()}  # the summary's heading per analysis
 WAIT_MS = 300_000  # generous: the CI box may be busy (a slow page is not a broken one)
 
 
@@ -127,13 +130,30 @@ def _download(pg: Any, elem_id: str, dest: Path, tries: int = 30) -> bytes:
     raise AssertionError(f"#{elem_id} gave no download")
 
 
+PLOT_TRACES = """() => { const d = document.querySelector('#st-plot .js-plotly-plot');
+  if (!d || !d.data) return null;
+  // plotly decodes the binary-encoded z arrays into its full data once drawn; count their rows
+  return d._fullData.map(t => [t.type, t.z && t.z.length !== undefined ? t.z.length : -1]); }"""
+FIGURE = """() => { const i = document.querySelector('#st-figure img');
+  return i ? [i.getAttribute('src') || '', i.naturalWidth, i.naturalHeight] : null; }"""
+
+
 def _check_rendered(pg: Any, name: str) -> None:
     pg.get_by_role("tab", name="Figure").click()
     _wait_img(pg, "#st-figure")
-    assert _img_ok(pg, "#st-figure")
+    src, width, height = pg.evaluate(FIGURE)
+    assert src and width > 100 and height > 50, f"{name}: figure not drawn ({src!r}, {width}x{height})"
     pg.screenshot(path=str(ARTIFACTS / f"browser_{name}.png"), full_page=True)
     pg.get_by_role("tab", name="Interactive").click()
     pg.wait_for_selector("#st-plot .js-plotly-plot .main-svg", timeout=WAIT_MS)
+    pg.wait_for_function(f"() => ({PLOT_TRACES})()?.length > 0", timeout=WAIT_MS)
+    traces = pg.evaluate(PLOT_TRACES)
+    kinds = {t[0] for t in traces}
+    expected = {"prediction": {"image"}, "attention": {"heatmap"}}.get(name, {"heatmap"})
+    assert kinds == expected, f"{name}: plotly traces {kinds}"
+    assert all(rows > 0 for _, rows in traces), f"{name}: an empty trace in {traces[:4]}"
+    if name in ("comparison", "probe"):  # one heatmap per (head, stage, class): 2 or 3 heads x 4 stages x 4 rows
+        assert len(traces) == {"comparison": 2, "probe": 3}[name] * 4 * 4, f"{name}: {len(traces)} traces"
     assert pg.locator("#st-plot .main-svg").count() > 0
     # a mosaic wider than the column must scroll sideways, not be clipped
     sw, cw, moved = pg.evaluate(
@@ -144,12 +164,11 @@ def _check_rendered(pg: Any, name: str) -> None:
     pg.locator("#st-plot").screenshot(path=str(ARTIFACTS / f"browser_{name}_interactive.png"))
     pg.get_by_role("tab", name="Overlay").click()
     _wait_img(pg, "#st-overlay")
+    assert _img_ok(pg, "#st-overlay")
     pg.get_by_role("tab", name="Figure").click()
 
 
 def test_every_analysis_renders(page: Any, tmp_path: Path) -> None:
-    from analysis.service import ANALYSIS_TITLES
-
     pg = page
     pg.locator("#st-image input[type=file]").set_input_files(str(EXAMPLE))
     _wait_for_summary(pg, ANALYSIS_TITLES["comparison"])  # the upload runs the default analysis
@@ -169,8 +188,6 @@ def test_every_analysis_renders(page: Any, tmp_path: Path) -> None:
 
 
 def test_controls_rerun_the_analysis(page: Any) -> None:
-    from analysis.service import ANALYSIS_TITLES
-
     pg = page
     pg.locator("#st-analysis label", has_text="Paper comparison").click()
     _wait_for_summary(pg, ANALYSIS_TITLES["comparison"])
@@ -184,8 +201,6 @@ def test_controls_rerun_the_analysis(page: Any) -> None:
 
 
 def test_bad_image_shows_a_readable_error_and_the_page_recovers(page: Any, tmp_path: Path) -> None:
-    from analysis.service import ANALYSIS_TITLES
-
     pg = page
     one = tmp_path / "one_pixel.png"
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(one)

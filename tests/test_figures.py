@@ -1,4 +1,5 @@
-"""Tests for analysis.figures: types, layout, labels, hover text, export, no file or pyplot side effects."""
+"""Tests for analysis.figures and the block-grid renderers of analysis.grid: types, layout, labels, hover
+text, export, no file or pyplot side effects."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import figures as F
+from analysis.grid import PLOTLY_MAX_SIDE, GridGroup, GridLayout, Outline, render_plotly, render_static
 
 H, W = 32, 48
 NAMES = ["road", "sky", "car"]
@@ -146,118 +148,113 @@ def test_prediction_figure(image: np.ndarray, label: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_comparison_figure_layout(image: np.ndarray, panels: dict[str, np.ndarray]) -> None:
-    blocks = ["block 1", "block 2", "block 3", "block 4"]
-    fig = F.comparison_figure(image, NAMES, blocks, panels, vmin=0.0, vmax=1.0, title="Grid")
-    assert isinstance(fig, Figure)
-    n_rows = len(NAMES)
-    total_blocks = sum(p.shape[1] for p in panels.values())
-    maps = _labelled(fig, "map:")
-    images = _labelled(fig, "image:")
-    assert len(maps) == n_rows * total_blocks
-    assert len(images) == n_rows
-    assert len(_labelled(fig, "header:")) == len(panels)
-    assert fig.get_suptitle() == "Grid"
-    # Row labels on the image column, in class order.
-    assert [ax.get_ylabel() for ax in images] == NAMES
-    assert images[0].get_title() == "image"
-    # Block titles on the top row of each head; fewer blocks → first titles.
-    assert [fig_ax.get_title() for fig_ax in maps if fig_ax.get_label().startswith("map:per_pixel:0:")] == [
-        "block 1",
-        "block 2",
+def _layout(panels: dict[str, np.ndarray], image: np.ndarray, label: np.ndarray | None = None) -> GridLayout:
+    groups = tuple(
+        GridGroup(hd, tuple(f"{hd} {b}" for b in range(p.shape[1])), p.astype(np.float32), raw=10 * p)
+        for hd, p in panels.items()
+    )
+    outlines = (Outline(label),) if label is not None else ()
+    return GridLayout(
+        rows=tuple(NAMES),
+        class_ids=(0, 1, 2),
+        groups=groups,
+        cell_hw=(H, W),
+        image=image,
+        outlines=outlines,
+        title="Grid",
+        colorbar_label="normalised map value",
+        note="a footnote",
+    )
+
+
+def _mosaic_texts(fig: Figure) -> list[str]:
+    ax = next(a for a in fig.axes if a.get_label() == "mosaic")
+    return [t.get_text() for t in ax.texts]
+
+
+def test_static_and_plotly_grids_show_the_same_panels(image: np.ndarray, panels: dict[str, np.ndarray]) -> None:
+    layout = _layout(panels, image)
+    assert layout.num_panels == len(NAMES) * (4 + 3 + 2)
+    static, interactive = render_static(layout), render_plotly(layout)
+    # the same column titles, row labels and head labels, in the same order
+    texts = _mosaic_texts(static)
+    titles = [t for t in texts if t not in NAMES and t != "image" and t not in {F.head_label(h) for h in panels}]
+    assert titles == layout.column_titles
+    assert [t for t in texts if t in NAMES] == NAMES
+    plotly_titles = [a.text for a in interactive.layout.annotations if not a.text.startswith("<b>")]
+    assert plotly_titles == layout.column_titles
+    assert [a.text for a in interactive.layout.annotations if a.text.startswith("<b>")] == [
+        f"<b>{F.head_label(h)}</b>" for h in panels
     ]
-    assert all(ax.get_title() == "" for ax in maps if not ax.get_label().endswith(tuple(f":0:{b}" for b in range(4))))
-    # Head labels present.
-    text = _all_text(fig)
-    for head in panels:
-        assert F.head_label(head) in text
-    # One shared colourbar with the requested range.
-    cbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert len(cbars) == 1
-    im = maps[0].get_images()[0]
-    assert im.get_clim() == (0.0, 1.0)
-    assert im.get_cmap().name == F.MAP_CMAP
+    assert list(interactive.layout.yaxis.ticktext) == NAMES
+    # one trace per panel, holding that panel's cells (no subsampling at this size) and raw values
+    assert len(interactive.data) == layout.num_panels
+    k = 0
+    for g in layout.groups:
+        for b in range(len(g.titles)):
+            for r in range(len(NAMES)):
+                np.testing.assert_array_equal(interactive.data[k].z, g.cells[r, b])
+                np.testing.assert_array_equal(interactive.data[k].customdata, g.raw[r, b])
+                assert g.titles[b] in interactive.data[k].hovertemplate
+                k += 1
+    # the static mosaic draws each panel's cells through the colour map
+    ax = next(a for a in static.axes if a.get_label() == "mosaic")
+    mosaic = ax.get_images()[0].get_array()
+    gap = max(2, W // 24)
+    first = layout.groups[0]
+    x0 = W + 4 * gap  # after the image column and a group gap
+    lut = (matplotlib.colormaps[F.MAP_CMAP](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    expected = lut[np.clip(first.cells[0, 0] * 255 + 0.5, 0, 255).astype(np.uint8)]
+    np.testing.assert_array_equal(mosaic[:H, x0 : x0 + W], expected)
+    # a labelled colourbar and the footnote
+    cbar = next(a for a in static.axes if a.get_label() != "mosaic")
+    assert cbar.get_ylabel() == "normalised map value"
+    assert "a footnote" in _all_text(static) and "Grid" in _all_text(static)
+    assert interactive.layout.coloraxis.colorbar.title.text == "normalised map value"
 
 
-def test_comparison_figure_scales(image: np.ndarray, panels: dict[str, np.ndarray]) -> None:
-    # Per-map auto: no colourbar, each map's clim from its own data.
-    fig = F.comparison_figure(image, NAMES, ["a"], panels)
-    assert not [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    ax = _labelled(fig, "map:sse:1:2")[0]
-    lo, hi = ax.get_images()[0].get_clim()
-    assert lo == pytest.approx(panels["sse"][1, 2].min())
-    assert hi == pytest.approx(panels["sse"][1, 2].max())
-    # Titles beyond the given list fall back to "block b".
-    assert _labelled(fig, "map:cse:0:3")[0].get_title() == "block 4"
-    # Per-row ranges: one colourbar per row.
-    vmax = np.array([1.0, 2.0, 3.0])
-    fig = F.comparison_figure(image, NAMES, ["a", "b", "c", "d"], panels, vmin=np.zeros(3), vmax=vmax)
-    assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 3
-    assert _labelled(fig, "map:cse:2:0")[0].get_images()[0].get_clim() == (0.0, 3.0)
-    with pytest.raises(ValueError):
-        F.comparison_figure(image, NAMES, ["a"], panels, vmin=np.zeros(2))
-    with pytest.raises(ValueError):
-        F.comparison_figure(image, NAMES[:2], ["a"], panels)
-
-
-def test_comparison_figure_contours(image: np.ndarray, label: np.ndarray, panels: dict[str, np.ndarray]) -> None:
-    pred = label.copy()
-    pred[5:16, 12:33] = 2
-    fig = F.comparison_figure(
-        image,
-        NAMES,
-        ["a", "b", "c", "d"],
-        panels,
-        vmin=0,
-        vmax=1,
-        label=label,
-        pred=pred,
-        class_ids=[0, 1, 2],
+def test_static_grid_outlines_and_plotly_subsampling(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> None:
+    flat = {"cse": np.full((3, 1, H, W), 0.5)}
+    outlined = render_static(_layout(flat, image, label))
+    plain = render_static(_layout(flat, image))
+    a = next(x for x in outlined.axes if x.get_label() == "mosaic").get_images()[0].get_array()
+    b = next(x for x in plain.axes if x.get_label() == "mosaic").get_images()[0].get_array()
+    changed = np.any(a != b, axis=-1)
+    assert changed.any() and np.all(a[changed] == 255)  # boundaries are white
+    big = {"cse": rng.random((2, 2, 200, 300)).astype(np.float32)}
+    layout = GridLayout(
+        rows=("a", "b"), class_ids=(0, 1), groups=(GridGroup("cse", ("x", "y"), big["cse"]),), cell_hw=(40, 60)
     )
-    ax = _labelled(fig, "map:cse:2:0")[0]
-    styles = sorted(
-        str(cs.get_linestyle()[0][1]) if cs.get_linestyle()[0][1] else "solid"
-        for cs in ax.collections
-        if isinstance(cs, matplotlib.contour.ContourSet)
+    fig = render_plotly(layout)
+    assert len(fig.data) == 4 and max(fig.data[0].z.shape) <= PLOTLY_MAX_SIDE
+    assert "subsampled" in fig.layout.title.text
+    with pytest.raises(ValueError, match="titles"):
+        GridLayout(
+            rows=("a",), class_ids=(0,), groups=(GridGroup("cse", ("x",), np.zeros((1, 2, 4, 4))),), cell_hw=(4, 4)
+        )
+
+
+def test_block_grid_from_maps() -> None:
+    from analysis.grid import block_grid
+    from analysis.maps import HeadMaps, ImageMaps, stage_names
+
+    stages = np.random.default_rng(0).standard_normal((4, 3, 2, 3)).astype(np.float32)
+    hm = HeadMaps(stages=stages, stage_names=stage_names(2), attention=None, block_features=None, kind="cse")
+    maps = ImageMaps(
+        image=np.zeros((32, 48, 3), np.uint8),
+        heads={"cse": hm, "per_pixel": hm},
+        pred={"cse": np.zeros((32, 48), np.uint8), "per_pixel": np.zeros((32, 48), np.uint8)},
+        grid=(2, 3),
+        seconds=0.0,
+        class_names=tuple(NAMES),
     )
-    assert len(styles) == 2  # GT solid + prediction dashed
-    assert styles.count("solid") == 1
-    img_ax = _labelled(fig, "image:2")[0]
-    assert len([c for c in img_ax.collections if isinstance(c, matplotlib.contour.ContourSet)]) == 2
-    assert "dashed" in _all_text(fig)
-    # A class absent from the label draws no contour and does not crash.
-    fig = F.comparison_figure(image, NAMES, ["a"], panels, label=label, class_ids=[0, 1, 9])
-    assert not [c for c in _labelled(fig, "map:cse:2:0")[0].collections if isinstance(c, matplotlib.contour.ContourSet)]
-
-
-def test_comparison_plotly(panels: dict[str, np.ndarray]) -> None:
-    fig = F.comparison_plotly(NAMES, ["b1", "b2", "b3", "b4"], panels, vmin=0.0, vmax=1.0, title="Grid")
-    assert isinstance(fig, go.Figure)
-    total_blocks = sum(p.shape[1] for p in panels.values())
-    assert len(fig.data) == len(NAMES) * total_blocks
-    assert all(isinstance(t, go.Heatmap) for t in fig.data)
-    assert all(t.coloraxis == "coloraxis" for t in fig.data)
-    assert fig.layout.coloraxis.cmin == 0.0 and fig.layout.coloraxis.cmax == 1.0
-    first = fig.data[0].hovertemplate
-    assert "StructToken-CSE" in first and "road" in first and "b1" in first and "%{z" in first
-    assert any("Per-pixel" in t.hovertemplate and "car" in t.hovertemplate for t in fig.data)
-    assert fig.layout.yaxis.autorange == "reversed"
-    assert fig.data[0].z.shape == (H, W)  # small maps are not downsampled
-    assert "downsampled" not in fig.layout.title.text
-    annotations = [a.text for a in fig.layout.annotations]
-    assert any("StructToken-SSE" in a for a in annotations)
-    assert fig.layout.yaxis.title.text == "road"
-
-
-def test_comparison_plotly_downsamples_and_row_scales(rng: np.random.Generator) -> None:
-    big = {"cse": rng.random((2, 2, 200, 300)), "pwe": rng.random((2, 1, 200, 300))}
-    fig = F.comparison_plotly(["a", "b"], ["x", "y"], big, vmin=np.zeros(2), vmax=np.array([1.0, 2.0]))
-    assert len(fig.data) == 6
-    assert max(fig.data[0].z.shape) <= 128
-    assert "downsampled" in fig.layout.title.text
-    assert fig.data[0].x[-1] > 128  # coordinates stay in original pixels
-    assert {t.coloraxis for t in fig.data} == {"coloraxis", "coloraxis2"}
-    assert fig.layout.coloraxis2.cmax == 2.0
+    layout = block_grid(maps, ["cse", "per_pixel"], [2, 0], "per_map", block=1, outline_head="cse")
+    assert layout.rows == ("car", "road") and layout.column_titles == ["block 1", "block 1"]
+    np.testing.assert_array_equal(layout.groups[0].raw[0, 0], stages[1, 2])
+    assert layout.groups[0].cells.min() == 0 and layout.groups[0].cells.max() == 1
+    assert "StructToken-CSE prediction" in layout.note and "2x3 grid" in layout.note
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,28 +331,17 @@ def test_probe_figure() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_attention_figures(rng: np.random.Generator) -> None:
+def test_attention_plotly(rng: np.random.Generator) -> None:
     attn = rng.random((3, 20))
-    fig = F.attention_figure(attn, NAMES, title="Attn", top_k=2)
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    assert ax.get_title().startswith("Attn")
-    assert [t.get_text() for t in ax.get_yticklabels()] == NAMES
-    assert ax.get_xlabel() == "feature channel"
-    assert ax.get_images()[0].get_cmap().name == F.MAP_CMAP
-    assert len(fig.axes) == 2  # heatmap + colourbar
-    signed = F.attention_figure(attn - 0.5, NAMES)
-    lo, hi = signed.axes[0].get_images()[0].get_clim()
-    assert lo == pytest.approx(-hi)
-    assert signed.axes[0].get_images()[0].get_cmap().name == F.DIVERGING_CMAP
-
     pf = F.attention_plotly(attn, NAMES, title="Attn")
     assert isinstance(pf, go.Figure)
     assert len(pf.data) == 1
     assert "%{y}" in pf.data[0].hovertemplate and "%{x}" in pf.data[0].hovertemplate
     assert pf.layout.title.text == "Attn"
+    signed = F.attention_plotly(attn - 0.5, NAMES)
+    assert signed.data[0].zmin == pytest.approx(-signed.data[0].zmax)
     with pytest.raises(ValueError):
-        F.attention_figure(attn, NAMES[:2])
+        F.attention_plotly(attn, NAMES[:2])
 
 
 def test_channel_maps_figure(image: np.ndarray, rng: np.random.Generator) -> None:
@@ -380,7 +366,7 @@ def test_channel_maps_figure(image: np.ndarray, rng: np.random.Generator) -> Non
 
 
 def test_export_bytes(image: np.ndarray, panels: dict[str, np.ndarray]) -> None:
-    fig = F.comparison_figure(image, NAMES, ["b1", "b2", "b3", "b4"], panels, vmin=0.0, vmax=1.0)
+    fig = render_static(_layout(panels, image))
     png = F.figure_to_png_bytes(fig, dpi=50)
     assert png.startswith(b"\x89PNG")
     assert F.figure_to_pdf_bytes(fig).startswith(b"%PDF")
@@ -394,14 +380,11 @@ def _build_everything(image: np.ndarray, label: np.ndarray, panels: dict[str, np
         F.colorize_labels(label, PALETTE),
         F.overlay(image, label, PALETTE),
         F.prediction_figure(image, label, PALETTE, NAMES),
-        F.comparison_figure(image, NAMES, ["b"], panels, label=label, pred=label, class_ids=[0, 1, 2]),
-        F.comparison_figure(image, NAMES, ["b"], panels, vmin=0.0, vmax=1.0),
-        F.comparison_figure(image, NAMES, ["b"], panels, vmin=np.zeros(3), vmax=np.ones(3)),
-        F.comparison_plotly(NAMES, ["b"], panels),
+        render_static(_layout(panels, image, label)),
+        render_plotly(_layout(panels, image)),
         F.block_curves_figure(_metrics()),
         F.block_curves_plotly(_metrics()),
         F.probe_figure({"per_pixel": [0.5, 0.6], "per_pixel_ds": [0.55]}),
-        F.attention_figure(attn, NAMES, top_k=2),
         F.attention_plotly(attn, NAMES),
         F.channel_maps_figure(image, panels["cse"][0], [1, 2, 3, 4], [0.4, 0.3, 0.2, 0.1], "road"),
     ]

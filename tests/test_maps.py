@@ -211,3 +211,12 @@ def test_top_channels() -> None:
     assert ids == [1, 2, 0, 3]
     with pytest.raises(ValueError):
         top_channels(attn, 2)
+
+
+def test_readouts(maps: ImageMaps) -> None:
+    from analysis.maps import READOUTS, readout_stages
+
+    assert READOUTS[0] == "raw"
+    assert readout_stages(maps, "cse") is maps.heads["cse"].stages  # raw: channel k is class k
+    with pytest.raises(ValueError, match=r"^unknown readout 'fitted'; choose one of raw$"):
+        readout_stages(maps, "cse", "fitted")

@@ -1,9 +1,10 @@
-"""Tests for analysis.probe (supported analyses, probe_summary verdicts on fixed numbers) and the
-dataset report CLI end to end on a tiny synthetic dataset."""
+"""Tests for the analyses' support rules, analysis.probe (probe_summary verdicts on fixed numbers) and
+the dataset report CLI end to end on a tiny synthetic dataset (whose outputs name no machine path)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -16,12 +17,17 @@ import torch
 from PIL import Image
 
 from analysis.__main__ import main as cli_main
-from analysis.probe import probe_summary, supported_analyses
+from analysis.analyses import ANALYSES
+from analysis.probe import probe_summary
 from analysis.report import read_probe_run
 from structtoken import build_model, save_model
 from tests.helpers import NAMES, PALETTE, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def supported_analyses(cfg) -> dict[str, str | None]:
+    return {name: a.supported(cfg) for name, a in ANALYSES.items()}
 
 
 # ------------------------------------------------------------------------------ supported analyses
@@ -180,7 +186,9 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
                 assert stage[key] is None or 0.0 <= stage[key] <= 1.0
             assert stage["miou"] is not None and stage["mask_ap"] is not None
     assert m["meta"]["n_images"] == 3 and m["meta"]["split"] == "val"
-    assert m["meta"]["model"] == str(tiny_set) and "date" in m["meta"] and m["meta"]["seconds"] >= 0
+    assert m["meta"]["model"] == tiny_set.name and "date" in m["meta"] and m["meta"]["seconds"] >= 0
+    assert m["meta"]["data"] == "data"
+    assert [s["source"] for s in m["probe"]["sources"]] == ["seed0.json", "seed1.json", "seed2.json"]
     assert m["probe"]["seeds"] == {"per_pixel": [0.40, 0.41, 0.39], "per_pixel_ds": [0.45, 0.46, 0.44]}
     assert m["probe"]["summary"]["outcome"] == "helps"
     assert m["probe"]["summary"]["blocks"]["structtoken_head"] == "cse"
@@ -196,6 +204,14 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
         assert (out / name).is_file(), name
     html = (out / "block_curves.html").read_text()
     assert '<script src="https://cdn' not in html  # plotly.js is embedded: works offline
+    # results name the data, the runs and the model by folder / file name only: no path of this machine
+    for f in out.iterdir():
+        data = f.read_bytes()
+        for path in {str(tmp_path), str(tmp_path.resolve()), str(tiny_set.parent), str(Path.home()), "/tmp/"}:
+            assert path.encode() not in data, (f.name, path)
+        if f.suffix in (".md", ".json"):
+            text = data.decode()
+            assert not re.search(r"(^|[\s`'\"(])/(tmp|home|root|work|usr|var)/", text), f.name
 
 
 def test_report_cli_bad_data(tmp_path: Path, tiny_set: Path, capsys) -> None:

@@ -1,10 +1,12 @@
-"""Tests for analysis.service.analyze: every analysis on a tiny saved set, the caches, the reading
-of awkward image inputs, and readable errors for every bad input."""
+"""Tests for analysis.service.Explorer: every analysis on a tiny saved set, describe_model, the caches
+(through the public API only), the reading of awkward image inputs, and readable errors for every bad
+input (matched whole)."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,8 +22,15 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis import service
-from analysis.service import ANALYSES, NORMALIZATIONS, AnalysisError, AnalysisResult, analyze, load_image
+from analysis.service import (
+    ANALYSES,
+    NORMALIZATIONS,
+    AnalysisError,
+    AnalysisRequest,
+    AnalysisResult,
+    Explorer,
+    load_image,
+)
 from structtoken import build_model, save_model
 from tests.helpers import NAMES, tiny_config
 
@@ -45,11 +54,17 @@ def cse_only(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def fresh():
-    """Empty caches before and after the test."""
-    service.clear_caches()
-    yield
-    service.clear_caches()
+def fresh() -> Explorer:
+    """An Explorer of its own, with empty caches."""
+    return Explorer()
+
+
+def analyze(image, model: str, analysis: str = "comparison", ex: Explorer | None = None, **kwargs) -> AnalysisResult:
+    """Shorthand for ``ex.analyze(AnalysisRequest(...))`` (the module's shared Explorer by default)."""
+    return (ex or _SHARED).analyze(AnalysisRequest(image, model, analysis, **kwargs))
+
+
+_SHARED = Explorer()
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +73,24 @@ def image() -> np.ndarray:
     return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
 
 
-def _count_backbone(path: str) -> list[int]:
-    """Wrap the backbone of the cached model of ``path`` with a call counter."""
-    entry = next(e for e in service._MODELS.values() if e.key[0] == str(Path(path).resolve()))
+def _count_backbone(ex: Explorer, path: str) -> list[int]:
+    """Wrap the backbone of ``ex``'s model of ``path`` with a call counter."""
+    model = ex.model(path)
     calls: list[int] = []
-    original = entry.model.backbone.forward
+    original = model.backbone.forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    entry.model.backbone.forward = counting
+    model.backbone.forward = counting
     return calls
 
 
 # ------------------------------------------------------------------------------------ analyses
 @pytest.mark.parametrize("analysis", ANALYSES)
-def test_each_analysis_returns_its_outputs(fresh, set_path: str, image: np.ndarray, analysis: str) -> None:
-    r = analyze(image, set_path, analysis, device="cpu")
+def test_each_analysis_returns_its_outputs(fresh: Explorer, set_path: str, image: np.ndarray, analysis: str) -> None:
+    r = analyze(image, set_path, analysis, fresh, device="cpu")
     assert isinstance(r, AnalysisResult)
     assert isinstance(r.figure, Figure)
     assert isinstance(r.plot, go.Figure)
@@ -114,29 +129,29 @@ def test_comparison_and_probe_columns(set_path: str, image: np.ndarray) -> None:
     assert "sse/attention_block1" in a.maps
 
 
-def test_cache_does_not_rerun_the_backbone(fresh, set_path: str, image: np.ndarray) -> None:
-    first = analyze(image, set_path, "comparison")
+def test_cache_does_not_rerun_the_backbone(fresh: Explorer, set_path: str, image: np.ndarray) -> None:
+    first = analyze(image, set_path, "comparison", fresh)
     assert first.timings["cached"] is False
-    calls = _count_backbone(set_path)
+    calls = _count_backbone(fresh, set_path)
     for kwargs in (
         {"analysis": "probe"},
         {"analysis": "comparison", "normalize": "per_map", "classes": ["Sky"]},
         {"analysis": "attention", "block": 1},
         {"analysis": "prediction", "opacity": 0.2},
     ):
-        r = analyze(image, set_path, **kwargs)
+        r = analyze(image, set_path, ex=fresh, **kwargs)
         assert r.timings["cached"] is True and r.timings["model_load"] == 0.0
     assert calls == []
-    analyze(image[::-1].copy(), set_path, "comparison")  # another image: one more pass
+    analyze(image[::-1].copy(), set_path, "comparison", fresh)  # another image: one more pass
     assert calls == [1]
 
 
-def test_concurrent_calls_share_one_pass(fresh, set_path: str, image: np.ndarray) -> None:
-    analyze(np.zeros((32, 32, 3), np.uint8), set_path, "prediction")  # load the model
-    calls = _count_backbone(set_path)
+def test_concurrent_calls_share_one_pass(fresh: Explorer, set_path: str, image: np.ndarray) -> None:
+    analyze(np.zeros((32, 32, 3), np.uint8), set_path, "prediction", fresh)  # load the model
+    calls = _count_backbone(fresh, set_path)
     with ThreadPoolExecutor(4) as pool:
         results = list(
-            pool.map(lambda n: analyze(image, set_path, "comparison", normalize=n), [*NORMALIZATIONS, "shared"])
+            pool.map(lambda n: analyze(image, set_path, "comparison", fresh, normalize=n), [*NORMALIZATIONS, "shared"])
         )
     assert len(results) == 4 and all(isinstance(r.figure, Figure) for r in results)
     assert calls == [1]
@@ -144,11 +159,11 @@ def test_concurrent_calls_share_one_pass(fresh, set_path: str, image: np.ndarray
 
 def test_progress_callback(set_path: str, image: np.ndarray) -> None:
     seen: list[tuple[float, str]] = []
-    analyze(image, set_path, "prediction", progress=lambda f, d: seen.append((f, d)))
+    _SHARED.analyze(AnalysisRequest(image, set_path, "prediction"), progress=lambda f, d: seen.append((f, d)))
     assert seen[-1][0] == 1.0 and all(0 <= f <= 1 and isinstance(d, str) for f, d in seen)
 
 
-def test_shipped_report_gives_curves_and_probe(fresh, tmp_path: Path, image: np.ndarray) -> None:
+def test_shipped_report_gives_curves_and_probe(fresh: Explorer, tmp_path: Path, image: np.ndarray) -> None:
     torch.manual_seed(0)
     path = save_model(build_model(tiny_config()), tmp_path / "set.safetensors")
     block = {"miou": 0.3, "mask_ap": 0.4, "boundary_f1": 0.2}
@@ -160,14 +175,14 @@ def test_shipped_report_gives_curves_and_probe(fresh, tmp_path: Path, image: np.
     report["meta"] = {"model": "x"}
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "metrics.json").write_text(json.dumps(report))
-    assert service.shipped_report(path)["meta"] == {"model": "x"}
-    r = analyze(image, str(path), "probe")
+    assert fresh.shipped_report(path)["meta"] == {"model": "x"}
+    r = analyze(image, str(path), "probe", fresh)
     assert isinstance(r.curves, go.Figure)
     assert "deep supervision helps" in r.summary
     assert r.table_headers[0].startswith("head (dataset mask AP")
     assert r.metrics["probe"]["outcome"] == "helps"
-    assert service.shipped_report(tmp_path / "nothing.safetensors") is None
-    assert service.shipped_report("cse_vit-t_ade20k") is None
+    assert fresh.shipped_report(tmp_path / "nothing.safetensors") is None
+    assert fresh.shipped_report("cse_vit-t_ade20k") is None
 
 
 # ------------------------------------------------------------------------------------- images
@@ -282,48 +297,130 @@ def test_awkward_images_work_with_notices(set_path: str) -> None:
 
 # ---------------------------------------------------------------------------------- requests
 def test_probe_without_per_pixel_heads(cse_only: str, image: np.ndarray) -> None:
-    with pytest.raises(AnalysisError, match="no per_pixel and no per_pixel_ds head"):
+    probe = (
+        "Deep-supervision probe is not available: this checkpoint has no per_pixel and no per_pixel_ds head; the "
+        "deep-supervision probe needs both the per-pixel baseline and its deeply supervised twin (the embedded "
+        "CamVid set has them)"
+    )
+    with pytest.raises(AnalysisError, match=f"^{re.escape(probe)}$"):
         analyze(image, cse_only, "probe")
-    with pytest.raises(AnalysisError, match="no per-pixel baseline head; the paper comparison needs one"):
+    comparison = (
+        "StructToken vs. per-pixel baseline, block by block is not available: this checkpoint has no per-pixel "
+        "baseline head; the paper comparison needs one (the embedded CamVid set has it)"
+    )
+    with pytest.raises(AnalysisError, match=f"^{re.escape(comparison)}$"):
         analyze(image, cse_only, "comparison")
     r = analyze(image, cse_only, "attention")
     assert r.available["probe"] and r.available["attention"] is None
     assert analyze(image, cse_only, "prediction").table
 
 
+RELEASED = (
+    "cse_vit-t_ade20k, pwe_vit-t_ade20k, sse_vit-t_ade20k, cse_vit-s_ade20k, pwe_vit-s_ade20k, sse_vit-s_ade20k, "
+    "cse_vit-b_ade20k, pwe_vit-b_ade20k, sse_vit-b_ade20k, pwe_vit-l_ade20k, sse_vit-l_ade20k"
+)
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "message"),
     [
-        ({"analysis": "histogram"}, "unknown analysis"),
-        ({"normalize": "zscore"}, "unknown normalisation"),
-        ({"head": "linear"}, "no head 'linear'"),
-        ({"analysis": "comparison", "head": "per_pixel"}, "not a StructToken head"),
-        ({"analysis": "attention", "head": "pwe"}, "no class x channel attention"),
-        ({"analysis": "attention", "block": 5}, "block 5 does not exist"),
-        ({"analysis": "comparison", "block": 9}, "block 9 does not exist"),
-        ({"block": 1.5}, "whole number"),
-        ({"opacity": 2}, "opacity"),
-        ({"classes": ["Sky", "Unicorn"]}, "valid classes: Sky, Building, Road, Car"),
-        ({"model": "no-such-model"}, "unknown model"),
-        ({"model": ""}, "no model"),
-        ({"device": "tpu"}, "."),
+        (
+            {"analysis": "histogram"},
+            "unknown analysis 'histogram'; choose one of prediction, comparison, probe, attention",
+        ),
+        ({"normalize": "zscore"}, "unknown normalisation 'zscore'; choose one of shared, per_map, softmax"),
+        ({"readout": "logit"}, "unknown readout 'logit'; choose one of raw"),
+        ({"head": "linear"}, "this set has no head 'linear'; its heads are cse, sse, pwe, per_pixel, per_pixel_ds"),
+        (
+            {"analysis": "comparison", "head": "per_pixel"},
+            "'per_pixel' is not a StructToken head; for the comparison pick one of cse, sse, pwe "
+            "(the per-pixel heads are always part of the grid)",
+        ),
+        (
+            {"analysis": "attention", "head": "pwe"},
+            "head 'pwe' has no class x channel attention; choose one of cse, sse",
+        ),
+        ({"analysis": "attention", "block": 5}, "block 5 does not exist: cse has blocks 1..2"),
+        (
+            {"analysis": "comparison", "block": 9},
+            "block 9 does not exist: use 1..2 (0 = the input maps, 3 = the output)",
+        ),
+        ({"block": 1.5}, "block must be a whole number or None, got 1.5"),
+        ({"opacity": 2}, "opacity must be in [0, 1], got 2"),
+        ({"classes": ["Sky", "Unicorn"]}, "unknown class 'Unicorn'; valid classes: Sky, Building, Road, Car"),
+        ({"model": "no-such-model"}, f"unknown model 'no-such-model': neither a file nor one of: {RELEASED}"),
+        ({"model": ""}, "no model given: use 'camvid', a released model name or a checkpoint path"),
+        ({"device": "tpu"}, "unknown device 'tpu'; choose one of auto, cpu, cuda"),
     ],
 )
-def test_bad_requests(set_path: str, image: np.ndarray, kwargs: dict, match: str) -> None:
+def test_bad_requests(set_path: str, image: np.ndarray, kwargs: dict, message: str) -> None:
     kwargs = {"model": set_path, **kwargs}
-    with pytest.raises(AnalysisError, match=match):
-        analyze(image, **kwargs)
+    with pytest.raises(AnalysisError, match=f"^{re.escape(message)}$"):
+        _SHARED.analyze(AnalysisRequest(image, **kwargs))
 
 
-def test_model_cache_is_bounded(fresh, set_path: str, cse_only: str, tmp_path: Path, image: np.ndarray) -> None:
+def test_describe_model(set_path: str, cse_only: str, tmp_path: Path) -> None:
+    ex = Explorer()
+    info = ex.describe_model(set_path)
+    assert (info.source, info.known, info.num_blocks) == ("ours", True, 2)
+    assert info.heads == ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds") and info.classes == NAMES
+    assert list(info.analyses) == list(ANALYSES)
+    assert info.analyses["prediction"].heads == info.heads and info.analyses["prediction"].head_control == "Head"
+    assert info.analyses["comparison"].heads == ("cse", "sse", "pwe")
+    assert info.analyses["attention"].heads == ("cse", "sse")
+    assert [b for _, b in info.analyses["comparison"].blocks] == [None, 0, 1, 2, 3]
+    assert [b for _, b in info.analyses["attention"].blocks] == [None, 1, 2]
+    assert all(a.reason is None for a in info.analyses.values())
+    single = ex.describe_model(cse_only)
+    assert single.analyses["probe"].reason == (
+        "this checkpoint has no per_pixel and no per_pixel_ds head; the deep-supervision probe needs both the "
+        "per-pixel baseline and its deeply supervised twin (the embedded CamVid set has them)"
+    )
+    assert ex.describe_model("cse_vit-t_ade20k").source == "official"  # from the registry, nothing downloaded
+    pth = tmp_path / "official.pth"
+    pth.write_bytes(b"not read")
+    assert (ex.describe_model(str(pth)).source, ex.describe_model(str(pth)).known) == ("official", False)
+    assert ex.describe_model(str(tmp_path / "missing.safetensors")).source == "unknown"
+    assert ex.cached_models() == []  # describing loads no weights
+
+
+def test_model_cache_is_bounded(
+    fresh: Explorer, set_path: str, cse_only: str, tmp_path: Path, image: np.ndarray
+) -> None:
     third = save_model(build_model(tiny_config(extra_heads=("per_pixel",))), tmp_path / "third.safetensors")
     for p in (set_path, cse_only, str(third)):
-        analyze(image, p, "prediction")
-    assert len(service._MODELS) == 2
-    assert all(k[0][0] != str(Path(set_path).resolve()) for k in service._MAPS)
+        assert analyze(image, p, "prediction", fresh).timings["cached"] is False
+    assert fresh.cached_models() == [cse_only, str(third)]  # the first set was evicted
+    assert analyze(image, cse_only, "prediction", fresh).timings["cached"] is True
+    reloaded = analyze(image, set_path, "prediction", fresh)  # its maps went with it
+    assert reloaded.timings["cached"] is False and reloaded.timings["model_load"] > 0
 
 
 def test_no_thread_leak(set_path: str, image: np.ndarray) -> None:
     before = threading.active_count()
     analyze(image, set_path, "prediction")
     assert threading.active_count() <= before + 1
+
+
+def test_a_newly_registered_head_joins_the_analyses_by_its_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heads come from their kind in structtoken.config.HEAD_NAMES, not from name lists: a static
+    per-pixel head registered there is a comparison baseline; a deeply supervised twin makes a probe pair."""
+    from analysis import roles
+    from structtoken import config
+
+    names = {**config.HEAD_NAMES, "fcn": ("fcn", False), "fcn_ds": ("fcn", True)}
+    monkeypatch.setattr(config, "HEAD_NAMES", names)
+    monkeypatch.setattr(roles, "HEAD_NAMES", names)
+    heads = ["cse", "pwe", "per_pixel", "fcn", "fcn_ds", "linear"]
+    assert roles.baseline_heads(heads) == ["per_pixel", "fcn"]
+    assert roles.deep_supervision_pairs(heads) == [("fcn", "fcn_ds")]
+    assert roles.structtoken_heads(heads) == ["cse", "pwe"] and roles.attention_heads(heads) == ["cse"]
+
+    class Cfg:  # what the analyses read of a config
+        pass
+
+    cfg = Cfg()
+    cfg.heads = tuple(heads)
+    assert ANALYSES["comparison"].heads(cfg, "pwe") == ["pwe", "per_pixel", "fcn"]
+    assert ANALYSES["probe"].heads(cfg, "cse") == ["fcn", "fcn_ds", "cse"]
+    assert ANALYSES["prediction"].head_choices(cfg) == heads

@@ -1,0 +1,450 @@
+"""The block-by-block grid (the paper's Fig. 3 layout): one layout description, two renderers.
+
+:func:`block_grid` builds a :class:`GridLayout` once from an image's maps: rows = classes, a column
+group per head (its stages: the class maps entering block 1, after each block, the output), the
+normalised cells and their raw values, the class outlines and the texts. :func:`render_static` draws
+it as one matplotlib mosaic (the app's figure and its PNG / PDF downloads, the report's examples),
+:func:`render_plotly` as one interactive plotly axes (hover: head, stage, class, normalised and raw
+value). Both draw the same cells with the same titles.
+
+Shapes: R rows, B_g stages in column group g, the feature grid (h, w).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from . import figures as F
+from .labels import NORMALIZATION_NOTES, head_label
+from .maps import ImageMaps, normalize_maps, readout_stages, upsample_maps
+
+__all__ = [
+    "PLOTLY_MAX_SIDE",
+    "GridGroup",
+    "GridLayout",
+    "Outline",
+    "block_grid",
+    "display_size",
+    "render_plotly",
+    "render_static",
+    "stage_indices",
+]
+
+PLOTLY_MAX_SIDE = 128
+"""Interactive cells longer than this (grid cells) are stride-subsampled to keep the page light."""
+MOSAIC_MAX_WIDTH_PX = 1700
+"""The static mosaic's maps fit in about this many pixels across (cells 56..128 px long)."""
+
+
+@dataclass(frozen=True)
+class GridGroup:
+    """One column group: the stages of one head.
+
+    Attributes:
+        head: head name (its label and colour head the group).
+        titles: ``[B]`` column titles (``input``, ``block 1``, ..., ``output``).
+        cells: ``[R, B, h, w]`` float32 maps on the feature grid, in the layout's colour range.
+        raw: ``[R, B, h, w]`` the same maps before normalisation (hover), or None.
+    """
+
+    head: str
+    titles: tuple[str, ...]
+    cells: np.ndarray
+    raw: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Outline:
+    """Class boundaries drawn in white on every cell of a row (and on its image).
+
+    Attributes:
+        labels: ``[H', W']`` integer class map at any size (resized nearest to the cell size).
+        dashed: dashed (a prediction) or solid (ground truth).
+    """
+
+    labels: np.ndarray
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """What a block grid shows, for either renderer.
+
+    Attributes:
+        rows: ``[R]`` row labels (class names).
+        class_ids: ``[R]`` class index of each row (whose boundary the outlines draw).
+        groups: the column groups, left to right; every group's cells have the same (h, w).
+        image: ``[H, W, 3]`` uint8 shown in the first column of every row (static renderer), or None.
+        outlines: class boundaries to draw (static renderer).
+        cell_hw: (h, w) pixels of one static cell.
+        title: figure title; colorbar_label: the colour axis' label; note: footnote (static).
+        vmin, vmax: the colour range of the cells (normalised maps: 0..1).
+    """
+
+    rows: tuple[str, ...]
+    class_ids: tuple[int, ...]
+    groups: tuple[GridGroup, ...]
+    cell_hw: tuple[int, int]
+    image: np.ndarray | None = None
+    outlines: tuple[Outline, ...] = ()
+    title: str | None = None
+    colorbar_label: str = "normalised map value"
+    note: str | None = None
+    vmin: float = 0.0
+    vmax: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise ValueError("a grid needs at least one column group")
+        shapes = {g.cells.shape[2:] for g in self.groups}
+        for g in self.groups:
+            if g.cells.ndim != 4 or g.cells.shape[0] != len(self.rows):
+                raise ValueError(f"{g.head}: cells must be [R={len(self.rows)}, B, h, w], got {g.cells.shape}")
+            if g.cells.shape[1] != len(g.titles):
+                raise ValueError(f"{g.head}: {g.cells.shape[1]} stages but {len(g.titles)} titles")
+        if len(shapes) != 1:
+            raise ValueError(f"every group's cells must have one (h, w), got {sorted(shapes)}")
+        if len(self.class_ids) != len(self.rows):
+            raise ValueError(f"{len(self.class_ids)} class ids for {len(self.rows)} rows")
+
+    @property
+    def num_panels(self) -> int:
+        """Map cells in the grid: R x (sum of B over groups); the image column not counted."""
+        return len(self.rows) * sum(len(g.titles) for g in self.groups)
+
+    @property
+    def column_titles(self) -> list[str]:
+        """Every map column's title, left to right."""
+        return [t for g in self.groups for t in g.titles]
+
+
+# ------------------------------------------------------------------------------------ building
+def stage_indices(num_blocks: int, block: int | None) -> list[int]:
+    """Stage indices (into ``[S, ...]``) to show: all when ``block`` is None, else the one stage
+    ``block`` (0 = input, 1..N = after that block, N + 1 = output)."""
+    if block is None:
+        return list(range(num_blocks + 2))
+    if not 0 <= block <= num_blocks + 1:
+        raise ValueError(
+            f"block {block} does not exist: use 1..{num_blocks} (0 = the input maps, {num_blocks + 1} = the output)"
+        )
+    return [int(block)]
+
+
+def display_size(hw: tuple[int, int], n_cols: int, max_width: int = MOSAIC_MAX_WIDTH_PX) -> tuple[int, int]:
+    """Cell size (h, w) in pixels for a grid of ``n_cols`` thumbnails of an ``hw`` image."""
+    h, w = hw
+    long_side = int(np.clip(max_width / max(n_cols, 1), 56, 128))
+    f = long_side / max(h, w)
+    return max(8, round(h * f)), max(8, round(w * f))
+
+
+def block_grid(
+    maps: ImageMaps,
+    heads: Sequence[str],
+    class_ids: Sequence[int],
+    normalize: str = "shared",
+    block: int | None = None,
+    readout: str = "raw",
+    outline_head: str | None = None,
+    label: np.ndarray | None = None,
+    title: str | None = None,
+    cell_long_side: int | None = None,
+) -> GridLayout:
+    """The grid of ``heads``' stages for the rows ``class_ids`` of one image.
+
+    Args:
+        maps: the image's maps.
+        heads: the column groups, in order.
+        class_ids: ``[R]`` the rows.
+        normalize: one of :data:`analysis.maps.NORMALIZATIONS`, applied over all K classes and the
+            stages of every head shown before the rows are picked.
+        block: only that stage (0 = input, 1..N blocks, N + 1 = output), or None for every stage.
+        readout: how stages are read as class scores (:data:`analysis.maps.READOUTS`).
+        outline_head: whose prediction outlines each row's class (dashed when ``label`` is given).
+        label: ``[H, W]`` ground truth, outlined solid; None for none.
+        title: figure title.
+        cell_long_side: static cell size in px along the long side; None fits the mosaic to
+            :data:`MOSAIC_MAX_WIDTH_PX`.
+    """
+    stacks = {hd: readout_stages(maps, hd, readout) for hd in heads}
+    normed = normalize_maps(stacks, normalize)
+    assert isinstance(normed, dict)
+    cls = np.asarray(class_ids, dtype=np.int64)
+    groups = []
+    for hd in heads:
+        hm = maps.heads[hd]
+        idx = stage_indices(hm.num_blocks, block)
+        groups.append(
+            GridGroup(
+                head=hd,
+                titles=tuple(hm.stage_names[i] for i in idx),
+                cells=np.ascontiguousarray(normed[hd][idx][:, cls].transpose(1, 0, 2, 3)),
+                raw=np.ascontiguousarray(stacks[hd][idx][:, cls].transpose(1, 0, 2, 3)),
+            )
+        )
+    hw = maps.image.shape[:2]
+    if cell_long_side is None:
+        cell_hw = display_size(hw, 1 + sum(len(g.titles) for g in groups))
+    else:
+        f = cell_long_side / max(hw)
+        cell_hw = (max(8, round(hw[0] * f)), max(8, round(hw[1] * f)))
+    outlines = []
+    note = f"normalisation: {NORMALIZATION_NOTES[normalize]}"
+    if label is not None:
+        outlines.append(Outline(np.asarray(label), dashed=False))
+    if outline_head is not None:
+        outlines.append(Outline(maps.pred[outline_head], dashed=label is not None))
+    if label is not None and outline_head is not None:
+        note += f"; white lines: boundary of each row's class (solid: ground truth, dashed: {head_label(outline_head)})"
+    elif label is not None:
+        note += "; white line: boundary of each row's class in the ground truth"
+    elif outline_head is not None:
+        note += f"; white line: boundary of each row's class in the {head_label(outline_head)} prediction"
+    note += f"; maps bilinearly resized from the {maps.grid[0]}x{maps.grid[1]} grid"
+    return GridLayout(
+        rows=tuple(maps.class_names[c] for c in class_ids),
+        class_ids=tuple(int(c) for c in class_ids),
+        groups=tuple(groups),
+        cell_hw=cell_hw,
+        image=maps.image,
+        outlines=tuple(outlines),
+        title=title,
+        colorbar_label="class probability" if normalize == "softmax" else "normalised map value",
+        note=note,
+    )
+
+
+# ------------------------------------------------------------------------------- static mosaic
+def _lut(cmap: str) -> np.ndarray:
+    return (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def _colorize(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.nan_to_num(values, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return lut[idx]
+
+
+def _row_outlines(layout: GridLayout, hw: tuple[int, int]) -> list[np.ndarray | None]:
+    """Per row: ``[h, w]`` bool pixels to paint white (solid outlines whole, dashed ones every other pair)."""
+    if not layout.outlines:
+        return [None] * len(layout.rows)
+    yy, xx = np.mgrid[: hw[0], : hw[1]]
+    dash = ((yy + xx) // 2) % 2 == 0
+    out = []
+    for c in layout.class_ids:
+        paint = np.zeros(hw, dtype=bool)
+        for o in layout.outlines:
+            lab = np.asarray(o.labels)
+            lab = lab if lab.shape == hw else F.resize_nearest(lab, hw)
+            edge = F.boundary(lab == int(c))
+            paint |= edge & dash if o.dashed else edge
+        out.append(paint)
+    return out
+
+
+def render_static(layout: GridLayout, dpi: int = 100) -> Figure:
+    """The grid as one mosaic image in one matplotlib axes (fast: one ``imshow``), with a labelled
+    colourbar and the layout's note as a footnote.
+
+    Cells are bilinearly resized to ``layout.cell_hw``, clipped to the colour range and drawn with
+    :data:`analysis.figures.MAP_CMAP`, one map pixel per screen pixel at ``dpi``.
+
+    Returns:
+        Matplotlib figure with one image axes (label ``"mosaic"``) and a colourbar axes.
+    """
+    h, w = layout.cell_hw
+    span = layout.vmax - layout.vmin or 1.0
+    cells = {g.head: np.clip((upsample_maps(g.cells, (h, w)) - layout.vmin) / span, 0.0, 1.0) for g in layout.groups}
+    n_rows = len(layout.rows)
+    gap = max(2, w // 24)
+    group_gap = 4 * gap
+    lut = _lut(F.MAP_CMAP)
+    n_cols = {g.head: len(g.titles) for g in layout.groups}
+    width = w + sum(group_gap + n_cols[g.head] * w + (n_cols[g.head] - 1) * gap for g in layout.groups)
+    height = n_rows * h + (n_rows - 1) * gap
+    mosaic = np.full((height, width, 3), 255, dtype=np.uint8)
+    image = layout.image if layout.image is not None else np.full((h, w, 3), 255, np.uint8)
+    thumb = F.resize_rgb(F.as_rgb_uint8(image), (h, w))
+    bounds = _row_outlines(layout, (h, w))
+    col_x: dict[str, list[int]] = {}
+    x = w + group_gap
+    for g in layout.groups:
+        col_x[g.head] = [x + b * (w + gap) for b in range(n_cols[g.head])]
+        x = col_x[g.head][-1] + w + group_gap
+    for r in range(n_rows):
+        y = r * (h + gap)
+        cell = thumb.copy()
+        if bounds[r] is not None:
+            cell[bounds[r]] = 255
+        mosaic[y : y + h, :w] = cell
+        for g in layout.groups:
+            for b, cx in enumerate(col_x[g.head]):
+                rgb = _colorize(cells[g.head][r, b], lut)
+                if bounds[r] is not None:
+                    rgb[bounds[r]] = 255
+                mosaic[y : y + h, cx : cx + w] = rgb
+
+    title, note = layout.title, layout.note
+    left, right, top, bottom = 1.25, 1.0, 0.62 + (0.32 if title else 0.0), 0.32 if note else 0.12
+    fig_w, fig_h = width / dpi + left + right, height / dpi + top + bottom
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, (width / dpi) / fig_w, (height / dpi) / fig_h), label="mosaic")
+    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+    ax.set_axis_off()
+    fs = 8
+    ax.text(w / 2, -4, "image", ha="center", va="bottom", fontsize=fs)
+    for g in layout.groups:
+        cols = col_x[g.head]
+        for b, cx in enumerate(cols):
+            ax.text(cx + w / 2, -4, g.titles[b], ha="center", va="bottom", fontsize=fs)
+        x0, x1 = cols[0], cols[-1] + w
+        color = F.head_color(g.head)
+        ax.plot([x0, x1], [-19, -19], color=color, lw=2, solid_capstyle="butt", clip_on=False)
+        xc = (x0 + x1) / 2
+        ax.text(xc, -22, head_label(g.head), ha="center", va="bottom", fontsize=10, fontweight="bold", color=color)
+    for r, name in enumerate(layout.rows):
+        ax.text(-6, r * (h + gap) + h / 2, str(name), ha="right", va="center", fontsize=fs + 1)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    cax = fig.add_axes(((left + width / dpi + 0.15) / fig_w, bottom / fig_h, 0.14 / fig_w, (height / dpi) / fig_h))
+    cb = fig.colorbar(ScalarMappable(norm=Normalize(layout.vmin, layout.vmax), cmap=F.MAP_CMAP), cax=cax)
+    cb.ax.tick_params(labelsize=fs)
+    cb.set_label(layout.colorbar_label, fontsize=fs)
+    if title:
+        fig.text(0.5, 1 - 0.12 / fig_h, title, ha="center", va="top", fontsize=12)
+    if note:
+        fig.text(left / fig_w, 0.06 / fig_h, note, ha="left", va="bottom", fontsize=fs - 0.5, color="0.3")
+    return fig
+
+
+# --------------------------------------------------------------------------------- interactive
+def render_plotly(layout: GridLayout) -> go.Figure:
+    """The grid in one plotly axes: one heatmap trace per (group, column, row), sharing one colour axis.
+
+    Cells stay on the feature grid (stride-subsampled beyond :data:`PLOTLY_MAX_SIDE`); hover shows
+    head, stage, class, the normalised and (when the layout has them) the raw value. No image
+    column and no outlines: the static figure has those.
+    """
+    h, w = layout.groups[0].cells.shape[2:]
+    stride = max(1, math.ceil(max(h, w) / PLOTLY_MAX_SIDE))
+    hs, ws = math.ceil(h / stride), math.ceil(w / stride)
+    gap = max(1.0, ws / 12)
+    group_gap = 3 * gap
+    traces = []
+    annotations = []
+    shapes = []
+    x = 0.0
+    for g in layout.groups:
+        arr = g.cells[:, :, ::stride, ::stride]
+        raw_arr = g.raw[:, :, ::stride, ::stride] if g.raw is not None else None
+        label = F.hover_escape(head_label(g.head))
+        x_start = x
+        for b, col_title in enumerate(g.titles):
+            annotations.append(
+                {
+                    "x": x + ws / 2,
+                    "y": -0.6,
+                    "text": col_title,
+                    "showarrow": False,
+                    "yanchor": "bottom",
+                    "font": {"size": 11},
+                    "xref": "x",
+                    "yref": "y",
+                }
+            )
+            for r in range(arr.shape[0]):
+                hover = (
+                    f"<b>{label}</b> · {F.hover_escape(col_title)}<br>"
+                    f"class: {F.hover_escape(str(layout.rows[r]))}<br>"
+                    "value: %{z:.3f}"
+                    + ("<br>raw: %{customdata:.4g}" if raw_arr is not None else "")
+                    + "<extra></extra>"
+                )
+                traces.append(
+                    go.Heatmap(
+                        z=arr[r, b],
+                        x0=x + 0.5,
+                        dx=1,
+                        y0=r * (hs + gap) + 0.5,
+                        dy=1,
+                        customdata=raw_arr[r, b] if raw_arr is not None else None,
+                        coloraxis="coloraxis",
+                        hovertemplate=hover,
+                        showlegend=False,
+                    )
+                )
+            x += ws + gap
+        x_end = x - gap
+        line_y = -0.6 - 0.2 * (hs + gap)
+        annotations.append(
+            {
+                "x": (x_start + x_end) / 2,
+                "y": -0.6 - 0.22 * (hs + gap),
+                "xref": "x",
+                "yref": "y",
+                "text": f"<b>{label}</b>",
+                "showarrow": False,
+                "yanchor": "bottom",
+                "font": {"size": 13, "color": F.head_color(g.head)},
+            }
+        )
+        shapes.append(
+            {
+                "type": "line",
+                "x0": x_start,
+                "x1": x_end,
+                "y0": line_y,
+                "y1": line_y,
+                "xref": "x",
+                "yref": "y",
+                "line": {"color": F.head_color(g.head), "width": 2},
+            }
+        )
+        x = x_end + group_gap
+    total_w = x - group_gap
+    n_rows = len(layout.rows)
+    total_h = n_rows * (hs + gap) - gap
+    fig = go.Figure(data=traces)
+    px_per_cell = min(900 / max(total_w, 1), 14.0)
+    note = f"maps subsampled ×{stride} for display" if stride > 1 else ""
+    full_title = layout.title or ""
+    if note:
+        full_title = f"{full_title}<br><sup>{note}</sup>" if full_title else note
+    fig.update_layout(
+        title={"text": full_title, "x": 0.5, "xanchor": "center"} if full_title else None,
+        template="plotly_white",
+        coloraxis={
+            "colorscale": F.MAP_CMAP_PLOTLY,
+            "cmin": layout.vmin,
+            "cmax": layout.vmax,
+            "colorbar": {"title": {"text": layout.colorbar_label}, "thickness": 12},
+        },
+        xaxis={"visible": False, "range": [-gap, total_w + gap], "constrain": "domain"},
+        yaxis={
+            "range": [total_h + gap, -0.35 * (hs + gap) - 1],
+            "scaleanchor": "x",
+            "tickmode": "array",
+            "tickvals": [r * (hs + gap) + hs / 2 for r in range(n_rows)],
+            "ticktext": [str(c) for c in layout.rows],
+            "showgrid": False,
+            "zeroline": False,
+            "constrain": "domain",
+        },
+        annotations=annotations,
+        shapes=shapes,
+        width=int(min(1800, max(500, total_w * px_per_cell + 220))),
+        height=int(min(1600, max(300, (total_h + 0.4 * (hs + gap)) * px_per_cell + 140))),
+        margin={"l": 90, "r": 30, "t": 60 if full_title else 30, "b": 20},
+        plot_bgcolor="white",
+    )
+    return fig
