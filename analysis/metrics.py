@@ -22,7 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from structtoken.metrics import ConfusionAccumulator, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from structtoken.metrics import (
+    ConfusionAccumulator,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+)
+from structtoken.metrics import as_int_array as _as_int_array
+from structtoken.metrics import check_label_range as _check_label_range
+from structtoken.metrics import check_num_classes as _check_num_classes
+from structtoken.metrics import check_pred_range as _check_pred_range
+from structtoken.metrics import nan_to_none as _nan_to_none
+from structtoken.metrics import to_numpy as _to_numpy
+from structtoken.metrics import valid_mask as _valid_mask
 
 __all__ = [
     "BoundaryCounts",
@@ -48,71 +61,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """Convert ``x`` (numpy array, torch tensor on any device, list, scalar) to a numpy array."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return int(num_classes)
-
-
-def _as_int_array(x: np.ndarray, name: str) -> np.ndarray:
-    """Return ``x`` as int64; floats are accepted only when every value is integral."""
-    if x.dtype == bool or np.issubdtype(x.dtype, np.integer):
-        return x.astype(np.int64, copy=False)
-    if np.issubdtype(x.dtype, np.floating):
-        if not np.all(np.isfinite(x)) or not np.all(x == np.round(x)):
-            raise ValueError(f"{name} must hold integer class indices")
-        return x.astype(np.int64)
-    raise ValueError(f"{name} must be an integer array, got dtype {x.dtype}")
-
-
-def _valid_mask(label: np.ndarray, ignore_index: int | None) -> np.ndarray:
-    if ignore_index is None:
-        return np.ones(label.shape, dtype=bool)
-    return label != ignore_index
-
-
-def _check_label_range(label: np.ndarray, valid: np.ndarray, num_classes: int) -> None:
-    vals = label[valid]
-    if vals.size and (vals.min() < 0 or vals.max() >= num_classes):
-        raise ValueError(
-            f"label values must be in [0, {num_classes - 1}] or the ignore index; "
-            f"found range [{vals.min()}, {vals.max()}]"
-        )
-
-
-def _check_pred_range(pred: np.ndarray, num_classes: int) -> None:
-    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(
-            f"prediction values must be in [0, {num_classes - 1}]; found range [{pred.min()}, {pred.max()}]"
-        )
-
-
-def _prepare_pred_label(
-    pred: Any, label: Any, num_classes: int, ignore_index: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Validate and convert a (prediction, label) pair; return (pred, label, valid, K)."""
-    k = _check_num_classes(num_classes)
-    p = _as_int_array(_to_numpy(pred), "pred")
-    g = _as_int_array(_to_numpy(label), "label")
-    if p.shape != g.shape:
-        raise ValueError(f"pred and label shapes differ: {p.shape} vs {g.shape}")
-    valid = _valid_mask(g, ignore_index)
-    _check_label_range(g, valid, k)
-    _check_pred_range(p, k)
-    return p, g, valid, k
-
-
-def _nan_to_none(values: np.ndarray) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
 # --------------------------------------------------------------------------------------------

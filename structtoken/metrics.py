@@ -20,22 +20,23 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ConfusionAccumulator", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy"]
+"""The metrics; the input checks (``to_numpy``, ``prepare_pred_label``, ...) are public for analysis.metrics."""
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
     """Convert ``x`` (numpy array, torch tensor on any device, list, scalar) to a numpy array."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
 
-def _check_num_classes(num_classes: int) -> int:
+def check_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return int(num_classes)
 
 
-def _as_int_array(x: np.ndarray, name: str) -> np.ndarray:
+def as_int_array(x: np.ndarray, name: str) -> np.ndarray:
     """Return ``x`` as int64; floats are accepted only when every value is integral."""
     if x.dtype == bool or np.issubdtype(x.dtype, np.integer):
         return x.astype(np.int64, copy=False)
@@ -46,13 +47,13 @@ def _as_int_array(x: np.ndarray, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be an integer array, got dtype {x.dtype}")
 
 
-def _valid_mask(label: np.ndarray, ignore_index: int | None) -> np.ndarray:
+def valid_mask(label: np.ndarray, ignore_index: int | None) -> np.ndarray:
     if ignore_index is None:
         return np.ones(label.shape, dtype=bool)
     return label != ignore_index
 
 
-def _check_label_range(label: np.ndarray, valid: np.ndarray, num_classes: int) -> None:
+def check_label_range(label: np.ndarray, valid: np.ndarray, num_classes: int) -> None:
     vals = label[valid]
     if vals.size and (vals.min() < 0 or vals.max() >= num_classes):
         raise ValueError(
@@ -61,29 +62,29 @@ def _check_label_range(label: np.ndarray, valid: np.ndarray, num_classes: int) -
         )
 
 
-def _check_pred_range(pred: np.ndarray, num_classes: int) -> None:
+def check_pred_range(pred: np.ndarray, num_classes: int) -> None:
     if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
         raise ValueError(
             f"prediction values must be in [0, {num_classes - 1}]; found range [{pred.min()}, {pred.max()}]"
         )
 
 
-def _prepare_pred_label(
+def prepare_pred_label(
     pred: Any, label: Any, num_classes: int, ignore_index: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Validate and convert a (prediction, label) pair; return (pred, label, valid, K)."""
-    k = _check_num_classes(num_classes)
-    p = _as_int_array(_to_numpy(pred), "pred")
-    g = _as_int_array(_to_numpy(label), "label")
+    k = check_num_classes(num_classes)
+    p = as_int_array(to_numpy(pred), "pred")
+    g = as_int_array(to_numpy(label), "label")
     if p.shape != g.shape:
         raise ValueError(f"pred and label shapes differ: {p.shape} vs {g.shape}")
-    valid = _valid_mask(g, ignore_index)
-    _check_label_range(g, valid, k)
-    _check_pred_range(p, k)
+    valid = valid_mask(g, ignore_index)
+    check_label_range(g, valid, k)
+    check_pred_range(p, k)
     return p, g, valid, k
 
 
-def _nan_to_none(values: np.ndarray) -> list[float | None]:
+def nan_to_none(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
@@ -94,13 +95,13 @@ def confusion_matrix(pred: Any, label: Any, num_classes: int, ignore_index: int 
     ``ignore_index`` are left out. Every prediction value (ignored pixels included) must lie in
     ``0..K-1`` and every non-ignored label value too, else ``ValueError``.
     """
-    p, g, valid, k = _prepare_pred_label(pred, label, num_classes, ignore_index)
+    p, g, valid, k = prepare_pred_label(pred, label, num_classes, ignore_index)
     idx = g[valid] * k + p[valid]
     return np.bincount(idx, minlength=k * k).reshape(k, k).astype(np.int64)
 
 
 def _check_cm(cm: Any) -> np.ndarray:
-    m = _to_numpy(cm)
+    m = to_numpy(cm)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"confusion matrix must be square [K, K], got shape {m.shape}")
     return m.astype(np.float64)
@@ -139,7 +140,7 @@ class ConfusionAccumulator:
     not means of per-image values."""
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
         self.ignore_index = ignore_index
         self.reset()
 
@@ -161,5 +162,5 @@ class ConfusionAccumulator:
         return {
             "miou": mean_iou(self.cm),
             "pixel_accuracy": pixel_accuracy(self.cm),
-            "iou_per_class": _nan_to_none(iou_per_class(self.cm)),
+            "iou_per_class": nan_to_none(iou_per_class(self.cm)),
         }
