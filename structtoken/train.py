@@ -347,14 +347,18 @@ class Trainer:
         self.it = 0
 
     def _init_from(self, path: str) -> None:
-        """Copy every tensor whose name and shape match from one of our checkpoints (e.g. a stage-1 backbone)."""
+        """Copy the backbone (every ``backbone.*`` tensor) from one of our checkpoints: a stage-1 run or a set.
+
+        Only the backbone: the heads keep their seeded initialisation (:func:`seed_head_inits`), so
+        starting from a trained set (whose heads share names with ours) still trains fresh heads.
+        """
         src = load_model(path).state_dict()
         own = self.model.state_dict()
         backbone = [k for k in own if k.startswith("backbone.")]
         bad = [k for k in backbone if k not in src or src[k].shape != own[k].shape]
         if bad:
             raise ValueError(f"{path}: backbone does not fit this configuration ({len(bad)} keys, e.g. {bad[0]})")
-        self.model.load_state_dict({k: src[k] if k in src and src[k].shape == v.shape else v for k, v in own.items()})
+        self.model.load_state_dict({k: src[k].to(v.dtype) if k in backbone else v for k, v in own.items()})
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: Path) -> None:

@@ -196,3 +196,37 @@ def test_v2_stage2_two_iterations_train_all_seven_heads(tmp_path):
         keys = [k for k in before if k.startswith(f"heads.{name}.") and before[k].is_floating_point()]
         assert keys and any(not torch.equal(before[k], after[k]) for k in keys), name
     assert ModelConfig.from_dict(load_model(final).cfg.to_dict()).heads == V2_STAGE2_HEADS
+
+
+def test_init_from_a_trained_set_copies_the_backbone_only(tmp_path):
+    """Starting stage 2 from a set with trained heads of the same names keeps the heads' seeded init."""
+    data = write_dataset(tmp_path / "data")
+    tc = recipe("camvid_stage2")
+    tc.model = tc.model.replace(
+        head="per_pixel",
+        extra_heads=("per_pixel_ds",),
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_blocks=2,
+        num_classes=3,
+        image_size=(32, 32),
+        stem="patch",
+        classes=tuple(CLASSES),
+        palette=(),
+    )
+    tc.crop_size, tc.scale, tc.batch_size, tc.iters, tc.warmup_iters = (32, 32), (64, 48), 2, 2, 1
+    tc.num_workers, tc.ckpt_interval, tc.log_interval = 0, 2, 1
+    torch.manual_seed(11)
+    trained = build_model(tc.model)
+    for p in trained.heads.parameters():
+        p.data.add_(1.0)
+    src = save_model(trained, tmp_path / "set.safetensors")
+    fresh = Trainer(tc, data, tmp_path / "a", torch.device("cpu"), progress=False).model.state_dict()
+    init = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=str(src), progress=False)
+    got, ref = init.model.state_dict(), trained.state_dict()
+    for k, v in got.items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, ref[k]), k
+        elif k.startswith("heads."):
+            assert torch.equal(v, fresh[k]), k
