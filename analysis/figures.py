@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,7 +72,6 @@ MAP_CMAP = "viridis"
 DIVERGING_CMAP = "RdBu_r"
 #: Plotly equivalents of the two colormaps above.
 MAP_CMAP_PLOTLY = "Viridis"
-DIVERGING_CMAP_PLOTLY = "RdBu_r"
 
 #: Fixed colour per head (Okabe–Ito colour-blind-safe palette).
 HEAD_COLORS: dict[str, str] = {
@@ -572,15 +572,6 @@ def probe_figure(seed_results: Mapping[str, Sequence[float | None]], title: str 
 # --------------------------------------------------------------------------------------------------
 
 
-def _attention_scale(attn: np.ndarray) -> tuple[str, float | None, float | None, bool]:
-    """Colormap and range: diverging symmetric about 0 if any value is negative, else the map colormap."""
-    finite = attn[np.isfinite(attn)]
-    if finite.size and finite.min() < 0:
-        lim = float(np.abs(finite).max()) or 1.0
-        return DIVERGING_CMAP, -lim, lim, True
-    return MAP_CMAP, None, None, False
-
-
 def _check_attention(attn: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     a = np.asarray(attn, dtype=np.float64)
     if a.ndim != 2:
@@ -590,26 +581,93 @@ def _check_attention(attn: np.ndarray, class_names: Sequence[str]) -> np.ndarray
     return a
 
 
-def attention_plotly(attn: np.ndarray, class_names: Sequence[str], title: str | None = None) -> go.Figure:
-    """Interactive class × channel attention heatmap (one trace; hover: class, channel, weight)."""
+LOG_WEIGHT_FLOOR = 1e-45
+"""Attention weights below this are drawn at it in the log-weight panel: float32's smallest positive
+value is about 1.4e-45, so a weight of exactly 0 (an underflowed softmax) lands here."""
+
+
+def attention_plotly(
+    attn: np.ndarray,
+    class_names: Sequence[str],
+    title: str | None = None,
+    token_columns: Sequence[str] = (),
+    entropy: np.ndarray | None = None,
+) -> go.Figure:
+    """Interactive class x channel attention: log10 weight of every column, beside each class's entropy.
+
+    Args:
+        attn: ``[R, C']`` softmax weights, one row per class shown, every column (SSE: the token columns
+            first, named by ``token_columns``; then the feature channels).
+        class_names: ``[R]`` row labels.
+        title: figure title.
+        token_columns: names of the leading token columns (SSE: the K classes), empty for CSE.
+        entropy: ``[R]`` each row's softmax entropy in nats; adds a bar panel (0 .. ln C') when given.
+
+    The heatmap shows log10 of the weight (floored at :data:`LOG_WEIGHT_FLOOR`): log weight is the
+    pre-softmax score minus the row's log-sum-exp, so a saturated row still shows how its channels rank
+    below the one that takes all the weight. Hover gives the weight itself. The x axis spans every column.
+    """
     a = _check_attention(attn, class_names)
     n_rows, n_ch = a.shape
-    _, lo, hi, signed = _attention_scale(a)
-    fig = go.Figure(
-        go.Heatmap(
-            z=a,
-            x=np.arange(n_ch),
-            y=[str(c) for c in class_names],
-            colorscale=DIVERGING_CMAP_PLOTLY if signed else MAP_CMAP_PLOTLY,
-            zmin=lo,
-            zmax=hi,
-            zmid=0.0 if signed else None,
-            colorbar={"title": {"text": "attention"}},
-            hovertemplate="class: %{y}<br>channel: %{x}<br>weight: %{z:.4g}<extra></extra>",
+    n_tok = len(token_columns)
+    if n_tok > n_ch:
+        raise ValueError(f"{n_tok} token columns but the attention has {n_ch} columns")
+    rows = [str(c) for c in class_names]
+    col_names = [f"token: {t}" for t in token_columns] + [f"feature channel {i}" for i in range(n_ch - n_tok)]
+    logw = np.log10(np.clip(a, LOG_WEIGHT_FLOOR, None))
+    with_entropy = entropy is not None
+    fig = make_subplots(
+        rows=1,
+        cols=2 if with_entropy else 1,
+        column_widths=[0.82, 0.18] if with_entropy else None,
+        shared_yaxes=True,
+        horizontal_spacing=0.02,
+        subplot_titles=(
+            ("log10 attention weight" + (f" (left of the white line: the {n_tok} token channels)" if n_tok else "")),
+            "softmax entropy (nats)",
         )
+        if with_entropy
+        else None,
     )
-    fig.update_yaxes(autorange="reversed", title_text="class", type="category")
-    fig.update_xaxes(title_text="feature channel")
+    fig.add_trace(
+        go.Heatmap(
+            z=logw,
+            x=np.arange(n_ch),
+            y=rows,
+            customdata=np.stack([a, np.broadcast_to(np.array(col_names, dtype=object), a.shape)], axis=-1),
+            colorscale=MAP_CMAP_PLOTLY,
+            zmin=math.log10(LOG_WEIGHT_FLOOR),
+            zmax=0.0,
+            colorbar={"title": {"text": "log10 w"}, "x": 1.02, "len": 0.9},
+            hovertemplate="class: %{y}<br>%{customdata[1]}<br>weight: %{customdata[0]:.4g}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    if with_entropy:
+        e = np.asarray(entropy, dtype=np.float64)
+        if e.shape != (n_rows,):
+            raise ValueError(f"entropy must have one value per row ({n_rows}), got shape {e.shape}")
+        fig.add_trace(
+            go.Bar(
+                x=e,
+                y=rows,
+                orientation="h",
+                marker_color="#4c72b0",
+                text=[f"{v:.2g}" for v in e],
+                textposition="outside",
+                cliponaxis=False,
+                hovertemplate="class: %{y}<br>entropy: %{x:.3g} nats<extra></extra>",
+                showlegend=False,
+            ),
+            row=1,
+            col=2,
+        )
+        fig.update_xaxes(range=[0.0, math.log(n_ch)], title_text=f"0 .. ln {n_ch} = {math.log(n_ch):.2f}", row=1, col=2)
+    fig.update_yaxes(autorange="reversed", type="category", row=1, col=1)
+    fig.update_xaxes(range=[-0.5, n_ch - 0.5], title_text=f"all {n_ch} channels", row=1, col=1)
+    if n_tok:
+        fig.add_vline(x=n_tok - 0.5, line_width=2, line_color="white", row=1, col=1)
     fig.update_layout(
         title={
             "text": title if title is not None else "Class × channel attention",
@@ -617,8 +675,8 @@ def attention_plotly(attn: np.ndarray, class_names: Sequence[str], title: str | 
             "xanchor": "center",
         },
         template="plotly_white",
-        height=int(min(1400, max(320, 24 * n_rows + 160))),
-        width=int(min(1600, max(600, 4 * n_ch + 250))),
+        height=int(min(1400, max(360, 24 * n_rows + 200))),
+        margin={"l": 100, "r": 40, "t": 120},
     )
     return fig
 
@@ -674,7 +732,9 @@ def channel_maps_figure(
             ax.set_yticks([])
         else:
             ax.set_visible(False)
-    fig.suptitle(title if title is not None else f"Channels most used by '{class_name}'")
+    text = title if title is not None else f"Channels most used by '{class_name}'"
+    width_chars = max(30, int(fig.get_figwidth() * 9))  # ~9 characters per inch at the default title size
+    fig.suptitle("\n".join(textwrap.wrap(text, width_chars)))
     fig.supxlabel("each map on its own colour scale", fontsize=_SMALL)
     return fig
 

@@ -416,19 +416,23 @@ def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ attention
 def top_channels(
-    attention: np.ndarray, class_id: int, k: int = 6, feature_offset: int = 0
+    attention: np.ndarray, class_id: int, k: int = 6, feature_offset: int = 0, min_weight: float = 1e-3
 ) -> tuple[list[int], list[float]]:
-    """The feature channels class ``class_id`` draws on most.
+    """The feature channels class ``class_id`` draws on most: at most ``k``, each of weight >= ``min_weight``.
+
+    A saturated softmax puts (nearly) all of a row's weight on one channel; the list then holds that one
+    channel, never channels of zero weight in index order.
 
     Args:
         attention: ``[K, C']`` class x channel attention of one block.
         class_id: the row.
-        k: how many channels.
+        k: at most this many channels.
         feature_offset: columns before the feature channels (SSE: K token columns), skipped.
+        min_weight: channels below this weight are not listed.
 
     Returns:
         (feature-channel indices counted from the first feature column, their weights), largest
-        weight first.
+        weight first; possibly fewer than ``k``, possibly empty (all weight on token channels).
     """
     a = np.asarray(attention)
     if a.ndim != 2:
@@ -436,5 +440,5 @@ def top_channels(
     if not 0 <= class_id < a.shape[0]:
         raise ValueError(f"class_id {class_id} outside 0..{a.shape[0] - 1}")
     row = a[class_id, feature_offset:].astype(np.float64)
-    order = np.argsort(-row, kind="stable")[: max(0, int(k))]
+    order = [i for i in np.argsort(-row, kind="stable")[: max(0, int(k))] if row[i] >= min_weight]
     return [int(i) for i in order], [float(row[i]) for i in order]

@@ -333,15 +333,22 @@ def test_probe_figure() -> None:
 
 def test_attention_plotly(rng: np.random.Generator) -> None:
     attn = rng.random((3, 20))
+    attn /= attn.sum(1, keepdims=True)
     pf = F.attention_plotly(attn, NAMES, title="Attn")
     assert isinstance(pf, go.Figure)
-    assert len(pf.data) == 1
-    assert "%{y}" in pf.data[0].hovertemplate and "%{x}" in pf.data[0].hovertemplate
+    assert len(pf.data) == 1  # no entropy panel unless asked
+    assert "%{y}" in pf.data[0].hovertemplate and "weight" in pf.data[0].hovertemplate
     assert pf.layout.title.text == "Attn"
-    signed = F.attention_plotly(attn - 0.5, NAMES)
-    assert signed.data[0].zmin == pytest.approx(-signed.data[0].zmax)
+    np.testing.assert_allclose(pf.data[0].z, np.log10(attn))
+    assert tuple(pf.layout.xaxis.range) == (-0.5, 19.5)
+    with_e = F.attention_plotly(attn, NAMES, token_columns=NAMES, entropy=np.array([0.1, 0.2, 0.3]))
+    assert len(with_e.data) == 2 and list(with_e.data[1].x) == pytest.approx([0.1, 0.2, 0.3])
+    assert with_e.data[0].customdata[1, 0, 1] == "token: road"
+    assert with_e.data[0].customdata[1, 3, 1] == "feature channel 0"
     with pytest.raises(ValueError):
         F.attention_plotly(attn, NAMES[:2])
+    with pytest.raises(ValueError):
+        F.attention_plotly(attn, NAMES, entropy=np.zeros(2))
 
 
 def test_channel_maps_figure(image: np.ndarray, rng: np.random.Generator) -> None:

@@ -207,8 +207,11 @@ def test_top_channels() -> None:
     assert ids == [0, 2] and weights == pytest.approx([0.9, 0.5])
     ids, weights = top_channels(attn, 0, k=2, feature_offset=2)  # SSE: skip the token columns
     assert ids == [0, 2] and weights == pytest.approx([0.5, 0.3])
-    ids, _ = top_channels(attn, 1, k=10, feature_offset=2)
-    assert ids == [1, 2, 0, 3]
+    ids, weights = top_channels(attn, 1, k=10, feature_offset=2)  # the zero-weight channel 3 is not listed
+    assert ids == [1, 2, 0] and weights == pytest.approx([0.7, 0.2, 0.1])
+    assert top_channels(attn, 1, k=10, feature_offset=2, min_weight=0.15)[0] == [1, 2]
+    saturated = np.array([[0.0, 1.0, 0.0, 0.0]])
+    assert top_channels(saturated, 0, k=6) == ([1], [1.0])
     with pytest.raises(ValueError):
         top_channels(attn, 2)
 
