@@ -11,7 +11,7 @@
     torchrun --nproc_per_node 8 -m structtoken.train --recipe ade20k --model sse_vit-b_ade20k --data /data/ade
 
 Recipe: AdamW, poly schedule (power 1) with linear warmup, learning-rate multiplier for the heads,
-no weight decay on positional embedding, class token and norms, cross-entropy with ignore 255 on
+no weight decay on positional embedding, class token and norms, cross-entropy ignoring the dataset's ignore index on
 logits upsampled to the label size (optionally class-weighted from ``classes.json``). The
 deep-supervision head ``per_pixel_ds`` adds ``ds_weight`` x cross-entropy of every residual block's
 output (default 0.4 each, mmseg's auxiliary-head weight). With ``freeze_backbone`` the backbone runs
@@ -246,10 +246,13 @@ def param_groups(model: Segmentor, tc: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
-def seg_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of logits [B, K, h, w], upsampled bilinearly to the label size [B, H, W], ignore 255."""
+def seg_loss(
+    logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None, ignore_index: int = 255
+) -> torch.Tensor:
+    """Cross-entropy of logits [B, K, h, w], upsampled bilinearly to the label size [B, H, W]; pixels
+    labelled ``ignore_index`` (the dataset's ``DatasetInfo.ignore_index``) do not count."""
     logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), label, weight=weight, ignore_index=255)
+    return F.cross_entropy(logits.float(), label, weight=weight, ignore_index=ignore_index)
 
 
 def head_losses(
@@ -258,14 +261,15 @@ def head_losses(
     label: torch.Tensor,
     weight: torch.Tensor | None,
     tc: TrainConfig,
+    ignore_index: int = 255,
 ) -> dict[str, torch.Tensor]:
     """Loss per head (deep-supervision terms included) for one batch of backbone features."""
     losses = {}
     for name, head in model.heads.items():
         out = head(features)
-        loss = seg_loss(out.logits, label, weight)
+        loss = seg_loss(out.logits, label, weight, ignore_index)
         for aux in out.aux_logits:
-            loss = loss + tc.ds_weight * seg_loss(aux, label, weight)
+            loss = loss + tc.ds_weight * seg_loss(aux, label, weight, ignore_index)
         losses[name] = loss
     return losses
 
@@ -327,6 +331,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
         info = load_dataset_info(data_root)
+        self.ignore_index = info.ignore_index
         self.weight = (
             torch.tensor(info.class_weights, dtype=torch.float32, device=device)
             if tc.class_weights and info.class_weights
@@ -338,6 +343,7 @@ class Trainer:
             photometric=tc.photometric,
             mean=tc.model.mean,
             std=tc.model.std,
+            ignore_index=info.ignore_index,  # padding and the crop's class check use the dataset's ignore
         )
         self.dataset = SeededDataset(SegmentationDataset(data_root, "train"), transform, seed=tc.seed)
         self.iters_per_epoch = len(self.dataset) // (tc.batch_size * self.world)
@@ -416,11 +422,11 @@ class Trainer:
                 model.heads.train()
                 with torch.no_grad():
                     features = model.backbone(image)
-                losses = head_losses(model, features, label, self.weight, tc)
+                losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
             else:
                 self.train_model.train()
                 features = (self.train_model.module if self.world > 1 else self.train_model).backbone(image)
-                losses = head_losses(model, features, label, self.weight, tc)
+                losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -14,7 +14,7 @@ from structtoken import ModelConfig, load_model
 from structtoken.data import SegmentationDataset
 from structtoken.evaluate import evaluate_model
 from structtoken.segmentor import build_model
-from structtoken.train import TrainConfig, Trainer, lr_factor, main, param_groups
+from structtoken.train import TrainConfig, Trainer, lr_factor, main, param_groups, seg_loss
 
 CLASSES = ["sky", "road", "car"]
 
@@ -264,3 +264,31 @@ def test_v2_stage1_recipe_is_v1_two_and_a_half_times_longer():
         v1.crop_size,
         v1.weight_decay,
     )
+
+
+def test_seg_loss_ignores_the_given_index():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 2, 2)
+    label = torch.tensor([[[0, 1], [7, 2]]])
+    full = seg_loss(logits, label, None, ignore_index=7)
+    valid = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[label != 7], label[label != 7])
+    torch.testing.assert_close(full, valid)
+    with pytest.raises((IndexError, RuntimeError)):  # 7 is not a class of 3 unless it is ignored
+        seg_loss(logits, label, None)
+
+
+def test_trainer_uses_the_dataset_ignore_index(tmp_path):
+    """A dataset whose ignore index is 250 (not 255) trains: padding and ignored pixels carry 250."""
+    data = write_dataset(tmp_path / "data")
+    meta = json.loads((data / "classes.json").read_text())
+    meta["ignore_index"] = 250
+    (data / "classes.json").write_text(json.dumps(meta))
+    for f in data.glob("*/labels/*.png"):
+        lab = np.array(Image.open(f))
+        lab[lab == 255] = 250
+        Image.fromarray(lab).save(f)
+    trainer = Trainer(tiny_tc(iters=2, warmup_iters=1), data, tmp_path / "run", torch.device("cpu"), progress=False)
+    assert trainer.ignore_index == 250
+    trainer.run()
+    rec = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(v) for r in rec for k, v in r.items() if k.startswith("loss/"))
