@@ -231,7 +231,9 @@ def _lut(cmap: str) -> np.ndarray:
 
 def _colorize(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
     idx = np.clip(np.nan_to_num(values, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return lut[idx]
+    out = lut[idx]
+    out[np.isnan(values)] = 255  # a stage the head does not have: blank, not the lowest colour
+    return out
 
 
 def _row_outlines(layout: GridLayout, hw: tuple[int, int]) -> list[np.ndarray | None]:
@@ -295,7 +297,9 @@ def render_static(layout: GridLayout, dpi: int = 100) -> Figure:
                 mosaic[y : y + h, cx : cx + w] = rgb
 
     title, note = layout.title, layout.note
-    left, right, top, bottom = 1.25, 1.0, 0.62 + (0.32 if title else 0.0), 0.32 if note else 0.12
+    longest = max((len(str(r)) for r in layout.rows), default=0)
+    left = max(1.25, 0.075 * longest + 0.2)  # inches: the longest row label stays inside the figure
+    right, top, bottom = 1.0, 0.62 + (0.32 if title else 0.0), 0.32 if note else 0.12
     fig_w, fig_h = width / dpi + left + right, height / dpi + top + bottom
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, (width / dpi) / fig_w, (height / dpi) / fig_h), label="mosaic")
