@@ -90,6 +90,9 @@ class Focus(Analysis):
             note=note,
         )
         area = {hd: 100.0 * float(np.mean(maps.pred[hd] == cls)) for hd in heads}
+        counts = np.bincount(maps.pred[request.head].ravel().astype(np.int64), minlength=len(maps.class_names))
+        shares = 100.0 * counts / max(1, counts.sum())
+        present = [c for c in np.argsort(-shares, kind="stable") if shares[c] > 0 or c == cls]
         agreement = {hd: stage_agreement(maps, hd, request.readout) for hd in heads}
         table = [
             [head_label(hd), rounded(area[hd]), *self._cells(maps, hd, titles, cells[r])] for r, hd in enumerate(heads)
@@ -105,6 +108,7 @@ class Focus(Analysis):
                 "columns": list(titles),
                 "rows": heads,
                 "predicted_area_percent": {hd: rounded(v, 3) for hd, v in area.items()},
+                "image_class_area_percent": {maps.class_names[c]: rounded(float(shares[c]), 3) for c in present},
                 "mean_normalised_map": {hd: [rounded(v, 4) for v in row[2:]] for hd, row in zip(heads, table)},
                 "stage_agreement_percent": {hd: [rounded(v, 3) for v in ag] for hd, ag in agreement.items()},
             },
@@ -123,8 +127,7 @@ class Focus(Analysis):
             "block 1, after each block, the output), read as class scores the "
             f"**{request.readout}** way. Normalisation: **{request.normalize}** "
             f"({NORMALIZATION_NOTES[request.normalize]}). The white line is {cls}'s boundary in the "
-            f"{head_label(request.head)} prediction, the same on every row. Pick another class in *Focus class* "
-            "(or click it in the Overlay tab)."
+            f"{head_label(request.head)} prediction, the same on every row."
         )
 
 
