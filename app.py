@@ -882,23 +882,13 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                 visible=False,
                 elem_id="st-focus-class",
             )
-            with gr.Row():
-                head = gr.Dropdown(
-                    choices=[(HEAD_LABELS.get(h, h), h) for h in first.heads],
-                    value=None,
-                    label="StructToken head",
-                    scale=1,
-                    min_width=140,
-                    elem_id="st-head",
-                )
-                block = gr.Dropdown(
-                    choices=_block_choices(first),
-                    value=ALL_BLOCKS,
-                    label="Block",
-                    scale=1,
-                    min_width=120,
-                    elem_id="st-block",
-                )
+            head = gr.Dropdown(
+                choices=[(HEAD_LABELS.get(h, h), h) for h in first.heads],
+                value=None,
+                label="StructToken head",
+                elem_id="st-head",
+            )
+            block = gr.Dropdown(choices=_block_choices(first), value=ALL_BLOCKS, label="Block", elem_id="st-block")
             offered = [(READOUT_LABELS.get(r, r), r) for r, why in readouts.items() if why is None]
             readout = gr.Dropdown(
                 choices=offered,
