@@ -122,7 +122,7 @@ CSS = """
 .st-downloads button {min-width: 0;}
 #st-figure, #st-figure .image-container, #st-figure button {height: auto !important; max-height: none !important;}
 #st-figure img {width: 100% !important; height: auto !important; max-height: none !important;
-  object-fit: contain !important;}
+  object-fit: contain !important; margin-top: 30px;}  /* its buttons sit above it, not on its titles */
 #st-results {min-width: 0; overflow-x: auto;}
 #st-plot, #st-curves {overflow-x: auto !important; max-width: 100%;}
 """
