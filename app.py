@@ -63,49 +63,68 @@ def default_model() -> str:
 
 TITLE = "StructToken Explorer"
 INTRO = """
-# StructToken Explorer
-
-StructToken (Lin et al., *StructToken: Rethinking Semantic Segmentation with Structural Prior*,
-[arXiv:2203.12612](https://arxiv.org/abs/2203.12612)) segments an image with **learnable structure
-tokens**: one spatial map per class, refined by a few blocks that let the tokens interact with the ViT
-features (CSE: cross-slice extraction, SSE: self-slice extraction, PWE: point-wise extraction). Upload an
-image to see, block by block, how the StructToken heads and a per-pixel baseline (with and without deep
-supervision) build their answers, with numbers beside the pictures.
+**StructToken Explorer**: block by block, how StructToken heads (Lin et al.,
+[arXiv:2203.12612](https://arxiv.org/abs/2203.12612)) and per-pixel heads build their class maps.
+Upload an image or pick an example in the sidebar.
 """
 HELP = """
-* **Prediction**: the chosen head's segmentation over the image (any head of the set, the per-pixel ones
-  included) and, in the numbers, the area each class takes in the prediction of every head.
-* **Paper comparison** (the paper's Fig. 3 layout): rows are classes, columns the class maps entering block 1
-  (*input*), after every block and at the head *output*, for the chosen StructToken head and the per-pixel
-  baseline side by side. The white line is the class's boundary in the chosen head's prediction. The numbers
-  give, per stage, the share of feature-grid cells whose strongest class already equals the head's output.
-* **Deep-supervision probe**: the same grid for the per-pixel baseline without and with deep supervision
-  (a loss on every block's map) next to StructToken: does deep supervision alone give StructToken-like
-  block maps? The verdict and the dataset numbers come from the set's shipped report (training seeds).
-* **Token–feature attention** (CSE and SSE heads): how much each class token reads each feature channel in
-  the chosen block, and the feature maps of the channels the first selected class reads most.
-* **Block**: show one stage only (*input*, *block k*, *output*) instead of every stage; for the attention,
-  which block.
-* **Normalisation**: *shared per class* puts every map of a class on one colour scale (compare stages and
-  heads); *per map* stretches each map on its own (see shape); *softmax* shows class probabilities.
-* **Classes**: empty means the classes with the largest predicted area; pick others by name.
-* **Dataset-level curves** (when the set ships an evaluation report): mIoU, mask AP and boundary F1 of every
-  block's maps on the validation set.
-* **Examples**: a synthetic street scene and public-domain photos shipped with the app, then the first CamVid
-  validation frames when the dataset folder is present (read in place, never copied).
+* **Focus on one class**: one class, every head of the set as a row (StructToken and per-pixel), every stage as a
+  column: the class map entering block 1 (*input*), after each block, the head *output*. Pick the class in
+  *Focus class*. The white line is the class's boundary in the prediction of the head named in *Boundary from head*.
+* **Paper comparison** (the paper's Fig. 3 layout): rows are classes, columns the stages, for the chosen StructToken
+  head and the per-pixel baseline side by side. The numbers give, per stage, the share of feature-grid cells whose
+  strongest class already equals the head's output.
+* **Deep-supervision probe**: the same grid for the per-pixel baseline without and with deep supervision next to
+  StructToken. The verdict and the dataset numbers come from the set's shipped report (training seeds).
+* **Token–feature attention** (CSE and SSE heads): how much each class token reads each feature channel.
+* **Prediction**: the chosen head's segmentation; the numbers give each class's area for every head, and a
+  check of how far the image is from the set's training domain.
+* **Readout**: how a stage's maps are read as class scores. *raw (as in the paper)*: channel k is class k (true
+  for StructToken; a per-pixel head's last layer mixes channels, so its raw maps are not class maps); *through the
+  head*: the head's own remaining output layers applied to the stage; *fitted*: a per-stage linear map fitted on
+  the train split.
+* **Classes**: automatic (the classes with the largest predicted area, following each new image) until you pick
+  classes yourself; *Automatic classes* returns to automatic.
+* **Normalisation**: *shared per class* puts every map of a class on one colour scale (compare stages and heads);
+  *per map* stretches each map on its own (see shape); *softmax* shows class probabilities.
 * **Downloads**: the figure (PNG/PDF), every map of every head (`.npz`) and the numbers (`.json`).
 """
+READOUT_LABELS: dict[str, str] = {
+    "raw": "raw (as in the paper)",
+    "head": "through the head",
+    "fitted": "fitted (per stage, train split)",
+}
+"""The readout control's choices (keys as :data:`analysis.maps.READOUTS` names them)."""
+CONTROLS_USED: dict[str, frozenset[str]] = {
+    "prediction": frozenset({"head"}),
+    "comparison": frozenset({"head", "block", "classes", "normalize", "readout"}),
+    "probe": frozenset({"head", "block", "classes", "normalize", "readout"}),
+    "focus": frozenset({"head", "focus_class", "normalize", "readout"}),
+    "attention": frozenset({"head", "block", "classes"}),
+}
+"""Which controls change each analysis (the others are disabled while it is shown); an analysis not
+listed here gets every control."""
+ALL_CONTROLS = frozenset({"head", "block", "classes", "normalize", "readout", "focus_class"})
+AUTO_CLASSES_LABEL = "Classes: automatic (largest predicted area, follows the image)"
+USER_CLASSES_LABEL = "Classes: your pick (Automatic classes returns to automatic)"
 
 CSS = """
-.gradio-container {max-width: 1400px !important; margin: auto;}
-#st-intro p {font-size: 0.95rem; line-height: 1.45;}
+.gradio-container {max-width: 100% !important;}
+.gradio-container .main.fillable {padding-left: 12px !important; padding-right: 12px !important;}
+#st-intro p {font-size: 0.92rem; line-height: 1.4; margin: 0;}
 #st-availability p {font-size: 0.85rem; color: var(--body-text-color-subdued);}
+#st-error {border-left: 4px solid var(--error-border-color, #dc2626); padding: 0.4rem 0.8rem;
+  background: var(--error-background-fill, #fef2f2);}
+#st-error p {margin: 0;}
 #st-summary {min-height: 3rem;}
-.st-downloads button {min-width: 0;}
 #st-summary td:first-child, #st-summary th:first-child {white-space: nowrap;}
-#st-summary table {font-size: 0.85rem;}
-#st-plot {overflow-x: auto !important;}
-#st-plot .js-plotly-plot {width: max-content;}
+#st-summary table {font-size: 0.85rem; display: block; overflow-x: auto; max-width: 100%;}
+.st-downloads button {min-width: 0;}
+#st-figure, #st-figure .image-container, #st-figure button {height: auto !important; max-height: none !important;}
+#st-figure img {width: 100% !important; height: auto !important; max-height: none !important;
+  object-fit: contain !important; margin-top: 30px;}  /* its buttons sit above it, not on its titles */
+#st-results {min-width: 0; overflow-x: auto;}
+#st-plot, #st-curves {overflow-x: auto !important; max-width: 100%;}
 """
 
 
@@ -226,6 +245,18 @@ def _camvid_val_images(n: int = CAMVID_EXAMPLES) -> list[Path]:
     return out
 
 
+EXAMPLE_CAPTIONS: dict[str, str] = {
+    "street_synthetic.jpg": "Synthetic street scene (drawn, CamVid-like)",
+    "astronaut.jpg": "Astronaut portrait",
+    "chelsea.jpg": "Cat",
+    "coffee.jpg": "Coffee cup",
+    "rocket.jpg": "Rocket launch",
+}
+"""Caption of each shipped example (a file without one is captioned by its name)."""
+STREET_EXAMPLES = ("street_synthetic.jpg",)
+"""Shipped examples in the domain of a street-scene set (CamVid); the others are out of its domain."""
+
+
 def example_images() -> list[Path]:
     """Shipped examples (street scene first), then CamVid validation frames when the dataset is present."""
     shipped = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -233,7 +264,52 @@ def example_images() -> list[Path]:
     return [*shipped, *_camvid_val_images()]
 
 
+def set_kind(classes: Sequence[str]) -> str:
+    """``"street"`` for a street-scene set (a few classes, Road among them: CamVid), else ``"general"``
+    (ADE20K's 150 classes, or a set whose classes are not known before its weights are read)."""
+    names = {c.lower() for c in classes}
+    return "street" if "road" in names and len(names) <= 20 else "general"
+
+
+def example_entries(kind: str) -> list[tuple[Path, str]]:
+    """(image, caption) of the examples suited to a set of ``kind`` (:func:`set_kind`), in domain first.
+
+    ``street``: the synthetic street, the CamVid val frames (when present), then the other shipped
+    photos, captioned as out of domain. ``general``: every shipped photo, then the CamVid frames.
+    """
+    shipped = [p for p in example_images() if p.parent == EXAMPLES_DIR]
+    camvid = [(p, f"CamVid val frame {p.stem}") for p in _camvid_val_images()]
+    own = [(p, EXAMPLE_CAPTIONS.get(p.name, p.stem)) for p in shipped]
+    if kind == "street":
+        street = [(p, c) for p, c in own if p.name in STREET_EXAMPLES]
+        away = [(p, f"{c} (out of domain for a street model)") for p, c in own if p.name not in STREET_EXAMPLES]
+        return [*street, *camvid, *away]
+    return [*own, *camvid]
+
+
 # --------------------------------------------------------------------------- argument handling
+def _refuse(message: str, title: str = "Cannot analyse this") -> gr.Error:
+    """A user-input error: shown to the person, logged as one line by the caller, no traceback."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def _private_dirs() -> list[str]:
+    """Server folders whose paths a message must not show (uploads and temporary files)."""
+    dirs = {tempfile.gettempdir(), os.environ.get("GRADIO_TEMP_DIR", "")}
+    return sorted((d.rstrip(os.sep) for d in dirs if d), key=len, reverse=True)
+
+
+def scrub_paths(text: str, *paths: str) -> str:
+    """``text`` with every server path under the temporary folders (where uploads land) and every one of
+    ``paths`` replaced by its file name: messages never show where the server keeps files."""
+    for p in sorted((str(p) for p in paths if p), key=len, reverse=True):
+        if os.sep in p:
+            text = text.replace(p, Path(p).name)
+    for d in _private_dirs():
+        text = re.sub(re.escape(d) + r"(?:/[^\s'\"`)]+)*/([^\s'\"`)/]+)", r"\1", text)
+    return text
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).stem if os.sep in text else text).strip("-") or "model"
 
@@ -268,7 +344,7 @@ def _key_of(value: Any, labels: Mapping[str, str], what: str, default: str) -> s
     for key, label in labels.items():
         if s.lower() in (key.lower(), label.lower()):
             return key
-    raise gr.Error(f"unknown {what} {s!r}; choose one of: {', '.join(labels)}")
+    raise _refuse(f"unknown {what} {s!r}; choose one of: {', '.join(labels)}")
 
 
 def _classes_arg(classes: Any) -> list[str] | None:
@@ -297,9 +373,9 @@ def _block_arg(block: Any) -> int | None:
     try:
         f = float(block)
     except (TypeError, ValueError):
-        raise gr.Error(f"block must be a whole number (-1 = all), got {block!r}") from None
+        raise _refuse(f"block must be a whole number (-1 = all), got {block!r}") from None
     if f != int(f):
-        raise gr.Error(f"block must be a whole number (-1 = all), got {block!r}")
+        raise _refuse(f"block must be a whole number (-1 = all), got {block!r}")
     return None if int(f) < 0 else int(f)
 
 
@@ -309,9 +385,9 @@ def _opacity_arg(opacity: Any) -> float:
     try:
         v = float(opacity)
     except (TypeError, ValueError):
-        raise gr.Error(f"opacity must be a number in [0, 1], got {opacity!r}") from None
+        raise _refuse(f"opacity must be a number in [0, 1], got {opacity!r}") from None
     if not 0.0 <= v <= 1.0:
-        raise gr.Error(f"opacity must be in [0, 1], got {opacity!r}")
+        raise _refuse(f"opacity must be in [0, 1], got {opacity!r}")
     return v
 
 
@@ -334,8 +410,11 @@ OUTPUT_NAMES = (
     "download_json",
 )
 """What ``/analyze`` returns, in order (the page also keeps a private state for its controls)."""
-FAILED_SUMMARY = "*No result: the analysis stopped with the error shown at the top right; change the input and retry.*"
-PLOT_MAX_WIDTH = 1800  # px: wider interactive mosaics are scaled down to this (the results column scrolls)
+SIDEBAR_WIDTH = 320
+"""px: the controls' sidebar; at a 1400 px window the results get about 1058 px (the figure >= 1000 px)."""
+PLOT_WIDTH = 1000
+"""px: about the results column's width at a 1400 px window; plotly figures take the column's width and
+keep the height they would have at this width."""
 
 
 def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | None) -> Any:
@@ -349,21 +428,32 @@ def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | 
 
 
 def fit_plot(fig: Any) -> Any:
-    """Cap a plotly figure's fixed width (scaling a fixed height in proportion, so aspect-locked mosaics
-    keep their shape); the results column scrolls sideways for figures wider than itself, so the hover
-    values stay legible instead of being squeezed."""
+    """Let a plotly figure take the results column's width (autosize) instead of a fixed width wider
+    than the column, which clipped its right half; its height is scaled as if it were :data:`PLOT_WIDTH`
+    wide, so an aspect-locked mosaic keeps its shape and every panel, title and legend entry shows."""
     if fig is None or not hasattr(fig, "update_layout"):
         return fig
     width, height = fig.layout.width, fig.layout.height
-    if width and width > PLOT_MAX_WIDTH:
-        fig.update_layout(width=PLOT_MAX_WIDTH, height=int(height * PLOT_MAX_WIDTH / width) if height else None)
+    if width and height and width > PLOT_WIDTH:
+        height = max(260, int(height * PLOT_WIDTH / width))
+    fig.update_layout(width=None, height=height, autosize=True)
+    if fig.layout.title and fig.layout.title.text:  # a long title wraps instead of running off the plot
+        fig.update_layout(title_font_size=14)
     return fig
 
 
+def error_box(message: str | None) -> Any:
+    """The results area's error notice: shown with ``message`` until the next run, hidden for None."""
+    if not message:
+        return gr.update(value="", visible=False)
+    return gr.update(value=f"**Cannot analyse this:** {message}", visible=True)
+
+
 def clear_for_new_image(image: Any) -> tuple[Any, ...]:
-    """A new (or no) image: drop the previous image's results before analysing the new one."""
+    """A new (or no) image: drop the previous image's results before analysing the new one (the page's
+    outputs: :data:`OUTPUT_NAMES`, the state, the error notice)."""
     summary = "*Analysing…*" if _has_image(image) else "*Upload an image or pick an example.*"
-    return (None, None, None, None, None, summary, None, None, None, None, None, None)
+    return (None, None, None, None, None, summary, None, None, None, None, None, None, error_box(None))
 
 
 def _progress_adapter(progress: Any) -> Callable[[float, str], None] | None:
@@ -403,12 +493,12 @@ class ExplorerUI:
         ckpt = _payload_path(checkpoint)
         if ckpt:
             if not ckpt.lower().endswith(CHECKPOINT_SUFFIXES):
-                raise gr.Error(f"checkpoint {Path(ckpt).name!r}: expected a .safetensors or .pth file")
+                raise _refuse(f"checkpoint {Path(ckpt).name!r}: expected a .safetensors or .pth file")
             return ckpt
         allowed = model_names(self.explorer)
         name = str(model).strip() if model not in (None, "") else allowed[0]
         if name not in allowed:
-            raise gr.Error(f"unknown model {name!r}; choose one of: {', '.join(allowed)}")
+            raise _refuse(f"unknown model {name!r}; choose one of: {', '.join(allowed)}")
         return name
 
     def analysis_key(self, value: Any) -> str:
@@ -434,87 +524,141 @@ class ExplorerUI:
         """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
 
         ``pdf=False`` (the page) leaves the figure PDF to :meth:`render_pending_pdf`, a follow-up step.
-        Every :class:`analysis.service.AnalysisError` becomes a ``gr.Error`` with its message; any other
-        exception is logged and reported as ``internal error: ...`` (the server stays up).
+        Every bad input (an :class:`analysis.service.AnalysisError` or a bad argument) becomes a
+        ``gr.Error`` with its message, free of server paths, logged as one line; any other exception
+        is logged with its traceback and reported as ``internal error: ...`` (the server stays up).
         """
-        t0 = time.perf_counter()
-        img = image if _is_array(image) else _payload_path(image)
-        if img is None:
-            raise gr.Error("Upload an image first (or pick one of the examples).")
         try:
-            spec = self.model_spec(model, checkpoint)
-            request = AnalysisRequest(
-                image=img,
-                model=spec,
-                analysis=self.analysis_key(analysis),
-                head=_head_arg(head),
-                classes=_classes_arg(classes),
-                normalize=_key_of(normalize, NORMALIZATION_LABELS, "normalisation", "shared"),
-                block=_block_arg(block),
-                opacity=_opacity_arg(opacity),
-                readout=str(readout or "raw"),
+            return self._analyze_image(
+                image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, progress, pdf
             )
-            t_gc = time.perf_counter()
-            self.tidy_memory()
-            t_gc = time.perf_counter() - t_gc
-            try:
-                result = self._run(request, None if _on_spaces() else _progress_adapter(progress))
-            except AnalysisError as e:
-                raise gr.Error(str(e), title="Cannot analyse this") from None
-            t1 = time.perf_counter()
-            stem = f"structtoken_{request.analysis}_{_slug(spec)}"
-            folder = self.folders.new()
-            files = {k: None if v is None else str(v) for k, v in save_downloads(result, folder, stem, pdf).items()}
-            t2 = time.perf_counter()
-            timings = dict(result.timings or {})
-            timings.update(
-                app_gc_s=round(t_gc, 4),
-                app_service_s=round(t1 - t0, 4),
-                app_downloads_s=round(t2 - t1, 4),
-                app_total_s=round(time.perf_counter() - t0, 4),
-            )
-            pending = None if pdf or result.figure is None else folder / f"{stem}.pdf"
-            state = {
-                "spec": spec,
-                "analysis": request.analysis,
-                "head": result.metrics.get("head"),
-                "block": ALL_BLOCKS if request.block is None else request.block,
-                "selected": list(result.selected_classes),
-                "has_curves": result.curves is not None,
-                # the page's follow-up step renders the PDF from this figure into this path
-                "pdf_figure": result.figure if pending is not None else None,
-                "pdf_path": pending,
-            }
-            return (
-                files["png"],
-                fit_plot(result.plot),
-                result.overlay,
-                result.curves,
-                _table_value(result.table, result.table_headers),
-                result.summary or "",
-                timings,
-                files["png"],
-                files["pdf"],
-                files["npz"],
-                files["json"],
-                state,
-            )
-        except gr.Error:
+        except gr.Error as e:
+            e.message = scrub_paths(str(e.message), _payload_path(checkpoint) or "")
+            log.warning("request refused: %s", e.message)
             raise
         except Exception as e:  # the event boundary: report, keep serving
             log.exception("analysis failed")
-            msg = str(e).splitlines()[0] if str(e) else ""
-            raise gr.Error(f"internal error: {type(e).__name__}{': ' + msg if msg else ''}") from None
+            msg = scrub_paths(str(e).splitlines()[0] if str(e) else "", _payload_path(checkpoint) or "")
+            raise gr.Error(
+                f"internal error: {type(e).__name__}{': ' + msg if msg else ''}", print_exception=False
+            ) from None
 
-    def analyze_page(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
-        """The page's Analyze button: as the API, with the PDF rendered in a follow-up step."""
-        return self.analyze_image(*args, progress=progress, pdf=False)
+    def _analyze_image(
+        self,
+        image: Any,
+        model: Any,
+        analysis: Any,
+        head: Any,
+        classes: Any,
+        normalize: Any,
+        block: Any,
+        opacity: Any,
+        checkpoint: Any,
+        readout: Any,
+        progress: Any,
+        pdf: bool,
+    ) -> tuple[Any, ...]:
+        t0 = time.perf_counter()
+        img = image if _is_array(image) else _payload_path(image)
+        if img is None:
+            raise _refuse("Upload an image first (or pick one of the examples).")
+        spec = self.model_spec(model, checkpoint)
+        request = AnalysisRequest(
+            image=img,
+            model=spec,
+            analysis=self.analysis_key(analysis),
+            head=_head_arg(head),
+            classes=_classes_arg(classes),
+            normalize=_key_of(normalize, NORMALIZATION_LABELS, "normalisation", "shared"),
+            block=_block_arg(block),
+            opacity=_opacity_arg(opacity),
+            readout=_key_of(readout, READOUT_LABELS, "readout", "raw"),
+        )
+        t_gc = time.perf_counter()
+        self.tidy_memory()
+        t_gc = time.perf_counter() - t_gc
+        try:
+            result = self._run(request, None if _on_spaces() else _progress_adapter(progress))
+        except AnalysisError as e:
+            raise _refuse(str(e)) from None
+        t1 = time.perf_counter()
+        stem = f"structtoken_{request.analysis}_{_slug(spec)}"
+        folder = self.folders.new()
+        files = {k: None if v is None else str(v) for k, v in save_downloads(result, folder, stem, pdf).items()}
+        t2 = time.perf_counter()
+        timings = dict(result.timings or {})
+        timings.update(
+            app_gc_s=round(t_gc, 4),
+            app_service_s=round(t1 - t0, 4),
+            app_downloads_s=round(t2 - t1, 4),
+            app_total_s=round(time.perf_counter() - t0, 4),
+        )
+        pending = None if pdf or result.figure is None else folder / f"{stem}.pdf"
+        metrics = result.metrics or {}
+        state = {
+            "spec": spec,
+            "analysis": request.analysis,
+            "head": metrics.get("head"),
+            "block": ALL_BLOCKS if request.block is None else request.block,
+            "selected": list(result.selected_classes),
+            "focus_class": metrics.get("focus_class"),
+            "image_classes": _classes_by_area(metrics, result.selected_classes),
+            "readout": request.readout,
+            "has_curves": result.curves is not None,
+            # the page's follow-up step renders the PDF from this figure into this path
+            "pdf_figure": result.figure if pending is not None else None,
+            "pdf_path": pending,
+        }
+        return (
+            files["png"],
+            fit_plot(result.plot),
+            result.overlay,
+            fit_plot(result.curves),
+            _table_value(result.table, result.table_headers),
+            scrub_paths(result.summary or "", spec),
+            timings,
+            files["png"],
+            files["pdf"],
+            files["npz"],
+            files["json"],
+            state,
+        )
+
+    def analyze_page(
+        self,
+        *args: Any,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        """The page's analysis: the API's inputs, then the class mode (``auto``: the page's chips are
+        the last automatic pick, so the classes are chosen afresh for this image) and the focus class the
+        user clicked (None: the focus view's default, the largest class).
+
+        Returns the API's outputs, the state and the error notice. A refused request returns empty
+        results and the message in the notice (it stays until the next run), instead of a toast that
+        fades while the page still points to it.
+        """
+        *api, class_mode, focus_pick = args
+        if class_mode != "user":
+            api[4] = None  # classes: automatic
+        if focus_pick and self._analysis_key_or_none(api[2]) == "focus":
+            api[4] = [focus_pick]
+        try:
+            return (*self.analyze_image(*api, progress=progress, pdf=False), error_box(None))
+        except gr.Error as e:
+            empty = (None, None, None, None, None, "", None, None, None, None, None, None)
+            return (*empty, error_box(str(e.message)))
 
     def analyze_if_image(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
-        """The page's analysis (its controls re-run it): nothing without an image; the PDF comes after."""
+        """The page's analysis re-run by its controls: nothing without an image."""
         if not _has_image(args[0]):
-            return tuple(gr.skip() for _ in range(len(OUTPUT_NAMES) + 1))
-        return self.analyze_image(*args, progress=progress, pdf=False)
+            return tuple(gr.skip() for _ in range(len(OUTPUT_NAMES) + 2))
+        return self.analyze_page(*args, progress=progress)
+
+    def _analysis_key_or_none(self, value: Any) -> str | None:
+        try:
+            return self.analysis_key(value)
+        except gr.Error:
+            return None
 
     def render_pending_pdf(self, state: dict[str, Any] | None) -> Any:
         """The page's follow-up step: the figure PDF of the last run (the picture is already shown)."""
@@ -530,12 +674,20 @@ class ExplorerUI:
 
     # ---------------------------------------------------------------- controls
     def control_updates(
-        self, info: ModelInfo, analysis: str, head: str | None, block: Any, selected: Sequence[str] | None
-    ) -> tuple[Any, Any, Any, Any, Any]:
-        """Updates for (analysis, availability, head, block, classes) that fit the set ``info``."""
+        self,
+        info: ModelInfo,
+        analysis: str,
+        head: str | None,
+        block: Any,
+        selected: Sequence[str] | None,
+        readout: str | None = None,
+        class_mode: str = "auto",
+    ) -> tuple[Any, ...]:
+        """Updates for :data:`CONTROL_NAMES` that fit the set ``info`` and the analysis shown: the controls
+        the analysis does not use are disabled, the readouts the set lacks are left out (the reason shown)."""
         if not info.known:  # an official .pth before its first run: keep the controls as they are
             choices = [(label, key) for key, label in self.analysis_labels.items()]
-            return gr.update(choices=choices, value=analysis), "", gr.update(), gr.update(), gr.update()
+            return (gr.update(choices=choices, value=analysis), "", *(gr.update() for _ in CONTROL_NAMES[2:]))
         available = {key: a.reason for key, a in info.analyses.items()}
         if available.get(analysis):  # the current choice is impossible with this set: fall back
             analysis = next((a for a in (DEFAULT_ANALYSIS, "prediction") if not available.get(a)), analysis)
@@ -546,22 +698,41 @@ class ExplorerUI:
         availability = "  \n".join(
             f"**{a.label}** is not available: {a.reason}" for a in info.analyses.values() if a.reason
         )
+        used = CONTROLS_USED.get(analysis, ALL_CONTROLS)
         shown = info.analyses[analysis]
         options = list(shown.heads)
         head_up = gr.update(
             choices=[(HEAD_LABELS.get(h, h), h) for h in options],
             value=head if head in options else (options[0] if options else None),
-            interactive=len(options) > 1,
+            interactive="head" in used and len(options) > 1,
             label=shown.head_control,
         )
         blocks = _block_choices(shown)
         b = _block_arg(block)
         b = ALL_BLOCKS if b is None else b
         block_up = gr.update(
-            choices=blocks, value=b if b in [v for _, v in blocks] else ALL_BLOCKS, interactive=len(blocks) > 1
+            choices=blocks,
+            value=b if b in [v for _, v in blocks] else ALL_BLOCKS,
+            interactive="block" in used and len(blocks) > 1,
         )
         keep = [c for c in (selected or []) if c in info.classes]
-        return analysis_up, availability, head_up, block_up, gr.update(choices=list(info.classes), value=keep)
+        classes_up = gr.update(
+            choices=list(info.classes),
+            value=keep,
+            interactive="classes" in used,
+            label=USER_CLASSES_LABEL if class_mode == "user" else AUTO_CLASSES_LABEL,
+        )
+        normalize_up = gr.update(interactive="normalize" in used)
+        reasons = readout_reasons(info)
+        offered = [(READOUT_LABELS.get(r, r), r) for r, why in reasons.items() if why is None]
+        value = readout if readout in [r for _, r in offered] else (offered[0][1] if offered else None)
+        missing = "; ".join(
+            f"*{READOUT_LABELS.get(r, r)}* is not available: {why}" for r, why in reasons.items() if why
+        )
+        readout_up = gr.update(
+            choices=offered, value=value, interactive="readout" in used and len(offered) > 1, info=missing or None
+        )
+        return analysis_up, availability, head_up, block_up, classes_up, normalize_up, readout_up
 
     def refresh_controls(
         self,
@@ -571,216 +742,315 @@ class ExplorerUI:
         head: Any,
         block: Any,
         classes: Any,
+        readout: Any = None,
+        class_mode: str = "auto",
         reset_classes: bool = False,
     ) -> tuple[Any, ...]:
-        """Cheap (no weights loaded): fit the controls to the chosen set before analysing."""
+        """Cheap (no weights loaded): fit the controls to the chosen set before analysing; the last two
+        outputs are the focus-class control, the class mode, the clicked focus class (forgotten with a new
+        set) and the examples suited to the set (street / general)."""
+        n = len(CONTROL_NAMES) + 5
         try:
             spec = self.model_spec(model, checkpoint)
             key = self.analysis_key(analysis)
         except gr.Error:
-            return tuple(gr.skip() for _ in range(5))
+            return tuple(gr.skip() for _ in range(n))
         info = self.explorer.describe_model(spec)
-        out = self.control_updates(info, key, _head_arg(head), block, [] if reset_classes else _classes_arg(classes))
+        mode = "auto" if reset_classes else class_mode
+        picked = [] if reset_classes else _classes_arg(classes)
+        out = self.control_updates(info, key, _head_arg(head), block, picked, str(readout or "raw"), mode)
         if reset_classes and not info.known:
-            out = (*out[:4], gr.update(choices=[], value=[]))
-        return out
+            out = (*out[:4], gr.update(choices=[], value=[], label=AUTO_CLASSES_LABEL), *out[5:])
+        focus_up = gr.update(visible=key == "focus")
+        kind = set_kind(info.classes) if info.known else "general"
+        pick = None if reset_classes else gr.skip()
+        examples = (gr.update(visible=kind == "street"), gr.update(visible=kind != "street"))
+        return (*out, focus_up, mode, pick, *examples)
 
     def on_model_change(self, *args: Any) -> tuple[Any, ...]:
+        """A new set forgets the chosen classes (back to automatic)."""
         return self.refresh_controls(*args, reset_classes=True)
 
-    def controls_from_result(self, state: dict[str, Any] | None) -> tuple[Any, ...]:
-        """After a run: the set's heads, blocks and classes (now known, the set being loaded)."""
+    def controls_from_result(self, state: dict[str, Any] | None, class_mode: str = "auto") -> tuple[Any, ...]:
+        """After a run: the set's heads, blocks and classes (now known, the set being loaded); the chips
+        show the classes shown, the focus-class control the image's classes by predicted area."""
         if not state:
-            return tuple(gr.skip() for _ in range(6))
+            return tuple(gr.skip() for _ in range(len(CONTROL_NAMES) + 2))
         info = self.explorer.describe_model(state["spec"])
-        fitted = self.control_updates(info, state["analysis"], state["head"], state["block"], state["selected"])
-        return (*fitted, gr.update(visible=bool(state.get("has_curves"))))
+        fitted = self.control_updates(
+            info,
+            state["analysis"],
+            state["head"],
+            state["block"],
+            state["selected"],
+            state.get("readout"),
+            class_mode,
+        )
+        focus = state.get("focus_class")
+        choices = state.get("image_classes") or []
+        focus_up = gr.update(
+            choices=choices,
+            value=focus if focus in [v for _, v in choices] else None,
+            visible=state["analysis"] == "focus",
+        )
+        return (*fitted, focus_up, gr.update(visible=bool(state.get("has_curves"))))
+
+
+def readout_reasons(info: ModelInfo) -> dict[str, str | None]:
+    """Readout -> None when the set offers it, else why not (``ModelInfo.readouts``; before the service
+    reports it, the readouts the service accepts (:data:`analysis.service.READOUTS`) are offered)."""
+    reasons = getattr(info, "readouts", None)
+    if reasons is None:
+        reasons = {r: None if r in READOUTS else "not offered by this version of the service" for r in READOUT_LABELS}
+    return dict(reasons)
+
+
+def _classes_by_area(metrics: Mapping[str, Any], selected: Sequence[str]) -> list[tuple[str, str]]:
+    """(label, class) choices of the focus-class control: the image's classes by predicted area (the
+    focus view's numbers), else the classes shown."""
+    areas = metrics.get("class_area_percent_by_head") or metrics.get("image_class_area_percent") or {}
+    if areas:
+        return [(f"{c} ({v:.0f}%)", c) for c, v in sorted(areas.items(), key=lambda kv: -kv[1])]
+    return [(c, c) for c in selected]
+
+
+CONTROL_NAMES = ("analysis", "availability", "head", "block", "classes", "normalize", "readout")
+"""What :meth:`ExplorerUI.control_updates` updates, in order."""
 
 
 # --------------------------------------------------------------------------- layout
 def build_demo(explorer: Explorer) -> gr.Blocks:
-    """The page for ``explorer``. Cheap: reads the default set's config, loads no weights."""
+    """The page for ``explorer``. Cheap: reads the default set's config, loads no weights.
+
+    Controls live in a sidebar; the results take the page's width, the figure first, then the summary
+    (verdict and numbers), the downloads and the tables.
+    """
     ui = ExplorerUI(explorer)
     models = model_names(explorer)
     info = explorer.describe_model(models[0])
     first = info.analyses.get(DEFAULT_ANALYSIS) or AnalysisInfo(
         DEFAULT_ANALYSIS, "", "", None, "StructToken head", (), (("every stage", None),)
     )
-    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600), analytics_enabled=False) as demo:
-        gr.Markdown(INTRO, elem_id="st-intro")
-        with gr.Accordion("How to read this", open=False):
-            gr.Markdown(HELP)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=340):
-                image = gr.Image(
-                    sources=["upload", "clipboard", "webcam"],
-                    type="numpy",
-                    label="Image",
-                    height=300,
-                    elem_id="st-image",
-                )
-                run = gr.Button("Analyze", variant="primary", elem_id="st-run")
-                gr.Examples(
-                    examples=[[str(p)] for p in example_images()],
-                    inputs=[image],
-                    label="Examples",
-                    examples_per_page=12,
-                )
-                model = gr.Dropdown(
-                    choices=[(_model_label(m), m) for m in models],
-                    value=models[0],
-                    label="Model set",
-                    info="camvid is embedded (offline); released ADE20K sets download on first use.",
-                )
-                with gr.Accordion("Local checkpoint (overrides the model set)", open=False):
-                    checkpoint = gr.File(
-                        label="StructToken checkpoint (.safetensors from this project, or an official .pth)",
-                        file_types=list(CHECKPOINT_SUFFIXES),
-                        file_count="single",
-                        elem_id="st-checkpoint",
+    first_kind = set_kind(info.classes) if info.known else "general"
+    readouts = readout_reasons(info)
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600), analytics_enabled=False, fill_width=True) as demo:
+        with gr.Sidebar(width=SIDEBAR_WIDTH, open=True, elem_id="st-sidebar", label="Controls"):
+            image = gr.Image(
+                sources=["upload", "clipboard", "webcam"],
+                type="numpy",
+                label="Image",
+                height=220,
+                elem_id="st-image",
+            )
+            run = gr.Button("Analyze", variant="primary", elem_id="st-run")
+            example_boxes = {}
+            for kind in ("street", "general"):
+                entries = example_entries(kind)
+                with gr.Column(visible=kind == first_kind, elem_id=f"st-examples-{kind}") as box:
+                    gr.Examples(
+                        examples=[[str(p)] for p, _ in entries],
+                        example_labels=[c for _, c in entries],
+                        inputs=[image],
+                        label="Examples" + (" (street scenes first)" if kind == "street" else ""),
+                        examples_per_page=12,
                     )
-                analysis = gr.Radio(
-                    choices=[(a.label, key) for key, a in explorer.analyses.items()],
-                    value="comparison",
-                    label="Analysis",
-                    elem_id="st-analysis",
+                example_boxes[kind] = box
+            model = gr.Dropdown(
+                choices=[(_model_label(m), m) for m in models],
+                value=models[0],
+                label="Model set",
+                info="camvid is embedded (offline); released ADE20K sets download on first use.",
+            )
+            with gr.Accordion("Local checkpoint (overrides the model set)", open=False):
+                checkpoint = gr.File(
+                    label="StructToken checkpoint (.safetensors from this project, or an official .pth)",
+                    file_types=list(CHECKPOINT_SUFFIXES),
+                    file_count="single",
+                    elem_id="st-checkpoint",
                 )
-                availability = gr.Markdown("", elem_id="st-availability")
-                with gr.Row():
-                    head = gr.Dropdown(
-                        choices=[(HEAD_LABELS.get(h, h), h) for h in first.heads],
-                        value=None,
-                        label="StructToken head",
-                        scale=1,
-                        elem_id="st-head",
+            analysis = gr.Radio(
+                choices=[(a.label, key) for key, a in explorer.analyses.items()],
+                value=DEFAULT_ANALYSIS,
+                label="Analysis",
+                elem_id="st-analysis",
+            )
+            availability = gr.Markdown("", elem_id="st-availability")
+            focus_class = gr.Radio(
+                choices=[],
+                value=None,
+                label="Focus class (click one; by predicted area)",
+                visible=False,
+                elem_id="st-focus-class",
+            )
+            head = gr.Dropdown(
+                choices=[(HEAD_LABELS.get(h, h), h) for h in first.heads],
+                value=None,
+                label="StructToken head",
+                elem_id="st-head",
+            )
+            block = gr.Dropdown(choices=_block_choices(first), value=ALL_BLOCKS, label="Block", elem_id="st-block")
+            offered = [(READOUT_LABELS.get(r, r), r) for r, why in readouts.items() if why is None]
+            readout = gr.Dropdown(
+                choices=offered,
+                value=offered[0][1] if offered else None,
+                label="Readout (how a stage is read as class scores)",
+                info="; ".join(f"{READOUT_LABELS.get(r, r)}: n/a, {why}" for r, why in readouts.items() if why) or None,
+                interactive=len(offered) > 1,
+                elem_id="st-readout",
+            )
+            classes = gr.Dropdown(
+                choices=list(info.classes),
+                value=[],
+                multiselect=True,
+                label=AUTO_CLASSES_LABEL,
+                elem_id="st-classes",
+            )
+            reset_classes = gr.Button("Automatic classes", size="sm", elem_id="st-auto-classes")
+            normalize = gr.Radio(
+                choices=[(label, key) for key, label in NORMALIZATION_LABELS.items()],
+                value="shared",
+                label="Normalisation",
+                elem_id="st-normalize",
+            )
+            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+        with gr.Column(elem_id="st-results"):
+            gr.Markdown(INTRO, elem_id="st-intro")
+            error = gr.Markdown("", visible=False, elem_id="st-error")
+            with gr.Tabs():
+                with gr.Tab("Figure"):
+                    figure = gr.Image(
+                        label="Figure",
+                        show_label=False,
+                        type="filepath",
+                        interactive=False,
+                        elem_id="st-figure",
+                        buttons=["download", "fullscreen"],
                     )
-                    block = gr.Dropdown(
-                        choices=_block_choices(first),
-                        value=ALL_BLOCKS,
-                        label="Block",
-                        scale=1,
-                        elem_id="st-block",
+                with gr.Tab("Interactive"):
+                    plot = gr.Plot(label="Interactive plot", show_label=False, elem_id="st-plot")
+                with gr.Tab("Overlay"):
+                    overlay = gr.Image(
+                        label="Prediction overlay",
+                        show_label=False,
+                        type="numpy",
+                        interactive=False,
+                        elem_id="st-overlay",
+                        format="png",
                     )
-                classes = gr.Dropdown(
-                    choices=[],
-                    value=[],
-                    multiselect=True,
-                    label="Classes",
-                    elem_id="st-classes",
-                    info="Empty: the classes with the largest predicted area.",
-                )
-                normalize = gr.Radio(
-                    choices=[(label, key) for key, label in NORMALIZATION_LABELS.items()],
-                    value="shared",
-                    label="Normalisation",
-                    elem_id="st-normalize",
-                )
-                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
-                readout = gr.Dropdown(
-                    choices=list(READOUTS),
-                    value=READOUTS[0],
-                    label="Readout",
-                    info="How a stage's map is read as class scores; raw: channel k = class k.",
-                    interactive=len(READOUTS) > 1,
-                    elem_id="st-readout",
-                )
-            with gr.Column(scale=7, min_width=480):
-                with gr.Tabs():
-                    with gr.Tab("Figure"):
-                        figure = gr.Image(
-                            label="Figure",
-                            type="filepath",
-                            interactive=False,
-                            elem_id="st-figure",
-                            buttons=["download", "fullscreen"],
-                        )
-                    with gr.Tab("Interactive"):
-                        plot = gr.Plot(label="Interactive plot", elem_id="st-plot")
-                    with gr.Tab("Overlay"):
-                        overlay = gr.Image(
-                            label="Prediction overlay",
-                            type="numpy",
-                            interactive=False,
-                            elem_id="st-overlay",
-                            format="png",
-                        )
-                with gr.Row(elem_classes="st-downloads"):
-                    dl_png = gr.DownloadButton("Figure PNG", size="sm", elem_id="st-dl-png")
-                    dl_pdf = gr.DownloadButton("Figure PDF", size="sm", elem_id="st-dl-pdf")
-                    dl_npz = gr.DownloadButton("Maps .npz", size="sm", elem_id="st-dl-npz")
-                    dl_json = gr.DownloadButton("Metrics JSON", size="sm", elem_id="st-dl-json")
-                summary = gr.Markdown("*Upload an image or pick an example.*", label="Summary", elem_id="st-summary")
-                with gr.Accordion("The numbers as a table (sort, copy)", open=False):
-                    table = gr.Dataframe(label="Numbers", interactive=False, wrap=True, elem_id="st-table")
-                with gr.Accordion(
-                    "Dataset-level curves (validation set, shipped report)", open=True, visible=False
-                ) as curves_box:
-                    curves = gr.Plot(label="Dataset-level curves", elem_id="st-curves")
-                with gr.Accordion("Timings", open=False):
-                    timings = gr.JSON(label="Timings (s)")
+            summary = gr.Markdown("*Upload an image or pick an example.*", label="Summary", elem_id="st-summary")
+            with gr.Row(elem_classes="st-downloads"):
+                dl_png = gr.DownloadButton("Figure PNG", size="sm", elem_id="st-dl-png")
+                dl_pdf = gr.DownloadButton("Figure PDF", size="sm", elem_id="st-dl-pdf")
+                dl_npz = gr.DownloadButton("Maps .npz", size="sm", elem_id="st-dl-npz")
+                dl_json = gr.DownloadButton("Metrics JSON", size="sm", elem_id="st-dl-json")
+            with gr.Accordion(
+                "Dataset-level curves (validation set, shipped report)", open=True, visible=False
+            ) as curves_box:
+                curves = gr.Plot(label="Dataset-level curves", show_label=False, elem_id="st-curves")
+            with gr.Accordion("The numbers as a table (sort, copy)", open=False):
+                table = gr.Dataframe(label="Numbers", interactive=False, wrap=True, elem_id="st-table")
+            with gr.Accordion("How to read this", open=False):
+                gr.Markdown(HELP)
+            with gr.Accordion("Timings", open=False):
+                timings = gr.JSON(label="Timings (s)")
         state = gr.State(None, time_to_live=1800)
+        class_mode = gr.State("auto")
+        focus_pick = gr.State(None)  # the focus class the user clicked (None: the largest class)
         api_run = gr.Button("analyze (API)", visible=False)
 
         inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
-        outputs = [
-            figure,
-            plot,
-            overlay,
-            curves,
-            table,
-            summary,
-            timings,
-            dl_png,
-            dl_pdf,
-            dl_npz,
-            dl_json,
-            state,
-        ]
-        controls = [analysis, availability, head, block, classes]
+        outputs = [figure, plot, overlay, curves, table, summary, timings, dl_png, dl_pdf, dl_npz, dl_json, state]
+        page_inputs = [*inputs, class_mode, focus_pick]
+        page_outputs = [*outputs, error]
+        controls = [analysis, availability, head, block, classes, normalize, readout]
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
-        refresh_in = [model, checkpoint, analysis, head, block, classes]
+        refresh_in = [model, checkpoint, analysis, head, block, classes, readout, class_mode]
+        refresh_out = [
+            *controls,
+            focus_class,
+            class_mode,
+            focus_pick,
+            example_boxes["street"],
+            example_boxes["general"],
+        ]
 
-        def run_then_fit(dep: Any, fn: Callable, **kw: Any) -> None:
-            dep = dep(fn, inputs=inputs, outputs=outputs, preprocess=False, concurrency_id="analyze", **kw)
-            dep.failure(lambda: FAILED_SUMMARY, outputs=summary, **quiet)
-            done = dep.success(ui.controls_from_result, inputs=state, outputs=[*controls, curves_box], **quiet)
-            if fn != ui.analyze_image:
-                done.then(
-                    ui.render_pending_pdf,
-                    inputs=state,
-                    outputs=dl_pdf,
-                    show_progress="hidden",
-                    api_visibility="private",
-                    concurrency_id="pdf",
-                    concurrency_limit=2,
-                )
+        def then_fit(dep: Any) -> None:
+            done = dep.success(
+                ui.controls_from_result,
+                inputs=[state, class_mode],
+                outputs=[*controls, focus_class, curves_box],
+                **quiet,
+            )
+            done.then(
+                ui.render_pending_pdf,
+                inputs=state,
+                outputs=dl_pdf,
+                show_progress="hidden",
+                api_visibility="private",
+                concurrency_id="pdf",
+                concurrency_limit=2,
+            )
 
-        # the API: one call returns everything, the PDF included (the page itself uses the same
-        # function with the PDF rendered in a follow-up step, so the picture shows up first)
-        run_then_fit(
-            api_run.click,
+        def page_run(dep: Any, fn: Callable, **kw: Any) -> None:
+            then_fit(
+                dep(fn, inputs=page_inputs, outputs=page_outputs, preprocess=False, concurrency_id="analyze", **kw)
+            )
+
+        # the API: one call returns everything, the PDF included; errors come back as errors. (The page
+        # uses the same function with the PDF rendered in a follow-up step, so the picture shows up
+        # first, and errors shown in the results area.)
+        api_dep = api_run.click(
             ui.analyze_image,
+            inputs=inputs,
+            outputs=outputs,
+            preprocess=False,
+            concurrency_id="analyze",
             api_name="analyze",
-            api_description="Analyse an image; block -1 = every stage (attention: the last block).",
+            api_description="Analyse an image; block -1 = every stage (attention: the last block); "
+            "readout (optional, last): raw | head | fitted.",
+        )
+        api_dep.success(
+            ui.controls_from_result, inputs=[state, class_mode], outputs=[*controls, focus_class, curves_box], **quiet
         )
         private = dict(api_visibility="private", trigger_mode="always_last")
-        run_then_fit(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")
+        page_run(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")
         cleared = image.change(
-            clear_for_new_image, inputs=image, outputs=outputs, preprocess=False, trigger_mode="always_last", **quiet
+            clear_for_new_image,
+            inputs=image,
+            outputs=page_outputs,
+            preprocess=False,
+            trigger_mode="always_last",
+            **quiet,
         )
-        run_then_fit(cleared.then, ui.analyze_if_image, api_visibility="private")
-        for control in (head, classes, normalize, block, readout):
-            run_then_fit(control.input, ui.analyze_if_image, **private)
-        run_then_fit(opacity.release, ui.analyze_if_image, **private)
+        page_run(cleared.then, ui.analyze_if_image, api_visibility="private")
+        for control in (head, normalize, block, readout):
+            page_run(control.input, ui.analyze_if_image, **private)
+        page_run(opacity.release, ui.analyze_if_image, **private)
+        focused = focus_class.input(lambda c: c, inputs=focus_class, outputs=focus_pick, **quiet)
+        page_run(focused.then, ui.analyze_if_image, **private)
+        # picking classes makes them the user's; clearing them (or the reset) returns to automatic
+        picked = classes.input(
+            lambda c: ("user" if c else "auto", gr.update(label=USER_CLASSES_LABEL if c else AUTO_CLASSES_LABEL)),
+            inputs=classes,
+            outputs=[class_mode, classes],
+            **quiet,
+        )
+        page_run(picked.then, ui.analyze_if_image, **private)
+        reset = reset_classes.click(
+            lambda: ("auto", gr.update(value=[], label=AUTO_CLASSES_LABEL), None),
+            outputs=[class_mode, classes, focus_pick],
+            **quiet,
+        )
+        page_run(reset.then, ui.analyze_if_image, **private)
         # a new analysis refits the controls to the set; a new set also forgets the chosen classes
         refits = [(analysis.input, ui.refresh_controls)]
         refits += [(event, ui.on_model_change) for event in (model.input, checkpoint.upload, checkpoint.clear)]
         for event, refit in refits:
             fitted = event(
-                refit, inputs=refresh_in, outputs=controls, preprocess=False, trigger_mode="always_last", **quiet
+                refit, inputs=refresh_in, outputs=refresh_out, preprocess=False, trigger_mode="always_last", **quiet
             )
-            run_then_fit(fitted.then, ui.analyze_if_image, api_visibility="private")
-        demo.load(ui.refresh_controls, inputs=refresh_in, outputs=controls, preprocess=False, **quiet)
+            page_run(fitted.then, ui.analyze_if_image, api_visibility="private")
+        demo.load(ui.refresh_controls, inputs=refresh_in, outputs=refresh_out, preprocess=False, **quiet)
 
     demo.queue(default_concurrency_limit=2, max_size=32)
     demo.explorer_ui = ui  # type: ignore[attr-defined]  # the handlers, for tests and benchmarks

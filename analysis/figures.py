@@ -253,12 +253,10 @@ def prediction_figure(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title if title is not None else "Prediction")
-    if handles:
-        ax.legend(
+    if handles:  # a figure legend "outside": constrained layout makes room for it (never clipped)
+        fig.legend(
             handles=handles,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
+            loc="outside right upper",
             fontsize=_SMALL + 1,
             title="class (% area)",
             title_fontsize=_SMALL + 1,

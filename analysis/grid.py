@@ -13,6 +13,7 @@ Shapes: R rows, B_g stages in column group g, the feature grid (h, w).
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ PLOTLY_MAX_SIDE = 128
 """Interactive cells longer than this (grid cells) are stride-subsampled to keep the page light."""
 MOSAIC_MAX_WIDTH_PX = 1700
 """The static mosaic's maps fit in about this many pixels across (cells 56..128 px long)."""
+TEXT_REFERENCE_PX = 1100
+"""Mosaics wider than this get proportionally larger text (the page displays them about this wide)."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,9 @@ def _lut(cmap: str) -> np.ndarray:
 
 def _colorize(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
     idx = np.clip(np.nan_to_num(values, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return lut[idx]
+    out = lut[idx]
+    out[np.isnan(values)] = 255  # a stage the head does not have: blank, not the lowest colour
+    return out
 
 
 def _row_outlines(layout: GridLayout, hw: tuple[int, int]) -> list[np.ndarray | None]:
@@ -295,35 +300,49 @@ def render_static(layout: GridLayout, dpi: int = 100) -> Figure:
                 mosaic[y : y + h, cx : cx + w] = rgb
 
     title, note = layout.title, layout.note
-    left, right, top, bottom = 1.25, 1.0, 0.62 + (0.32 if title else 0.0), 0.32 if note else 0.12
-    fig_w, fig_h = width / dpi + left + right, height / dpi + top + bottom
+    # Type grows with the mosaic: the page shows a wide figure about TEXT_REFERENCE_PX wide, so an
+    # 8 pt label on a 2000 px mosaic would be 5 px on screen. Offsets are in multiples of the font size.
+    k = max(1.0, width / TEXT_REFERENCE_PX)
+    fs = 8.0 * k
+    fpx = fs * dpi / 72.0  # the label font size in pixels
+    longest = max((len(str(r)) for r in layout.rows), default=0)
+    left = max(1.25, (0.62 * longest * (fs + 1) * dpi / 72.0 + 12) / dpi)  # the longest row label fits
+    right = 0.85 * k if k > 1 else 1.0
+    top = 4.0 * fpx / dpi + (2.0 * fpx / dpi if title else 0.0)
+    fig_w = width / dpi + left + right
+    note_lines = textwrap.wrap(note, max(40, int((fig_w - left) * dpi / (0.52 * 0.95 * fpx)))) if note else []
+    bottom = (0.5 + 1.25 * len(note_lines)) * 0.95 * fpx / dpi if note_lines else 0.12
+    fig_h = height / dpi + top + bottom
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, (width / dpi) / fig_w, (height / dpi) / fig_h), label="mosaic")
     ax.imshow(mosaic, interpolation="nearest", aspect="equal")
     ax.set_axis_off()
-    fs = 8
-    ax.text(w / 2, -4, "image", ha="center", va="bottom", fontsize=fs)
+    ax.text(w / 2, -0.4 * fpx, "image", ha="center", va="bottom", fontsize=fs)
     for g in layout.groups:
         cols = col_x[g.head]
         for b, cx in enumerate(cols):
-            ax.text(cx + w / 2, -4, g.titles[b], ha="center", va="bottom", fontsize=fs)
+            ax.text(cx + w / 2, -0.4 * fpx, g.titles[b], ha="center", va="bottom", fontsize=fs)
         x0, x1 = cols[0], cols[-1] + w
         color = F.head_color(g.head)
-        ax.plot([x0, x1], [-19, -19], color=color, lw=2, solid_capstyle="butt", clip_on=False)
+        ax.plot([x0, x1], [-1.9 * fpx] * 2, color=color, lw=2 * k, solid_capstyle="butt", clip_on=False)
         xc = (x0 + x1) / 2
-        ax.text(xc, -22, head_label(g.head), ha="center", va="bottom", fontsize=10, fontweight="bold", color=color)
+        label = head_label(g.head)
+        ax.text(xc, -2.2 * fpx, label, ha="center", va="bottom", fontsize=1.25 * fs, fontweight="bold", color=color)
     for r, name in enumerate(layout.rows):
-        ax.text(-6, r * (h + gap) + h / 2, str(name), ha="right", va="center", fontsize=fs + 1)
+        ax.text(-0.6 * fpx, r * (h + gap) + h / 2, str(name), ha="right", va="center", fontsize=fs + 1)
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
-    cax = fig.add_axes(((left + width / dpi + 0.15) / fig_w, bottom / fig_h, 0.14 / fig_w, (height / dpi) / fig_h))
+    cax = fig.add_axes(
+        ((left + width / dpi + 0.15 * k) / fig_w, bottom / fig_h, 0.14 * k / fig_w, (height / dpi) / fig_h)
+    )
     cb = fig.colorbar(ScalarMappable(norm=Normalize(layout.vmin, layout.vmax), cmap=F.MAP_CMAP), cax=cax)
     cb.ax.tick_params(labelsize=fs)
     cb.set_label(layout.colorbar_label, fontsize=fs)
     if title:
-        fig.text(0.5, 1 - 0.12 / fig_h, title, ha="center", va="top", fontsize=12)
-    if note:
-        fig.text(left / fig_w, 0.06 / fig_h, note, ha="left", va="bottom", fontsize=fs - 0.5, color="0.3")
+        fig.text(0.5, 1 - 0.5 * fpx / dpi / fig_h, title, ha="center", va="top", fontsize=1.5 * fs)
+    if note_lines:
+        y = 0.3 * fpx / dpi / fig_h
+        fig.text(left / fig_w, y, "\n".join(note_lines), ha="left", va="bottom", fontsize=0.95 * fs, color="0.3")
     return fig
 
 

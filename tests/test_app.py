@@ -301,6 +301,15 @@ def test_unexpected_exception_is_reported_and_the_server_survives(
 
 
 # ------------------------------------------------------------------------------------- no server
+def _controls(out: tuple[Any, ...]) -> dict[str, Any]:
+    """``refresh_controls``' updates by name."""
+    import app
+
+    names = [*app.CONTROL_NAMES, "focus_class", "class_mode", "focus_pick", "street_examples", "general_examples"]
+    assert len(out) == len(names)
+    return dict(zip(names, out, strict=True))
+
+
 def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import app
     from analysis.service import Explorer
@@ -309,26 +318,143 @@ def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytes
 
     only_cse = save_tiny_set(tmp_path / "only_cse.safetensors", extra_heads=(), classes=CLASSES, palette=())
     uploaded = {"path": str(only_cse)}  # as the page sends an uploaded checkpoint (preprocess=False)
-    analysis, availability, head, block, classes = ui.refresh_controls(
-        "camvid", uploaded, "probe", None, -1, [], reset_classes=True
-    )
-    assert analysis["value"] == "prediction"  # probe and comparison need the per-pixel heads
-    labels = dict((v, lab) for lab, v in analysis["choices"])
+    c = _controls(ui.refresh_controls("camvid", uploaded, "probe", None, -1, [], reset_classes=True))
+    assert c["analysis"]["value"] == "prediction"  # probe and comparison need the per-pixel heads
+    labels = dict((v, lab) for lab, v in c["analysis"]["choices"])
     assert labels["probe"].endswith("(n/a)") and labels["comparison"].endswith("(n/a)")
-    assert "per_pixel" in availability and "Deep-supervision probe" in availability
-    assert classes["choices"] == ["road", "sky", "car", "tree"] and classes["value"] == []
-    assert head["choices"] == [("StructToken-CSE", "cse")]
+    assert "per_pixel" in c["availability"] and "Deep-supervision probe" in c["availability"]
+    assert c["classes"]["choices"] == ["road", "sky", "car", "tree"] and c["classes"]["value"] == []
+    assert c["head"]["choices"] == [("StructToken-CSE", "cse")]
+    assert c["class_mode"] == "auto" and c["focus_pick"] is None  # a new set: automatic classes again
+    # prediction uses neither the classes nor the normalisation nor the readout: disabled
+    assert c["classes"]["interactive"] is False and c["normalize"]["interactive"] is False
+    assert c["readout"]["interactive"] is False
     monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
-    _, availability, head, block, classes = ui.refresh_controls(
-        str(tiny_set), None, "attention", "pwe", 0, ["sky", "unicorn"]
+    c = _controls(ui.refresh_controls(str(tiny_set), None, "attention", "pwe", 0, ["sky", "unicorn"]))
+    assert c["classes"]["value"] == ["sky"] and c["classes"]["interactive"] is True
+    assert c["availability"] == "" and c["normalize"]["interactive"] is False
+    assert [v for _, v in c["head"]["choices"]] == ["cse", "sse"] and c["head"]["value"] == "cse"
+    assert [v for _, v in c["block"]["choices"]] == [-1, 1, 2] and c["block"]["value"] == -1
+    c = _controls(ui.refresh_controls(str(tiny_set), None, "comparison", "sse", 3, []))
+    assert [v for _, v in c["block"]["choices"]] == [-1, 0, 1, 2, 3] and c["block"]["value"] == 3
+    assert c["head"]["value"] == "sse" and c["normalize"]["interactive"] is True
+    assert c["focus_class"]["visible"] is False
+    c = _controls(ui.refresh_controls(str(tiny_set), None, "focus", "per_pixel", 1, []))
+    assert c["focus_class"]["visible"] is True and c["block"]["interactive"] is False
+    assert c["classes"]["interactive"] is False and c["readout"]["value"] == "raw"
+    assert c["head"]["value"] == "per_pixel" and c["head"]["label"] == "Boundary from head"
+    # the tiny set's classes (road, sky, car, tree) make it a street set: street examples shown
+    assert c["street_examples"]["visible"] is True and c["general_examples"]["visible"] is False
+
+
+def test_readouts_the_set_lacks_are_left_out_with_the_reason(tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import app
+    from analysis.service import Explorer
+
+    monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
+    explorer = Explorer()
+    ui = app.ExplorerUI(explorer)
+    info = explorer.describe_model(str(tiny_set))
+    reasons = {"raw": None, "head": None, "fitted": "no fitted readouts beside this set"}
+
+    @dataclasses.dataclass(frozen=True)
+    class WithReadouts:
+        base: Any
+        readouts: dict[str, str | None]
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.base, name)
+
+    monkeypatch.setattr(explorer, "describe_model", lambda spec: WithReadouts(info, reasons))
+    c = _controls(ui.refresh_controls(str(tiny_set), None, "comparison", None, -1, [], "fitted"))
+    assert [v for _, v in c["readout"]["choices"]] == ["raw", "head"]
+    assert c["readout"]["value"] == "raw" and c["readout"]["interactive"] is True
+    assert "no fitted readouts beside this set" in c["readout"]["info"]
+    # before the service reports them: the readouts it accepts
+    assert app.readout_reasons(info)["raw"] is None
+
+
+def test_page_errors_stay_in_the_results_area_without_server_paths(
+    tiny_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+    import tempfile
+
+    import app
+    from analysis.service import Explorer
+
+    monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
+    ui = app.ExplorerUI(Explorer())
+    fake = Path(tempfile.mkdtemp()) / "fake.safetensors"  # where gradio keeps uploads: a temp folder
+    fake.write_text("not a checkpoint")
+    args = [str(EXAMPLE), None, "comparison", None, [], "shared", -1, 0.5, {"path": str(fake)}, "raw", "auto", None]
+    with caplog.at_level(logging.WARNING, logger="structtoken.app"):
+        out = ui.analyze_page(*args, progress=None)
+    notice = out[-1]
+    assert notice["visible"] is True and "fake.safetensors" in notice["value"]
+    assert str(fake.parent) not in notice["value"] and tempfile.gettempdir() not in notice["value"]
+    assert out[0] is None and out[-2] is None  # no figure, no state: the controls stay as they were
+    records = [r for r in caplog.records if r.name == "structtoken.app"]
+    assert len(records) == 1 and records[0].exc_info is None  # one line, no traceback
+    assert "\n" not in records[0].getMessage()
+    # a text file renamed .jpg: a clear notice, not a broken picture
+    text = tmp_path / "photo.jpg"
+    text.write_text("hello, not a picture")
+    out = ui.analyze_page(str(text), *args[1:8], None, "raw", "auto", None, progress=None)
+    assert "not an image" in out[-1]["value"] and str(tmp_path) not in out[-1]["value"]
+    # the next run hides the notice
+    out = ui.analyze_page(str(EXAMPLE), *args[1:8], None, "raw", "auto", None, progress=None)
+    assert out[-1]["visible"] is False and out[0]
+
+
+def test_scrub_paths() -> None:
+    import tempfile
+
+    import app
+
+    tmp = tempfile.gettempdir()
+    msg = f"could not load model '{tmp}/gradio/ab12/set.pth': bad key in {tmp}/x/y/z.bin; see https://x.org/a/b"
+    assert app.scrub_paths(msg) == "could not load model 'set.pth': bad key in z.bin; see https://x.org/a/b"
+    assert app.scrub_paths("no report (/data/sets/report/metrics.json)", "/data/sets/set.safetensors") == (
+        "no report (/data/sets/report/metrics.json)"
     )
-    assert classes["value"] == ["sky"]
-    assert availability == ""
-    assert [v for _, v in head["choices"]] == ["cse", "sse"] and head["value"] == "cse"
-    assert [v for _, v in block["choices"]] == [-1, 1, 2] and block["value"] == -1
-    _, _, head, block, _ = ui.refresh_controls(str(tiny_set), None, "comparison", "sse", 3, [])
-    assert [v for _, v in block["choices"]] == [-1, 0, 1, 2, 3] and block["value"] == 3
-    assert head["value"] == "sse"
+    assert app.scrub_paths("at /data/sets/set.safetensors", "/data/sets/set.safetensors") == "at set.safetensors"
+
+
+def test_automatic_classes_follow_the_image_until_the_user_picks(
+    tiny_set: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app
+    from analysis.service import Explorer
+
+    monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
+    ui = app.ExplorerUI(Explorer())
+    base = [str(EXAMPLE), str(tiny_set), "comparison", None, ["car"], "shared", -1, 0.5, None, "raw"]
+    auto = ui.analyze_page(*base, "auto", None, progress=None)
+    user = ui.analyze_page(*base, "user", None, progress=None)
+    assert user[11]["selected"] == ["car"]  # the user's pick is kept
+    assert auto[11]["selected"] != ["car"] and len(auto[11]["selected"]) == 4  # the chips were only last time's pick
+    focus = ui.analyze_page(*[*base[:2], "focus", *base[3:]], "auto", "road", progress=None)
+    assert focus[11]["focus_class"] == "road"
+    assert [c for _, c in focus[11]["image_classes"]][:1] != []  # the focus-class choices, by area
+
+
+def test_examples_suit_the_set_and_say_when_out_of_domain() -> None:
+    import app
+
+    assert app.set_kind(["Sky", "Building", "Road", "Car"]) == "street"
+    assert app.set_kind([f"class {i}" for i in range(150)]) == "general"
+    street = app.example_entries("street")
+    assert street[0][0].name == "street_synthetic.jpg"
+    captions = dict((p.name, c) for p, c in street)
+    for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"):
+        assert "out of domain" in captions[name], captions[name]
+    assert "out of domain" not in captions["street_synthetic.jpg"]
+    general = app.example_entries("general")
+    assert all("out of domain" not in c for _, c in general)
+    assert {p.name for p, _ in general} >= set(captions)
 
 
 def test_argument_helpers() -> None:

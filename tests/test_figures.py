@@ -134,13 +134,39 @@ def test_prediction_figure(image: np.ndarray, label: np.ndarray) -> None:
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert ax.get_title() == "Pred"
-    legend = ax.get_legend()
-    assert legend is not None
+    assert len(fig.legends) == 1  # a figure legend, laid out outside the image by constrained layout
+    legend = fig.legends[0]
     texts = [t.get_text() for t in legend.get_texts()]
     assert len(texts) == 3  # ignore index not listed
     assert any(t.startswith("road (") and t.endswith("%)") for t in texts)
     sky_pct = 100.0 * (label == 1).sum() / label.size
     assert f"sky ({sky_pct:.1f}%)" in texts
+
+
+def test_prediction_legend_is_never_clipped() -> None:
+    """11 CamVid classes on a 480x360 image: the widest entry ("SignSymbol (9.1%)") keeps its ")"."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(0)
+    names = [
+        "Sky",
+        "Building",
+        "Pole",
+        "Road",
+        "Pavement",
+        "Tree",
+        "SignSymbol",
+        "Fence",
+        "Car",
+        "Pedestrian",
+        "Bicyclist",
+    ]
+    img = rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)
+    fig = F.prediction_figure(img, rng.integers(0, 11, (360, 480)), [(20 * i, 10 * i, 5 * i) for i in range(11)], names)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig.legends[0].get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0 and box.y1 <= fig.bbox.y1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def supported_analyses(cfg) -> dict[str, str | None]:
 # ------------------------------------------------------------------------------ supported analyses
 def test_supported_analyses() -> None:
     full = supported_analyses(tiny_config())
-    assert full == {"prediction": None, "comparison": None, "probe": None, "attention": None}
+    assert full == {"prediction": None, "comparison": None, "focus": None, "probe": None, "attention": None}
     released = supported_analyses(tiny_config(extra_heads=()))  # a single-head CSE checkpoint
     assert released["prediction"] is None and released["attention"] is None
     assert released["comparison"] == (

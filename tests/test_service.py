@@ -100,7 +100,7 @@ def test_each_analysis_returns_its_outputs(fresh: Explorer, set_path: str, image
     assert r.summary.startswith("### ") and "no dataset report" in r.summary
     assert r.classes == list(NAMES)
     assert len(r.selected_classes) == 4 and set(r.selected_classes) <= set(NAMES)
-    assert r.available == {"prediction": None, "comparison": None, "probe": None, "attention": None}
+    assert r.available == {"prediction": None, "comparison": None, "focus": None, "probe": None, "attention": None}
     assert r.maps["image"].shape == (48, 64, 3)
     assert r.maps["cse/stages"].shape == (4, 4, 3, 4)
     assert r.maps["per_pixel/stages"].shape == (4, 4, 3, 4)
@@ -326,7 +326,7 @@ RELEASED = (
     [
         (
             {"analysis": "histogram"},
-            "unknown analysis 'histogram'; choose one of prediction, comparison, probe, attention",
+            "unknown analysis 'histogram'; choose one of prediction, comparison, focus, probe, attention",
         ),
         ({"normalize": "zscore"}, "unknown normalisation 'zscore'; choose one of shared, per_map, softmax"),
         ({"readout": "logit"}, "unknown readout 'logit'; choose one of raw"),

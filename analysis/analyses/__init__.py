@@ -9,12 +9,14 @@ from __future__ import annotations
 from .attention import ATTENTION
 from .base import Analysis, View, ViewRequest
 from .comparison import COMPARISON
+from .focus import FOCUS
 from .prediction import PREDICTION
 from .probe import PROBE
 
 ANALYSES: dict[str, Analysis] = {
     PREDICTION.name: PREDICTION,
     COMPARISON.name: COMPARISON,
+    FOCUS.name: FOCUS,
     PROBE.name: PROBE,
     ATTENTION.name: ATTENTION,
 }

@@ -6,6 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .. import figures as F
+from ..domain import class_areas, domain_check, reference_frequencies
 from ..labels import head_label
 from ..maps import ImageMaps
 from ..values import rounded
@@ -68,16 +69,31 @@ class Prediction(Analysis):
             for c in np.argsort(-areas[head], kind="stable")
             if any(areas[hd][c] for hd in heads)
         ]
+        notes, metrics = [], {}
+        reference = reference_frequencies(names)
+        if reference is None:
+            notes.append("No training class frequencies are known for this set, so there is no domain check.")
+        else:
+            check = domain_check(class_areas(maps.pred[head], len(names)), reference, names)
+            notes.append(f"**Domain ({head_label(head)} prediction):** {check.message}")
+            metrics["domain"] = {
+                "distance_tv": rounded(check.distance, 3),
+                "level": check.level,
+                "reference": "training split class frequencies",
+                "head": head,
+            }
         return View(
             figure=fig,
             plot=plot,
+            notes=notes,
             table=rows,
             table_headers=["class", *(f"{head_label(hd)} area %" for hd in heads)],
             metrics={
+                **metrics,
                 "class_area_percent": {
                     hd: {names[c]: rounded(100.0 * areas[hd][c] / total, 3) for c in range(len(names)) if areas[hd][c]}
                     for hd in heads
-                }
+                },
             },
         )
 

@@ -1,0 +1,75 @@
+"""The focus view (analysis/analyses/focus.py): one class, every head as a row, every stage as a column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.analyses import ANALYSES
+from analysis.analyses.focus import FOCUS
+from analysis.service import AnalysisError, AnalysisRequest, Explorer
+from tests.helpers import HEADS, NAMES, save_tiny_set
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "assets" / "examples" / "street_synthetic.jpg"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_set(tmp_path_factory.mktemp("focus") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Explorer:
+    return Explorer()
+
+
+def test_registered_once() -> None:
+    assert ANALYSES["focus"] is FOCUS
+
+
+def test_rows_are_every_head_columns_every_stage(explorer: Explorer, tiny: Path) -> None:
+    res = explorer.analyze(AnalysisRequest(EXAMPLE, model=str(tiny), analysis="focus", classes=["Road"]))
+    m = res.metrics
+    assert m["focus_class"] == "Road" and m["rows"] == list(HEADS)
+    assert m["columns"] == ["input", "block 1", "block 2", "output"]
+    cells = res.maps["focus/cells"]
+    assert cells.shape[:2] == (len(HEADS), 4) and np.isfinite(cells).all()
+    assert cells.min() >= 0.0 and cells.max() <= 1.0
+    # the raw cells are the stages of class Road of each head, in the raw readout
+    road = NAMES.index("Road")
+    for r, hd in enumerate(HEADS):
+        np.testing.assert_allclose(res.maps["focus/raw"][r], res.maps[f"{hd}/stages"][:, road])
+    assert [row[0] for row in res.table] == [
+        "StructToken-CSE",
+        "StructToken-SSE",
+        "StructToken-PWE",
+        "Per-pixel",
+        "Per-pixel + deep sup.",
+    ]
+    # one heatmap per (head, stage) in the interactive view; one mosaic in the static one
+    assert len(res.plot.data) == len(HEADS) * 4
+    assert next(a.get_label() for a in res.figure.axes) == "mosaic"
+    assert "**Road**" in res.summary and "raw" in res.summary
+
+
+def test_the_first_class_is_focused_and_the_boundary_head_is_named(explorer: Explorer, tiny: Path) -> None:
+    res = explorer.analyze(
+        AnalysisRequest(EXAMPLE, model=str(tiny), analysis="focus", classes=["Car", "Sky"], head="per_pixel")
+    )
+    assert res.metrics["focus_class"] == "Car" and res.metrics["head"] == "per_pixel"
+    assert "Per-pixel prediction" in res.summary
+
+
+def test_a_block_is_refused_with_a_reason(explorer: Explorer, tiny: Path) -> None:
+    with pytest.raises(AnalysisError, match="every stage"):
+        explorer.analyze(AnalysisRequest(EXAMPLE, model=str(tiny), analysis="focus", block=1))
+
+
+def test_shared_normalisation_spans_every_head(explorer: Explorer, tiny: Path) -> None:
+    res = explorer.analyze(AnalysisRequest(EXAMPLE, model=str(tiny), analysis="focus", classes=["Sky"]))
+    cells = res.maps["focus/cells"]
+    assert cells.min() == pytest.approx(0.0) and cells.max() == pytest.approx(1.0)  # one scale for all rows
