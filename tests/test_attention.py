@@ -59,6 +59,7 @@ def _request(head: str, block: int = 2, classes: tuple[int, ...] = (0, 1)) -> Vi
 def test_entropy_mass_and_saturation_on_known_rows() -> None:
     a = np.array([[1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]])
     np.testing.assert_allclose(attention_entropy(a), [0.0, math.log(4), math.log(2)])
+    assert not np.signbit(attention_entropy(a)[0])  # a one-hot row reads 0, not -0
     assert channels_for_mass(a).tolist() == [1, 4, 2]
     assert channels_for_mass(a, mass=0.5).tolist() == [1, 2, 1]
     assert saturation(a) == (False, 1)

@@ -44,7 +44,7 @@ def attention_entropy(attn: np.ndarray) -> np.ndarray:
     if a.ndim != 2:
         raise ValueError(f"attention must be [R, C], got shape {a.shape}")
     logs = np.log(np.where(a > 0, a, 1.0))
-    return -(a * logs).sum(axis=1)
+    return -(a * logs).sum(axis=1) + 0.0  # + 0.0: a one-hot row is 0, not -0
 
 
 def channels_for_mass(attn: np.ndarray, mass: float = MASS) -> np.ndarray:
