@@ -18,7 +18,7 @@ import numpy as np
 from .figures import METRIC_LABELS
 from .roles import structtoken_heads
 
-__all__ = ["paired_probe", "probe_from_report", "probe_summary", "relation_sentence", "report_heads"]
+__all__ = ["as_fractions", "paired_probe", "probe_from_report", "probe_summary", "relation_sentence", "report_heads"]
 
 
 # ------------------------------------------------------------------------------- probe summary
@@ -309,12 +309,12 @@ def paired_probe(
 
 # ------------------------------------------------------------------------------ shipped report
 # ------------------------------------------------------------------------------ shipped report
-def _fractions(x: Any) -> Any:
+def as_fractions(x: Any) -> Any:
     """A new-schema metric entry (percent) as fractions, recursively (None stays None)."""
     if isinstance(x, Mapping):
-        return {k: _fractions(v) for k, v in x.items()}
+        return {k: as_fractions(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_fractions(v) for v in x]
+        return [as_fractions(v) for v in x]
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return float(x) / 100.0
     return x
@@ -333,7 +333,7 @@ def report_heads(report: Mapping[str, Any], readout: str = "raw") -> dict[str, A
         block = readouts.get(readout)
         if not isinstance(block, Mapping):
             return {}
-        return {k: _fractions(v) for k, v in block.items() if isinstance(v, Mapping) and "blocks" in v}
+        return {k: as_fractions(v) for k, v in block.items() if isinstance(v, Mapping) and "blocks" in v}
     if readout != "raw":
         return {}
     return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
