@@ -87,10 +87,12 @@ def main() -> None:
         if old is not None:
             rows[f"old ({args.old_rev}, raw only)"].append(run(old, model, ds, args.workers))
     load1 = os.getloadavg()
-    image, label = dataset.load_pair(0)
+    import torch
+
+    label = dataset.load_pair(0)[1]
     print(
         f"{args.model}, {args.split}: {min(args.images, len(dataset))} images ({label.shape[1]}x{label.shape[0]}), "
-        f"heads {', '.join(model.cfg.heads)}; workers {args.workers}; torch threads {__import__('torch').get_num_threads()}"
+        f"heads {', '.join(model.cfg.heads)}; workers {args.workers}; torch threads {torch.get_num_threads()}"
     )
     print(f"load average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} CPUs; medians per image, seconds")
     phases = ["wall", "model", "readouts", "upsample", "metrics"]

@@ -280,7 +280,7 @@ def test_read_probe_run(tmp_path: Path) -> None:
             ]
         )
     )
-    with pytest.raises(ValueError, match="train_config.json"):  # no seed, no pairing
+    with pytest.raises(ValueError, match=r"train_config\.json"):  # no seed, no pairing
         read_probe_run(tmp_path)
     (tmp_path / "train_config.json").write_text(json.dumps({"seed": 7, "iters": 30}))
     assert read_probe_run(tmp_path) == (7, {"per_pixel": 0.4, "per_pixel_ds": 0.42})
@@ -346,10 +346,10 @@ def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path)
 
 def test_batched_scoring_equals_the_per_stack_accumulators(tmp_path: Path, tiny_set: Path) -> None:
     from analysis.maps import image_maps_from_output, readout_stages
-    from structtoken.segmentor import upsample
     from analysis.report import StageMetrics, evaluate_stages
     from structtoken.checkpoint import load_model
     from structtoken.data import SegmentationDataset
+    from structtoken.segmentor import upsample
 
     _write_dataset(tmp_path / "data", 2)
     ds = SegmentationDataset(tmp_path / "data", "val")
