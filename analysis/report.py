@@ -3,22 +3,28 @@
     python -m analysis report --model camvid --data DIR --split val --out OUT \
         [--limit N] [--probe-json FILE ...] [--probe-runs RUNDIR ...] [--device auto]
 
-For every image (native resolution, one backbone pass for all heads), every head and every stage
-(the class maps entering block 1, after each block, the head output), the stage's K-channel map
-is upsampled bilinearly to the label size and scored against the label: mIoU (argmax, dataset
-confusion matrix), mask AP (each class channel ranks the pixels) and boundary F1 (tolerance 2 px),
-with the accumulators of :mod:`analysis.metrics`; the dataset's ignore label is ignored.
+For every image (native resolution, one backbone pass for all heads), every head, every stage (the
+maps entering block 1, after each block, the head output) and every readout (``raw``: channel k as
+class k; ``head``: through the head's own output layers; ``fitted``: the set's fitted affine lens,
+when the set has one), the stage's class scores are upsampled bilinearly to the label size and scored
+against the label: mIoU and pixel accuracy (argmax, dataset confusion matrix), mask AP (each class
+channel ranks the pixels) and boundary F1 (tolerance 2 px), with the batched functions of
+:mod:`analysis.metrics`; the dataset's ignore label is ignored.
 
-The outputs name the data and the runs by folder name only (never a path of the machine it ran on).
+The outputs name the data and the runs by folder / file name only (never a path of the machine).
 
-Writes ``OUT/metrics.json``::
+Writes ``OUT/metrics.json`` (every metric value in percent, 0-100)::
 
-    {head: {"input": {...}, "blocks": [{...} per block], "final": {...}},   # {"miou", "mask_ap",
-     "probe": {"seeds": {head: [mIoU per seed]}, "sources": [...], "summary": {...}},  #  "boundary_f1",
-     "meta": {"model", "split", "n_images", "date", "seconds", ...}}                 #  "pixel_accuracy"}
+    {"meta": {"model", "split", "n_images", "unit", "readouts", "unavailable", "fitted" (how the lens
+              was fitted), "date", "seconds", "seconds_by_phase", ...},
+     "readouts": {"raw" | "head" | "fitted": {HEAD: {"input": M, "blocks": [M, ...], "final": M}}},
+     "probe": {"pairs": [{"seed", "baseline", "treated"}], "delta_mean", "delta_sd", "ci95",
+               "p_value", "n", "verdict", "baseline", "treated", "unit", "sources", "head_vs_head"}}
 
-and ``OUT/block_curves.png`` / ``.html``, ``OUT/probe.png`` (when seed results are given),
-``OUT/comparison_<image>.png`` for two example images and ``OUT/report.md``.
+with M = ``{"miou", "mask_ap", "boundary_f1", "pixel_accuracy", "iou_per_class", "ap_per_class",
+"f1_per_class"}``; and ``OUT/block_curves.png`` / ``.html`` (one row per readout), ``OUT/probe.png``
+(when seed results are given), ``OUT/comparison_<image>.png`` for ``--examples`` images and
+``OUT/report.md``.
 """
 
 from __future__ import annotations
