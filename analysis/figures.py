@@ -521,7 +521,7 @@ def readout_curves_figure(
             if ri == len(rows) - 1:
                 ax.set_xlabel("block")
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(6, len(handles)))
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)))
     if title:
         fig.suptitle(title)
     return fig
