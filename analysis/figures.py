@@ -473,6 +473,123 @@ def block_curves_plotly(
     return fig
 
 
+def readout_curves_figure(
+    per_readout: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    metric_names: Sequence[str] = ("miou", "mask_ap"),
+    title: str | None = None,
+) -> Figure:
+    """Small multiples of the per-block curves: one row per readout, one column per metric.
+
+    Args:
+        per_readout: readout -> head -> ``{"blocks": [{metric: v}], "final": {metric: v}}`` (fractions).
+        metric_names: one column each.
+        title: figure title.
+
+    Returns:
+        Matplotlib figure; y in percent, shared per column so readouts compare; x = block 1..B and the
+        head output ("out", star marker). Each panel is titled "<readout> readout: <metric>".
+    """
+    if not per_readout or not metric_names:
+        raise ValueError("per_readout and metric_names must not be empty")
+    rows = list(per_readout)
+    n = len(metric_names)
+    fig = Figure(figsize=(4.2 * n, 2.9 * len(rows) + 0.8), layout="constrained")
+    axes = fig.subplots(len(rows), n, squeeze=False, sharey="col")
+    handles: dict[str, Any] = {}
+    for ri, r in enumerate(rows):
+        max_b, data = _curve_data(per_readout[r], metric_names)
+        x_out = max_b + 1
+        for ci, name in enumerate(metric_names):
+            ax = axes[ri][ci]
+            for head in data:
+                vals, fin = data[head][name]
+                color = head_color(head)
+                x = np.arange(1, len(vals) + 1)
+                (line,) = ax.plot(x, vals, color=color, marker=_head_marker(head), ms=4, lw=1.5)
+                handles.setdefault(head_label(head), line)
+                if len(vals) and math.isfinite(vals[-1]) and math.isfinite(fin):
+                    ax.plot([x[-1], x_out], [vals[-1], fin], color=color, lw=1.0, ls=":")
+                if math.isfinite(fin):
+                    ax.plot([x_out], [fin], color=color, marker="*", ms=10, mec="black", mew=0.5, ls="none")
+            ax.set_xticks([*range(1, max_b + 1), x_out], [*(str(t) for t in range(1, max_b + 1)), _FINAL_LABEL])
+            ax.set_xlim(0.5, x_out + 0.5)
+            ax.set_title(f"{r} readout: {_metric_label(name)}", fontsize=10)
+            ax.set_ylabel(f"{_metric_label(name)} (%)")
+            ax.grid(True, alpha=0.3)
+            if ri == len(rows) - 1:
+                ax.set_xlabel("block")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def readout_curves_plotly(
+    per_readout: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    metric_names: Sequence[str] = ("miou", "mask_ap"),
+    title: str | None = None,
+) -> go.Figure:
+    """Interactive version of :func:`readout_curves_figure` (rows = readouts, columns = metrics)."""
+    if not per_readout or not metric_names:
+        raise ValueError("per_readout and metric_names must not be empty")
+    rows = list(per_readout)
+    n = len(metric_names)
+    fig = make_subplots(
+        rows=len(rows),
+        cols=n,
+        subplot_titles=[f"{r} readout: {_metric_label(m)}" for r in rows for m in metric_names],
+        horizontal_spacing=0.08,
+        vertical_spacing=0.12 if len(rows) > 1 else 0.0,
+    )
+    shown: set[str] = set()
+    for ri, r in enumerate(rows):
+        max_b, data = _curve_data(per_readout[r], metric_names)
+        x_out = max_b + 1
+        for ci, name in enumerate(metric_names):
+            for head in data:
+                vals, fin = data[head][name]
+                nb = len(vals)
+                ys = [None if not math.isfinite(v) else float(v) for v in [*vals.tolist(), fin]]
+                fig.add_trace(
+                    go.Scatter(
+                        x=[*range(1, nb + 1), x_out],
+                        y=ys,
+                        mode="lines+markers",
+                        name=head_label(head),
+                        legendgroup=head,
+                        showlegend=head not in shown,
+                        line={"color": head_color(head), "width": 2},
+                        marker={"symbol": ["circle"] * nb + ["star"], "size": [6] * nb + [12]},
+                        customdata=[f"block {i}" for i in range(1, nb + 1)] + ["final output"],
+                        hovertemplate=(
+                            f"<b>{hover_escape(head_label(head))}</b> ({hover_escape(r)} readout)<br>"
+                            "%{customdata}<br>"
+                            f"{hover_escape(_metric_label(name))}: %{{y:.2f}}%<extra></extra>"
+                        ),
+                    ),
+                    row=ri + 1,
+                    col=ci + 1,
+                )
+                shown.add(head)
+            fig.update_xaxes(
+                tickmode="array",
+                tickvals=[*range(1, max_b + 1), x_out],
+                ticktext=[*(str(i) for i in range(1, max_b + 1)), _FINAL_LABEL],
+                row=ri + 1,
+                col=ci + 1,
+            )
+            fig.update_yaxes(title_text=f"{_metric_label(name)} (%)", row=ri + 1, col=ci + 1)
+    fig.update_layout(
+        title={"text": title, "x": 0.5, "xanchor": "center"} if title else None,
+        template="plotly_white",
+        height=260 * len(rows) + 160,
+        width=int(min(1400, 420 * n + 80)),
+        legend={"orientation": "h", "y": -0.08, "x": 0.5, "xanchor": "center"},
+    )
+    return fig
+
+
 # --------------------------------------------------------------------------------------------------
 # Training-seed probe
 # --------------------------------------------------------------------------------------------------

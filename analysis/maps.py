@@ -8,6 +8,12 @@ Everything else here is pure array code: normalising maps for display (:func:`no
 resizing them to the image (:func:`upsample_maps`), picking which classes to show
 (:func:`select_classes`) and which feature channels a class reads (:func:`top_channels`).
 
+Readouts (:data:`READOUTS`, :mod:`structtoken.readouts`): every stage of every head is also kept as
+class scores read three ways, ``raw`` (channel k = class k), ``head`` (the head's own output layers,
+the "logit lens") and ``fitted`` (the set's fitted affine lens), computed in the same pass at grid
+resolution (:attr:`HeadMaps.readouts`, ``[S, K, h, w]`` each); a readout a head cannot give is
+recorded with its reason (:attr:`HeadMaps.unavailable`, :func:`readout_problem`).
+
 Shapes: K classes, a feature grid ``(h, w) = ceil(H / 16), ceil(W / 16)`` for an ``H x W`` image,
 C feature channels, N blocks per head, S = N + 2 stages.
 """
@@ -22,7 +28,8 @@ import numpy as np
 import torch
 
 from structtoken.devices import autocast
-from structtoken.heads import HeadOutput
+from structtoken.heads import Head, HeadOutput
+from structtoken.readouts import READOUTS, FittedReadouts, ReadoutError, readout_unavailable, stage_scores
 from structtoken.segmentor import Segmentor, SegmentorOutput, upsample
 
 from .roles import head_kind
@@ -35,6 +42,8 @@ __all__ = [
     "compute_maps",
     "image_maps_from_output",
     "normalize_maps",
+    "readout_caveat",
+    "readout_problem",
     "readout_stages",
     "resolve_classes",
     "select_classes",
@@ -47,9 +56,7 @@ __all__ = [
 NORMALIZATIONS = ("shared", "per_map", "softmax")
 """Display normalisations of class maps (see :func:`normalize_maps`)."""
 
-READOUTS = ("raw",)
-"""How a stage is read as class scores (see :func:`readout_stages`). ``raw``: channel k of the stage's
-K-channel map is class k."""
+NO_MODEL_REASON = "computed without the model's heads (maps built from a bare forward output)"
 
 
 def stage_names(num_blocks: int) -> tuple[str, ...]:
@@ -71,6 +78,12 @@ class HeadMaps:
             projected features for block 1, the previous block's output after), or None for
             heads without feature maps (per-pixel, linear).
         kind: head architecture: ``cse`` | ``sse`` | ``pwe`` | ``per_pixel`` | ``linear``.
+        readouts: readout -> ``[S, K, h, w]`` class scores of every stage, for each readout of
+            :data:`READOUTS` the head can give (``stages`` is the ``raw`` one when there is one, else
+            the ``head`` one).
+        unavailable: readout -> why the head cannot give it (every readout missing from ``readouts``).
+        raw_caveat: a one-line warning for the ``raw`` readout of a head whose channels are not
+            class-aligned (:meth:`structtoken.heads.Head.raw_caveat`), else None.
     """
 
     stages: np.ndarray
@@ -78,6 +91,9 @@ class HeadMaps:
     attention: np.ndarray | None
     block_features: np.ndarray | None
     kind: str
+    readouts: dict[str, np.ndarray] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    raw_caveat: str | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -87,7 +103,14 @@ class HeadMaps:
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays, in bytes."""
-        return sum(a.nbytes for a in (self.stages, self.attention, self.block_features) if a is not None)
+        arrays = [self.stages, self.attention, self.block_features, *self.readouts.values()]
+        seen: set[int] = set()
+        total = 0
+        for a in arrays:
+            if a is not None and id(a) not in seen:
+                seen.add(id(a))
+                total += a.nbytes
+        return total
 
 
 class _LazyProbs(Mapping[str, np.ndarray]):
@@ -187,10 +210,48 @@ def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
     return logits.argmax(0).cpu().numpy().astype(dtype)
 
 
-def head_maps(name: str, out: HeadOutput) -> HeadMaps:
-    """:class:`HeadMaps` of the first image of a :class:`structtoken.HeadOutput`."""
+def head_readouts(
+    name: str, head: Head | None, out: HeadOutput, fitted: FittedReadouts | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every readout of the first image of ``out`` (the output of ``head``, named ``name``):
+    (readout -> ``[S, K, h, w]`` float32 scores, readout -> reason for each one it cannot give).
+
+    ``head`` None (no model at hand) gives only ``raw`` (the stage maps as they are, when they are
+    K-channel maps). ``fitted`` is the set's :class:`structtoken.readouts.FittedReadouts` or None.
+    """
+    scores: dict[str, np.ndarray] = {}
+    reasons: dict[str, str] = {}
+    for r in READOUTS:
+        if head is None:
+            if r == "raw" and out.stage_field == "tokens":
+                scores[r] = _np(stage_tensor(out))
+            else:
+                reasons[r] = NO_MODEL_REASON if r != "raw" else "the stages are not K-channel class maps"
+            continue
+        reason = readout_unavailable(name, head, r, fitted)
+        if reason is not None:
+            reasons[r] = reason
+            continue
+        try:
+            per = stage_scores(name, head, out, r, fitted)
+        except (ReadoutError, ValueError) as e:
+            reasons[r] = str(e)
+            continue
+        scores[r] = _np(torch.cat([t[:1].float() for t in per], dim=0))
+    return scores, reasons
+
+
+def head_maps(name: str, out: HeadOutput, head: Head | None = None, fitted: FittedReadouts | None = None) -> HeadMaps:
+    """:class:`HeadMaps` of the first image of a :class:`structtoken.HeadOutput` (with every readout
+    when the ``head`` module that produced it is given; see :func:`head_readouts`)."""
     blocks = out.blocks
-    stages = _np(stage_tensor(out))
+    readouts, unavailable = head_readouts(name, head, out, fitted)
+    if "raw" in readouts:
+        stages = readouts["raw"]
+    elif "head" in readouts:
+        stages = readouts["head"]
+    else:
+        stages = _np(stage_tensor(out))
     attention = None
     if blocks and all(b.attention is not None for b in blocks):
         attention = _stack([b.attention for b in blocks])
@@ -198,23 +259,37 @@ def head_maps(name: str, out: HeadOutput) -> HeadMaps:
     f0 = out.features_init
     if blocks and f0 is not None and all(b.features is not None for b in blocks[:-1]):
         features = _stack([f0, *(b.features for b in blocks[:-1])])
+    caveat = head.raw_caveat() if isinstance(head, Head) and "raw" in readouts else None
     return HeadMaps(
         stages=stages,
         stage_names=stage_names(len(blocks)),
         attention=attention,
         block_features=features,
         kind=head_kind(name),
+        readouts=readouts,
+        unavailable=unavailable,
+        raw_caveat=caveat,
     )
 
 
 def image_maps_from_output(
-    image_uint8: np.ndarray, out: SegmentorOutput, seconds: float = 0.0, class_names: Sequence[str] = ()
+    image_uint8: np.ndarray,
+    out: SegmentorOutput,
+    seconds: float = 0.0,
+    class_names: Sequence[str] = (),
+    model: Segmentor | None = None,
 ) -> ImageMaps:
     """Build :class:`ImageMaps` from a forward pass on ``image_uint8`` ``[H, W, 3]`` (batch item 0).
 
     ``out.logits_by_head`` must be at the image size (as :meth:`Segmentor.forward` returns them).
+    ``model`` (the set that produced ``out``, in eval mode) gives every readout of every head (its
+    heads and ``model.fitted_readouts``); without it only ``raw`` is kept. Call under ``no_grad``.
     """
-    heads = {name: head_maps(name, o) for name, o in out.heads.items()}
+    fitted = getattr(model, "fitted_readouts", None) if model is not None else None
+    heads = {
+        name: head_maps(name, o, model.heads[name] if model is not None else None, fitted)
+        for name, o in out.heads.items()
+    }
     pred = {name: _argmax_classes(lg[0]) for name, lg in out.logits_by_head.items()}
     grid = tuple(int(v) for v in out.features.shape[-2:])
     return ImageMaps(
@@ -238,8 +313,8 @@ def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True)
             native size.
 
     Returns:
-        :class:`ImageMaps` with every array on the CPU as numpy (stages float32 ``[S, K, h, w]``,
-        pred uint8 ``[H', W']`` at the size the model saw). On CUDA the pass runs under bf16
+        :class:`ImageMaps` with every array on the CPU as numpy (stages and every available readout
+        float32 ``[S, K, h, w]``, pred uint8 ``[H', W']`` at the size the model saw). On CUDA the pass runs under bf16
         autocast and the maps are converted back to float32.
     """
     if image_uint8.dtype != np.uint8 or image_uint8.ndim != 3 or image_uint8.shape[2] != 3:
@@ -249,10 +324,10 @@ def compute_maps(model: Segmentor, image_uint8: np.ndarray, resize: bool = True)
     model.eval()
     try:
         seen = model.resize_image(image_uint8, scale="config" if resize else None)
-        with autocast(model.device):
-            out = model(model.normalize(seen))
         names = model.cfg.class_names()
-        maps = image_maps_from_output(np.ascontiguousarray(seen), out, class_names=names)
+        with autocast(model.device):  # the head readouts run on the pass's (bf16 on CUDA) maps
+            out = model(model.normalize(seen))
+            maps = image_maps_from_output(np.ascontiguousarray(seen), out, class_names=names, model=model)
     finally:
         model.train(was_training)
     return ImageMaps(
@@ -332,15 +407,52 @@ def select_classes(maps: ImageMaps, head: str, k: int = 4, classes: Sequence[str
 
 
 # ------------------------------------------------------------------------------------ readouts
-def readout_stages(maps: ImageMaps, head: str, readout: str = "raw") -> np.ndarray:
-    """``[S, K, h, w]`` class scores of every stage of ``head`` read the ``readout`` way.
+def _head(maps: ImageMaps, head: str) -> HeadMaps:
+    if head not in maps.heads:
+        raise ValueError(f"unknown head {head!r}; this set has {', '.join(maps.heads)}")
+    return maps.heads[head]
 
-    Raises:
-        ValueError: an unknown readout (the message lists :data:`READOUTS`).
-    """
+
+def _check_readout(readout: str) -> None:
     if readout not in READOUTS:
         raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
-    return maps.heads[head].stages
+
+
+def readout_problem(maps: ImageMaps, head: str, readout: str) -> str | None:
+    """Why ``head`` has no ``readout`` on these maps (a sentence), or None when it has.
+
+    Raises:
+        ValueError: an unknown readout or head.
+    """
+    _check_readout(readout)
+    hm = _head(maps, head)
+    if readout in hm.readouts:
+        return None
+    if not hm.readouts and not hm.unavailable:  # built by hand: ``stages`` are the raw maps
+        return None if readout == "raw" else NO_MODEL_REASON
+    return hm.unavailable.get(readout, f"the {readout} readout was not computed")
+
+
+def readout_caveat(maps: ImageMaps, head: str, readout: str) -> str | None:
+    """The one-line caveat to show with ``head``'s maps read by ``readout`` (the ``raw`` readout of a
+    head whose channels are not class-aligned), or None."""
+    _check_readout(readout)
+    hm = _head(maps, head)
+    return hm.raw_caveat if readout == "raw" else None
+
+
+def readout_stages(maps: ImageMaps, head: str, readout: str = "raw") -> np.ndarray:
+    """``[S, K, h, w]`` class scores of every stage of ``head`` read the ``readout`` way (on the grid).
+
+    Raises:
+        ValueError: an unknown readout (the message lists :data:`READOUTS`) or head, or a readout
+            the head cannot give (the message says why).
+    """
+    problem = readout_problem(maps, head, readout)
+    if problem is not None:
+        raise ValueError(f"the {readout} readout of {head} is unavailable: {problem}")
+    hm = maps.heads[head]
+    return hm.readouts.get(readout, hm.stages)
 
 
 # ------------------------------------------------------------------------------- normalisation

@@ -18,7 +18,7 @@ import numpy as np
 from .figures import METRIC_LABELS
 from .roles import structtoken_heads
 
-__all__ = ["probe_from_report", "probe_summary", "relation_sentence", "report_heads"]
+__all__ = ["as_fractions", "paired_probe", "probe_from_report", "probe_summary", "relation_sentence", "report_heads"]
 
 
 # ------------------------------------------------------------------------------- probe summary
@@ -228,19 +228,140 @@ def _block_summary(
     }
 
 
+# ------------------------------------------------------------------------------ paired probe
+def paired_probe(
+    sources: Sequence[Mapping[str, Any]], baseline: str = "per_pixel", treated: str = "per_pixel_ds"
+) -> dict[str, Any]:
+    """The metrics.json ``probe`` block from per-seed final mIoUs, paired by seed (never by order).
+
+    Args:
+        sources: one entry per result file / run folder: ``{"source": name, "seed": int, head: mIoU
+            (fraction), ...}``.
+        baseline, treated: the heads compared (treated - baseline).
+
+    Returns:
+        :func:`analysis.stats.to_json` of the paired comparison (``pairs`` [{"seed", "baseline",
+        "treated"}] in mIoU points, ``delta_mean``, ``delta_sd``, ``ci95``, ``p_value``, ``n``,
+        ``verdict``), plus ``baseline`` / ``treated`` (the heads), ``unit``, ``sources`` (names and
+        seeds) and ``head_vs_head`` (the same block for every other head pair sharing >= 2 seeds).
+        With no seed holding both heads: empty ``pairs``, None numbers, ``n`` 0 and a verdict that
+        says so.
+
+    Raises:
+        ValueError: two sources give the same seed (the message names both).
+    """
+    from .stats import all_pairwise, paired_comparison, to_json
+
+    by_seed: dict[Any, Mapping[str, Any]] = {}
+    for src in sources:
+        seed = src["seed"]
+        if seed in by_seed:
+            raise ValueError(
+                f"seed {seed} is given twice ({by_seed[seed]['source']} and {src['source']}): "
+                "each seed must come from one result"
+            )
+        by_seed[seed] = src
+    per_head: dict[str, dict[Any, float]] = {}
+    for seed, src in by_seed.items():
+        for h, v in src.items():
+            if h not in ("source", "seed") and isinstance(v, (int, float)) and math.isfinite(v):
+                per_head.setdefault(h, {})[seed] = float(v)
+    meta = {
+        "baseline": baseline,
+        "treated": treated,
+        "unit": "mIoU points",
+        "sources": [{"source": s["source"], "seed": s["seed"]} for s in by_seed.values()],
+    }
+    shared = [s for s in per_head.get(baseline, {}) if s in per_head.get(treated, {})]
+    if not shared:
+        missing = [h for h in (baseline, treated) if h not in per_head]
+        why = f"no results for {' and '.join(missing)}" if missing else "no seed has results for both heads"
+        block = {
+            "pairs": [],
+            "delta_mean": None,
+            "delta_sd": None,
+            "ci95": None,
+            "p_value": None,
+            "n": 0,
+            "verdict": f"the deep-supervision probe cannot be judged: {why}.",
+        }
+    else:
+        res = paired_comparison(
+            [(s, per_head[baseline][s], per_head[treated][s]) for s in sorted(shared)],
+            treatment=f"deep supervision ({treated} vs {baseline})",
+            metric="final mIoU",
+            unit="points",
+            scale=100.0,
+        )
+        block = to_json(res)
+    others = {h: v for h, v in per_head.items()}
+    hvh = [
+        {
+            "baseline": c.treatment.split(" instead of ")[1],
+            "treated": c.treatment.split(" instead of ")[0],
+            **to_json(c),
+        }
+        for c in all_pairwise(others, metric="final mIoU", unit="points", scale=100.0)
+        if {c.treatment.split(" instead of ")[0], c.treatment.split(" instead of ")[1]} != {baseline, treated}
+    ]
+    return {**block, **meta, "head_vs_head": hvh}
+
+
 # ------------------------------------------------------------------------------ shipped report
-def report_heads(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The per-head entries (``{"input", "blocks", "final"}``) of a dataset report (``metrics.json``)."""
+# ------------------------------------------------------------------------------ shipped report
+def as_fractions(x: Any) -> Any:
+    """A new-schema metric entry (percent) as fractions, recursively (None stays None)."""
+    if isinstance(x, Mapping):
+        return {k: as_fractions(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [as_fractions(v) for v in x]
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x) / 100.0
+    return x
+
+
+def report_heads(report: Mapping[str, Any], readout: str = "raw") -> dict[str, Any]:
+    """The per-head entries (``{"input", "blocks", "final"}``) of a dataset report under ``readout``,
+    with metric values as fractions (what the figures and tables take).
+
+    Reads both schemas: the current one (``{"readouts": {readout: {head: entry}}}``, values in
+    percent) and the earlier one (head entries at the top level, fractions, raw readout only: other
+    readouts give ``{}``).
+    """
+    readouts = report.get("readouts")
+    if isinstance(readouts, Mapping):
+        block = readouts.get(readout)
+        if not isinstance(block, Mapping):
+            return {}
+        return {k: as_fractions(v) for k, v in block.items() if isinstance(v, Mapping) and "blocks" in v}
+    if readout != "raw":
+        return {}
     return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
 
 
-def probe_from_report(report: Mapping[str, Any] | None, structtoken_head: str | None) -> dict[str, Any] | None:
-    """:func:`probe_summary` of a shipped report's seeds and per-block metrics, or None when the report
-    has neither seed results nor a deeply supervised head."""
+def probe_from_report(
+    report: Mapping[str, Any] | None, structtoken_head: str | None, readout: str = "raw"
+) -> dict[str, Any] | None:
+    """The probe of a shipped report: its paired verdict (or, for an earlier report, :func:`probe_summary`
+    of its seeds) and the block-map sentences under ``readout``; None when the report has neither seed
+    results nor a deeply supervised head."""
     if not report:
         return None
     probe = report.get("probe")
-    heads = report_heads(report)
+    heads = report_heads(report, readout)
+    if isinstance(probe, Mapping) and "pairs" in probe and "verdict" in probe:
+        out = dict(probe)
+        out["blocks"] = (
+            _block_summary(
+                heads,
+                str(probe.get("baseline", "per_pixel")),
+                str(probe.get("treated", "per_pixel_ds")),
+                structtoken_head,
+            )
+            if heads
+            else None
+        )
+        return out
     if isinstance(probe, dict) and isinstance(probe.get("seeds"), dict) and probe["seeds"]:
         return probe_summary(probe["seeds"], heads or None, structtoken_head=structtoken_head)
     if heads and "per_pixel_ds" in heads:

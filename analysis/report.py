@@ -3,22 +3,28 @@
     python -m analysis report --model camvid --data DIR --split val --out OUT \
         [--limit N] [--probe-json FILE ...] [--probe-runs RUNDIR ...] [--device auto]
 
-For every image (native resolution, one backbone pass for all heads), every head and every stage
-(the class maps entering block 1, after each block, the head output), the stage's K-channel map
-is upsampled bilinearly to the label size and scored against the label: mIoU (argmax, dataset
-confusion matrix), mask AP (each class channel ranks the pixels) and boundary F1 (tolerance 2 px),
-with the accumulators of :mod:`analysis.metrics`; the dataset's ignore label is ignored.
+For every image (native resolution, one backbone pass for all heads), every head, every stage (the
+maps entering block 1, after each block, the head output) and every readout (``raw``: channel k as
+class k; ``head``: through the head's own output layers; ``fitted``: the set's fitted affine lens,
+when the set has one), the stage's class scores are upsampled bilinearly to the label size and scored
+against the label: mIoU and pixel accuracy (argmax, dataset confusion matrix), mask AP (each class
+channel ranks the pixels) and boundary F1 (tolerance 2 px), with the batched functions of
+:mod:`analysis.metrics`; the dataset's ignore label is ignored.
 
-The outputs name the data and the runs by folder name only (never a path of the machine it ran on).
+The outputs name the data and the runs by folder / file name only (never a path of the machine).
 
-Writes ``OUT/metrics.json``::
+Writes ``OUT/metrics.json`` (every metric value in percent, 0-100)::
 
-    {head: {"input": {...}, "blocks": [{...} per block], "final": {...}},   # {"miou", "mask_ap",
-     "probe": {"seeds": {head: [mIoU per seed]}, "sources": [...], "summary": {...}},  #  "boundary_f1",
-     "meta": {"model", "split", "n_images", "date", "seconds", ...}}                 #  "pixel_accuracy"}
+    {"meta": {"model", "split", "n_images", "unit", "readouts", "unavailable", "fitted" (how the lens
+              was fitted), "date", "seconds", "seconds_by_phase", ...},
+     "readouts": {"raw" | "head" | "fitted": {HEAD: {"input": M, "blocks": [M, ...], "final": M}}},
+     "probe": {"pairs": [{"seed", "baseline", "treated"}], "delta_mean", "delta_sd", "ci95",
+               "p_value", "n", "verdict", "baseline", "treated", "unit", "sources", "head_vs_head"}}
 
-and ``OUT/block_curves.png`` / ``.html``, ``OUT/probe.png`` (when seed results are given),
-``OUT/comparison_<image>.png`` for two example images and ``OUT/report.md``.
+with M = ``{"miou", "mask_ap", "boundary_f1", "pixel_accuracy", "iou_per_class", "ap_per_class",
+"f1_per_class"}``; and ``OUT/block_curves.png`` / ``.html`` (one row per readout), ``OUT/probe.png``
+(when seed results are given), ``OUT/comparison_<image>.png`` for ``--examples`` images and
+``OUT/report.md``.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
+import re
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,15 +50,23 @@ from tqdm.auto import tqdm
 from structtoken.config import ModelConfig
 from structtoken.data import DatasetError, SegmentationDataset
 from structtoken.devices import autocast
+from structtoken.readouts import READOUTS, readout_unavailable, stage_scores
 from structtoken.segmentor import Segmentor, upsample
 
 from . import figures as F
 from .analyses import COMPARISON, PROBE
 from .grid import block_grid, render_static
 from .labels import head_label
-from .maps import ImageMaps, image_maps_from_output, stage_names, stage_tensor
-from .metrics import BoundaryF1Accumulator, ConfusionAccumulator, MaskAPAccumulator
-from .probe import probe_summary, relation_sentence
+from .maps import ImageMaps, image_maps_from_output
+from .metrics import (
+    BoundaryCounts,
+    BoundaryF1Accumulator,
+    ConfusionAccumulator,
+    MaskAPAccumulator,
+    boundary_counts_batch,
+    mask_ap_batch,
+)
+from .probe import as_fractions, paired_probe
 from .roles import baseline_heads, structtoken_heads
 from .values import json_ready, percent
 
@@ -62,7 +79,7 @@ NUM_EXAMPLES = 2
 
 # ------------------------------------------------------------------------------- accumulation
 class StageMetrics:
-    """The three dataset accumulators of one (head, stage)."""
+    """The three dataset accumulators of one (readout, head, stage)."""
 
     def __init__(self, num_classes: int, ignore_index: int) -> None:
         self.confusion = ConfusionAccumulator(num_classes, ignore_index)
@@ -75,18 +92,39 @@ class StageMetrics:
         self.mask_ap.update(scores, label)
         self.boundary.update(pred, label)
 
+    def add(self, cm: np.ndarray, ap: np.ndarray, counts: BoundaryCounts) -> None:
+        """Add one image from its batched parts: confusion ``[K, K]``, per-class AP ``[K]``, boundary counts."""
+        self.confusion.cm += cm
+        self.confusion.num_images += 1
+        self.mask_ap.update_ap(ap)
+        self.boundary.update_counts(counts)
+
     def compute(self) -> dict[str, Any]:
-        """``{"miou", "pixel_accuracy", "mask_ap", "boundary_f1"}`` plus per-class lists."""
+        """``{"miou", "mask_ap", "boundary_f1", "pixel_accuracy"}`` and per-class lists, in percent (0-100)."""
         c, a, b = self.confusion.compute(), self.mask_ap.compute(), self.boundary.compute()
         return {
-            "miou": c["miou"],
-            "mask_ap": a["mask_ap"],
-            "boundary_f1": b["boundary_f1"],
-            "pixel_accuracy": c["pixel_accuracy"],
-            "iou_per_class": c["iou_per_class"],
-            "ap_per_class": a["ap_per_class"],
-            "f1_per_class": b["f1_per_class"],
+            "miou": percent(c["miou"]),
+            "mask_ap": percent(a["mask_ap"]),
+            "boundary_f1": percent(b["boundary_f1"]),
+            "pixel_accuracy": percent(c["pixel_accuracy"]),
+            "iou_per_class": [percent(v) for v in c["iou_per_class"]],
+            "ap_per_class": [percent(v) for v in a["ap_per_class"]],
+            "f1_per_class": [percent(v) for v in b["f1_per_class"]],
         }
+
+
+def _confusions(preds: np.ndarray, label: np.ndarray, k: int, ignore_index: int) -> np.ndarray:
+    """Confusion matrices ``[n, K, K]`` (rows = label) of predictions ``[n, H, W]`` against ``label [H, W]``."""
+    valid = label != ignore_index
+    g = label[valid].astype(np.int64)  # [N]
+    p = preds[:, valid].astype(np.int64)  # [n, N]
+    n = preds.shape[0]
+    idx = (np.arange(n, dtype=np.int64)[:, None] * (k * k) + g[None] * k + p).ravel()
+    return np.bincount(idx, minlength=n * k * k).reshape(n, k, k)
+
+
+CHUNK = 8
+"""Score stacks upsampled and scored together ([8, K, H, W] float32: 61 MB for CamVid)."""
 
 
 @torch.no_grad()
@@ -97,21 +135,39 @@ def evaluate_stages(
     progress: bool = True,
     examples: Sequence[int] = (),
     workers: int = 1,
-) -> tuple[dict[str, list[StageMetrics]], dict[int, tuple[ImageMaps, np.ndarray]], int, dict[str, float]]:
-    """Accumulate every (head, stage) over the dataset.
+) -> tuple[
+    dict[str, dict[str, list[StageMetrics]]], dict[int, tuple[ImageMaps, np.ndarray]], int, dict[str, float], dict
+]:
+    """Accumulate every (readout, head, stage) over the dataset from one backbone pass per image.
+
+    Every available readout of every head (:func:`structtoken.readouts.stage_scores`) is read at grid
+    resolution; stacks that are identical (the ``head`` readout of the last block and of the output
+    are the logits, as is ``raw``'s output) are upsampled and scored once. Stacks are upsampled
+    bilinearly to the label size, scored in chunks of :data:`CHUNK` with the batched metrics
+    (:func:`analysis.metrics.mask_ap_batch`, :func:`boundary_counts_batch`, one bincount for the
+    confusions), on ``workers`` threads.
 
     Returns:
-        (head -> [StageMetrics per stage], example index -> (ImageMaps, label), images seen,
-        seconds spent per phase {"model", "upsample", "metrics"}).
+        (readout -> head -> [StageMetrics per stage], example index -> (ImageMaps, label), images
+        seen, seconds per phase {"model", "readouts", "upsample", "metrics"} (upsample and metrics
+        summed over the worker threads), readout -> head -> reason for each unavailable readout).
     """
     cfg = model.cfg
     k = cfg.num_classes
     ignore = dataset.info.ignore_index
     heads = list(cfg.heads)
+    fitted = getattr(model, "fitted_readouts", None)
+    unavailable: dict[str, dict[str, str]] = {r: {} for r in READOUTS}
+    for r in READOUTS:
+        for h in heads:
+            why = readout_unavailable(h, model.heads[h], r, fitted)
+            if why is not None:
+                unavailable[r][h] = why
     n = len(dataset) if limit is None else max(0, min(int(limit), len(dataset)))
-    acc: dict[str, list[StageMetrics]] = {}
+    acc: dict[str, dict[str, list[StageMetrics]]] = {r: {} for r in READOUTS}
     kept: dict[int, tuple[ImageMaps, np.ndarray]] = {}
-    times = {"model": 0.0, "upsample": 0.0, "metrics": 0.0}
+    times = {"model": 0.0, "readouts": 0.0, "upsample": 0.0, "metrics": 0.0}
+    lock = threading.Lock()
     was_training = model.training
     model.eval()
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
@@ -122,68 +178,113 @@ def evaluate_stages(
             x = model.preprocess(image, scale=None)
             with autocast(model.device):
                 out = model(x)
-            if i in examples:
-                kept[i] = (image_maps_from_output(image, out, class_names=cfg.class_names()), label)
-            t1 = time.perf_counter()
-            size = tuple(label.shape)
-            per_head = {}
-            for h in heads:
-                up = upsample(stage_tensor(out.heads[h]).float(), size).cpu().numpy()
-                # numpy's argmax over the class axis is ~5x faster than torch's on the CPU
-                pred = up.argmax(axis=1).astype(np.uint8 if k <= 256 else np.int32)
-                per_head[h] = (np.ascontiguousarray(up), pred)
-                if h not in acc:
-                    acc[h] = [StageMetrics(k, ignore) for _ in range(up.shape[0])]
-            t2 = time.perf_counter()
-
-            def run(h: str, label: np.ndarray = label, per_head: dict = per_head) -> None:
-                scores, preds = per_head[h]
-                for s, m in enumerate(acc[h]):
-                    m.update(scores[s], preds[s], label)
-
-            if pool is not None:
-                list(pool.map(run, heads))
-            else:
+                t1 = time.perf_counter()
+                if i in examples:
+                    kept[i] = (image_maps_from_output(image, out, class_names=cfg.class_names(), model=model), label)
+                uniques: list[torch.Tensor] = []  # [K, h, w] each
+                owner: list[str] = []
+                keys: dict[tuple[str, str, int], int] = {}
                 for h in heads:
-                    run(h)
-            t3 = time.perf_counter()
+                    for r in READOUTS:
+                        if h in unavailable[r]:
+                            continue
+                        per = stage_scores(h, model.heads[h], out.heads[h], r, fitted)
+                        if h not in acc[r]:
+                            acc[r][h] = [StageMetrics(k, ignore) for _ in per]
+                        for s, t in enumerate(per):
+                            t = t[0].float()
+                            j = next(
+                                (u for u in range(len(uniques)) if owner[u] == h and torch.equal(uniques[u], t)), None
+                            )
+                            if j is None:
+                                j = len(uniques)
+                                uniques.append(t)
+                                owner.append(h)
+                            keys[(r, h, s)] = j
+            t2 = time.perf_counter()
+            size = tuple(label.shape)
+            parts: dict[int, tuple[np.ndarray, np.ndarray, BoundaryCounts]] = {}
+
+            def score(
+                lo: int, label: np.ndarray = label, uniques: list = uniques, parts: dict = parts, size=size
+            ) -> None:
+                ta = time.perf_counter()
+                chunk = torch.stack(uniques[lo : lo + CHUNK])  # [n, K, h, w]
+                up = np.ascontiguousarray(upsample(chunk, size).cpu().numpy())  # [n, K, H, W]
+                # numpy's argmax over the class axis is ~5x faster than torch's on the CPU
+                preds = up.argmax(axis=1).astype(np.uint8 if k <= 256 else np.int32)  # [n, H, W]
+                tb = time.perf_counter()
+                aps = mask_ap_batch(up, label, ignore)  # [n, K]
+                counts = boundary_counts_batch(preds, label, k, BOUNDARY_TOLERANCE, ignore)
+                cms = _confusions(preds, label, k, ignore)  # [n, K, K]
+                tc = time.perf_counter()
+                with lock:
+                    for m in range(len(counts)):
+                        parts[lo + m] = (cms[m], aps[m], counts[m])
+                    times["upsample"] += tb - ta
+                    times["metrics"] += tc - tb
+
+            starts = list(range(0, len(uniques), CHUNK))
+            if pool is not None:
+                list(pool.map(score, starts))
+            else:
+                for lo in starts:
+                    score(lo)
+            for (r, h, s), j in keys.items():
+                acc[r][h][s].add(*parts[j])
             times["model"] += t1 - t0
-            times["upsample"] += t2 - t1
-            times["metrics"] += t3 - t2
+            times["readouts"] += t2 - t1
     finally:
         if pool is not None:
             pool.shutdown()
         model.train(was_training)
-    return acc, kept, n, times
+    return acc, kept, n, times, unavailable
 
 
 # ------------------------------------------------------------------------------------- probe
-def read_probe_json(path: str | Path) -> dict[str, float]:
-    """Final mIoU per head from one ``python -m structtoken.evaluate --json`` file (one seed)."""
+def _seed_of(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: the seed must be a whole number, got {value!r}")
+    return int(value)
+
+
+def read_probe_json(path: str | Path) -> tuple[int, dict[str, float]]:
+    """(seed, final mIoU per head as fractions) of one ``python -m structtoken.evaluate --json`` file.
+
+    The seed is the file's ``"seed"`` (written by :mod:`structtoken.evaluate` from the set's training
+    config); a file without one is the shipped set's result, trained with seed 0 (the training default).
+    """
     p = Path(path)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read probe result {p}: {e}") from None
+        raise ValueError(f"cannot read probe result {p.name}: {e}") from None
     heads = d.get("heads") if isinstance(d, dict) else None
     if not isinstance(heads, dict):
-        raise ValueError(f"{p} is not a structtoken.evaluate --json result (no 'heads' object)")
+        raise ValueError(f"{p.name} is not a structtoken.evaluate --json result (no 'heads' object)")
+    seed = _seed_of(d.get("seed", 0) if d.get("seed") is not None else 0, p.name)
     out = {}
     for h, m in heads.items():
         if isinstance(m, dict) and isinstance(m.get("miou"), (int, float)):
             out[h] = float(m["miou"])
-    return out
+    return seed, out
 
 
-def read_probe_run(run_dir: str | Path) -> dict[str, float]:
-    """Final val mIoU per head of one training run folder (``log.jsonl`` written by structtoken.train).
-
-    Uses the record marked ``"final": true``, else the last record with ``val_miou/*`` keys.
-    """
+def read_probe_run(run_dir: str | Path) -> tuple[int, dict[str, float]]:
+    """(seed, final val mIoU per head as fractions) of one training run folder: the seed from its
+    ``train_config.json``, the mIoUs from ``log.jsonl`` (the record marked ``"final": true``, else the
+    last record with ``val_miou/*`` keys)."""
     d = Path(run_dir)
     log = d / "log.jsonl"
     if not log.is_file():
-        raise ValueError(f"{d} is not a training run folder: {log} not found")
+        raise ValueError(f"{d.name} is not a training run folder: it has no log.jsonl")
+    try:
+        tc = json.loads((d / "train_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{d.name}: cannot read its train_config.json for the seed ({e})") from None
+    if not isinstance(tc, dict) or "seed" not in tc:
+        raise ValueError(f"{d.name}: its train_config.json records no seed")
+    seed = _seed_of(tc["seed"], f"{d.name}/train_config.json")
     final, last = None, None
     for line in log.read_text(encoding="utf-8").splitlines():
         try:
@@ -196,26 +297,75 @@ def read_probe_run(run_dir: str | Path) -> dict[str, float]:
                 final = rec
     rec = final or last
     if rec is None:
-        raise ValueError(f"{log} holds no validation mIoU yet (has the run finished?)")
-    return {k.split("/", 1)[1]: float(v) for k, v in rec.items() if k.startswith("val_miou/") and v is not None}
+        raise ValueError(f"{d.name}/log.jsonl holds no validation mIoU yet (has the run finished?)")
+    return seed, {k.split("/", 1)[1]: float(v) for k, v in rec.items() if k.startswith("val_miou/") and v is not None}
 
 
-def collect_probe(json_files: Sequence[str | Path] = (), run_dirs: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """Per-seed final mIoU of ``per_pixel`` and ``per_pixel_ds`` from result files and run folders."""
-    seeds: dict[str, list[float]] = {"per_pixel": [], "per_pixel_ds": []}
+def collect_probe(json_files: Sequence[str | Path] = (), run_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """One ``{"source": file or folder name, "seed", head: final mIoU, ...}`` per result (never a machine path).
+
+    Raises:
+        ValueError: an unreadable source, or two sources with the same seed.
+    """
     sources = []
     for src, reader in [
         *((f, read_probe_json) for f in json_files),
         *((r, read_probe_run) for r in run_dirs),
     ]:
-        res = reader(src)
-        found = {h: res[h] for h in seeds if h in res}
-        for h, v in found.items():
-            seeds[h].append(v)
-        sources.append({"source": Path(src).name, **found})  # a folder / file name, never a machine path
-    return {"seeds": {h: v for h, v in seeds.items() if v}, "sources": sources}
+        seed, res = reader(src)
+        sources.append({"source": Path(src).name, "seed": seed, **res})
+    paired_probe(sources)  # raises for a seed given twice
+    return sources
 
 
+# ------------------------------------------------------------------------------------- claims
+def _compare(st: Mapping[str, Any], base: Mapping[str, Any], metric: str) -> list[float]:
+    """Block-by-block differences (percent points) ``st - base`` where both have the value."""
+    n = min(len(st.get("blocks") or []), len(base.get("blocks") or []))
+    out = []
+    for i in range(n):
+        a, b = (st["blocks"][i] or {}).get(metric), (base["blocks"][i] or {}).get(metric)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            out.append(float(a) - float(b))
+    return out
+
+
+def claim_lines(readouts: Mapping[str, Mapping[str, Any]], heads: Sequence[str]) -> list[str]:
+    """One line per readout: does the paper's claim (StructToken's block maps carry more class structure
+    than the per-pixel baseline's) hold under it? Computed from the block mIoU and mask AP (percent) of
+    every StructToken head against every baseline head the readout reads.
+
+    "holds" when every StructToken head is above every baseline at every block on both metrics,
+    "does not hold" when none is above anywhere, else "holds in part" with the counts.
+    """
+    out = []
+    for r, per_head in readouts.items():
+        present = [h for h in heads if h in per_head]
+        sts, bases = structtoken_heads(present), baseline_heads(present)
+        if not sts or not bases:
+            out.append(f"**{r}**: not judged (it reads no {'StructToken' if not sts else 'baseline'} head).")
+            continue
+        parts, above_all, total_all = [], 0, 0
+        for metric in ("miou", "mask_ap"):
+            diffs = [d for st in sts for b in bases for d in _compare(per_head[st], per_head[b], metric)]
+            above = sum(d > 0 for d in diffs)
+            above_all += above
+            total_all += len(diffs)
+            if diffs:
+                parts.append(
+                    f"{F.METRIC_LABELS[metric]} above at {above}/{len(diffs)} block comparisons "
+                    f"(difference {min(diffs):+.1f} to {max(diffs):+.1f} pts)"
+                )
+        if total_all == 0:
+            out.append(f"**{r}**: not judged (no block values).")
+            continue
+        verdict = "holds" if above_all == total_all else "does not hold" if above_all == 0 else "holds in part"
+        names = f"{', '.join(head_label(h) for h in sts)} vs {', '.join(head_label(h) for h in bases)}"
+        out.append(f"**{r}**: the claim {verdict} ({names}: {'; '.join(parts)}).")
+    return out
+
+
+# ------------------------------------------------------------------------------------ figures
 # ------------------------------------------------------------------------------------ figures
 def _example_figure(maps: ImageMaps, label: np.ndarray, cfg: ModelConfig, ignore_index: int, title: str) -> Any:
     """The analyses' block grid of one dataset image, with ground-truth (solid) and prediction (dashed)
@@ -241,121 +391,132 @@ def _example_figure(maps: ImageMaps, label: np.ndarray, cfg: ModelConfig, ignore
 
 
 # ------------------------------------------------------------------------------------ writing
+READOUT_NOTES = {
+    "raw": "channel k of each stage read as class k (the paper's view)",
+    "head": "each stage through the head's own remaining output layers (the logit lens)",
+    "fitted": "each stage through a per-stage affine map fitted on the train split, model frozen (the tuned lens)",
+}
+
+_ABS_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s/\\]+[/\\])*([^\s/\\]+)")
+
+
+def no_paths(text: str) -> str:
+    """``text`` with every absolute path replaced by its last component (no machine paths in a report)."""
+    return _ABS_PATH.sub(lambda m: m.group(1), text)
+
+
 def _p(v: Any) -> str:
-    p = percent(v)
-    return "–" if p is None else f"{p:.1f}"
+    return "–" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.1f}"
 
 
-def _head_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list[str]:
-    out = []
-    for h in heads:
-        m = metrics[h]
-        seq = [m["input"], *m["blocks"], m["final"]]
-        names = stage_names(len(m["blocks"]))
-        mi = [s.get("miou") for s in seq]
-        if any(v is None for v in mi):
-            continue
-        gains = [(names[i], mi[i] - mi[i - 1]) for i in range(1, len(mi))]
-        best = max(gains, key=lambda g: g[1]) if gains else None
-        s = (
-            f"{head_label(h)}: mIoU {_p(mi[0])} at the input → {_p(mi[-1])} at the output, mask AP "
-            f"{_p(seq[0].get('mask_ap'))} → {_p(seq[-1].get('mask_ap'))}"
-        )
-        if best is not None:
-            where = "the output" if best[0] == "output" else best[0]
-            s += f"; the largest mIoU step is at {where} ({100 * best[1]:+.1f} pts)"
-        out.append(s + ".")
+def fitted_meta(model: Segmentor) -> dict[str, Any] | None:
+    """How the set's fitted readout was fitted (from its file's metadata), or None without one."""
+    fitted = getattr(model, "fitted_readouts", None)
+    if fitted is None:
+        return None
+    m = fitted.metadata
+    keys = (
+        "split",
+        "num_images",
+        "num_pixels",
+        "pixels_per_image",
+        "pixel_sampling",
+        "seed",
+        "preprocess",
+        "grid",
+        "loss",
+        "l2",
+        "l2_on",
+        "standardize",
+        "optimizer",
+        "iterations",
+    )
+    out: dict[str, Any] = {k: m.get(k) for k in keys if k in m}
+    out["file"] = fitted.path.name if fitted.path is not None else None
+    out["train_accuracy"] = {h: v.get("train_accuracy") for h, v in (m.get("heads") or {}).items()}
+    if fitted.problem:
+        out["problem"] = no_paths(fitted.problem)
     return out
 
 
-def _block_percents(entry: dict[str, Any], metric: str) -> list[float]:
-    return [float("nan") if (p := percent(b.get(metric))) is None else p for b in entry["blocks"]]
+def _fitted_sentence(fm: Mapping[str, Any] | None) -> str:
+    if not fm:
+        return "No fitted readout file beside the set: the fitted readout is not reported."
+    return (
+        f"Fitted readout ({fm.get('file')}): per (head, stage) an affine map fitted on the {fm.get('split')} split "
+        f"({fm.get('num_images')} images x {fm.get('pixels_per_image')} labelled pixels, {fm.get('grid')}), "
+        f"{fm.get('loss')}, L2 {fm.get('l2')} on the {fm.get('l2_on')}, inputs standardised: "
+        f"{fm.get('standardize')}, {fm.get('optimizer')}, {fm.get('iterations')} iterations."
+    )
 
 
-def _comparison_sentences(metrics: dict[str, Any], heads: Sequence[str]) -> list[str]:
-    """Each StructToken head's block maps against each baseline's (mask AP, then mIoU)."""
-    out = []
-    for base in baseline_heads([h for h in heads if h in metrics]):
-        for st in structtoken_heads(heads):
-            for metric in ("mask_ap", "miou"):
-                vals, ref = _block_percents(metrics[st], metric), _block_percents(metrics[base], metric)
-                s = relation_sentence(head_label(st), vals, head_label(base), ref, metric)
-                if s:
-                    out.append(s)
-    return out
-
-
-def write_markdown(result: dict[str, Any], heads: Sequence[str], figures: dict[str, str]) -> str:
-    """The human-readable report (``report.md``)."""
+def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Mapping[str, str]) -> str:
+    """The human-readable report (``report.md``): what holds under which readout, the probe verdict,
+    tables per readout (percent) and the figures."""
     meta = result["meta"]
+    readouts = result["readouts"]
     lines = [
         f"# Per-block report: {meta['model']} on {meta['split']}",
         "",
         f"{meta['n_images']} images of `{meta['data']}`, native resolution, {meta['date']} "
-        f"({meta['seconds']:.0f} s on {meta['device']}). Every stage's class map is upsampled bilinearly to "
-        "the label size; mIoU from the dataset confusion matrix of its argmax, mask AP ranks the pixels "
-        "by each "
-        f"class channel (mean over images where the class is present, then over classes), boundary F1 with "
-        f"{BOUNDARY_TOLERANCE} px tolerance (counts pooled per class). "
-        f"Label {meta['ignore_index']} is ignored.",
+        f"({meta['seconds']:.0f} s on {meta['device']}). Every stage (input, each block, output) of every "
+        "head is read as class scores three ways, upsampled bilinearly to the label size and scored: mIoU "
+        "from the dataset confusion matrix of its argmax, mask AP ranks the pixels by each class channel "
+        f"(mean over images where the class is present, then over classes), boundary F1 with "
+        f"{BOUNDARY_TOLERANCE} px tolerance (counts pooled per class). Label {meta['ignore_index']} is "
+        "ignored. All values in percent.",
         "",
-        "## What the numbers say",
+        *(f"- **{r}**: {READOUT_NOTES[r]}." for r in READOUTS),
         "",
+        _fitted_sentence(meta.get("fitted")),
+        "",
+        "## Does the paper's claim hold?",
+        "",
+        "Claim: StructToken's block maps carry more class structure than the per-pixel baseline's.",
+        "",
+        *(f"- {line}" for line in claim_lines(readouts, heads)),
     ]
-    said = _head_sentences(result, heads) + _comparison_sentences(result, heads)
-    probe = result.get("probe", {}).get("summary")
-    if probe:
-        if probe.get("outcome") != "insufficient" or probe.get("diff") is not None:
-            said.append(f"Deep-supervision probe (training seeds): {probe['verdict']}")
-        if probe.get("blocks"):
-            said.extend(probe["blocks"]["sentences"])
-    lines += [f"- {s}" for s in said] or ["- (no complete numbers)"]
+    for r, why in (meta.get("unavailable") or {}).items():
+        for h, reason in why.items():
+            lines.append(f"- {head_label(h)} has no {r} readout: {reason}")
+    probe = result.get("probe") or {}
     lines += [
         "",
-        "## Final output per head",
+        "## Deep-supervision probe (training seeds, paired by seed)",
         "",
-        "| head | mIoU | mask AP | boundary F1 | pixel acc |",
-        "|---|---|---|---|---|",
+        f"**Verdict:** {probe.get('verdict')}",
     ]
-    for h in heads:
-        f = result[h]["final"]
-        lines.append(
-            f"| {head_label(h)} | {_p(f['miou'])} | {_p(f['mask_ap'])} | {_p(f['boundary_f1'])} | "
-            f"{_p(f.get('pixel_accuracy'))} |"
-        )
-    for metric in METRICS:
-        n = max(len(result[h]["blocks"]) for h in heads)
-        lines += [
-            "",
-            f"## {F.METRIC_LABELS[metric]} per stage (%)",
-            "",
-            "| head | input | " + " | ".join(f"block {i}" for i in range(1, n + 1)) + " | output |",
-            "|---" * (n + 3) + "|",
-        ]
-        for h in heads:
-            m = result[h]
-            cells = [_p(m["input"].get(metric))]
-            cells += [_p(m["blocks"][i].get(metric)) if i < len(m["blocks"]) else "–" for i in range(n)]
-            cells.append(_p(m["final"].get(metric)))
-            lines.append(f"| {head_label(h)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Deep-supervision probe", ""]
-    pr = result.get("probe", {})
-    seeds = pr.get("seeds") or {}
-    if seeds:
-        lines += ["| head | seeds | mean mIoU | std |", "|---|---|---|---|"]
-        for h, st in (probe or {}).get("heads", {}).items():
-            std = "–" if st["std"] is None else f"{st['std']:.2f}"
-            mean = "–" if st["mean"] is None else f"{st['mean']:.2f}"
-            lines.append(f"| {head_label(h)} | {st['n']} | {mean} | {std} |")
-        lines += ["", f"**Verdict:** {probe['verdict']}" if probe else ""]
-    else:
-        lines.append(
-            "No seed results were given (`--probe-json` / `--probe-runs`), so the final-mIoU part of the "
-            "probe is not judged here."
-        )
-    if probe and probe.get("blocks"):
-        lines += ["", f"**Block maps:** {probe['blocks']['verdict']}"]
-    lines += ["", "## Figures", ""]
+    if probe.get("pairs"):
+        lines += ["", "| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
+        for pr in probe["pairs"]:
+            lines.append(
+                f"| {pr['seed']} | {pr['baseline']:.2f} | {pr['treated']:.2f} | {pr['treated'] - pr['baseline']:+.2f} |"
+            )
+        srcs = ", ".join(f"{s['source']} (seed {s['seed']})" for s in probe.get("sources", []))
+        lines += ["", f"Final val mIoU (points) from {srcs}."]
+    for c in probe.get("head_vs_head") or []:
+        lines.append(f"- {c['verdict']}")
+    for r in READOUTS:
+        per_head = readouts.get(r) or {}
+        shown = [h for h in heads if h in per_head]
+        if not shown:
+            continue
+        n = max(len(per_head[h]["blocks"]) for h in shown)
+        for metric in ("miou", "mask_ap"):
+            lines += [
+                "",
+                f"## {F.METRIC_LABELS[metric]} per stage, {r} readout (%)",
+                "",
+                "| head | input | " + " | ".join(f"block {i}" for i in range(1, n + 1)) + " | output |",
+                "|---" * (n + 3) + "|",
+            ]
+            for h in shown:
+                m = per_head[h]
+                cells = [_p(m["input"].get(metric))]
+                cells += [_p(m["blocks"][i].get(metric)) if i < len(m["blocks"]) else "–" for i in range(n)]
+                cells.append(_p(m["final"].get(metric)))
+                lines.append(f"| {head_label(h)} | " + " | ".join(cells) + " |")
+    lines += ["", "Boundary F1 and pixel accuracy of every stage are in metrics.json.", "", "## Figures", ""]
     for name, caption in figures.items():
         lines.append(f"- [{caption}]({name})")
         if name.endswith(".png"):
@@ -387,62 +548,71 @@ def build_report(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    probe = collect_probe(probe_json, probe_runs)
+    sources = collect_probe(probe_json, probe_runs)
     n_total = len(dataset) if limit is None else min(int(limit), len(dataset))
     examples = sorted({0, n_total // 2})[:num_examples] if n_total and num_examples > 0 else []
-    acc, kept, n, times = evaluate_stages(model, dataset, limit, progress, examples, workers)
+    acc, kept, n, times, unavailable = evaluate_stages(model, dataset, limit, progress, examples, workers)
     heads = list(model.cfg.heads)
-    result: dict[str, Any] = {}
-    for h in heads:
-        stages = [m.compute() for m in acc[h]] if h in acc else []
-        if not stages:
-            continue
-        result[h] = {"input": stages[0], "blocks": stages[1:-1], "final": stages[-1]}
-    head_metrics = {h: result[h] for h in heads if h in result}
-    st = next(iter(structtoken_heads(heads)), None)
-    result["probe"] = {
-        **probe,
-        "summary": probe_summary(probe["seeds"], head_metrics or None, structtoken_head=st),
-    }
-    seconds = time.perf_counter() - t0
-    result["meta"] = {
-        "model": _name_only(model_name) or model.cfg.name,
-        "model_name": model.cfg.name,
-        "heads": heads,
-        "classes": list(model.cfg.class_names()),
-        "split": dataset.split,
-        "data": Path(dataset.root).name,  # the folder's name: no machine path in a shipped report
-        "n_images": n,
-        "ignore_index": dataset.info.ignore_index,
-        "boundary_tolerance": BOUNDARY_TOLERANCE,
-        "resolution": "native",
-        "device": str(model.device),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 1),
-        "seconds_by_phase": {k: round(v, 1) for k, v in times.items()},
+    readouts: dict[str, dict[str, Any]] = {}
+    for r in READOUTS:
+        readouts[r] = {}
+        for h in heads:
+            stages = [m.compute() for m in acc[r].get(h, [])]
+            if stages:
+                readouts[r][h] = {"input": stages[0], "blocks": stages[1:-1], "final": stages[-1]}
+    result: dict[str, Any] = {
+        "meta": {
+            "model": _name_only(model_name) or model.cfg.name,
+            "model_name": model.cfg.name,
+            "heads": heads,
+            "classes": list(model.cfg.class_names()),
+            "split": dataset.split,
+            "data": Path(dataset.root).name,  # the folder's name: no machine path in a shipped report
+            "n_images": n,
+            "ignore_index": dataset.info.ignore_index,
+            "unit": "percent (0-100)",
+            "metrics": ["miou", "mask_ap", "boundary_f1", "pixel_accuracy"],
+            "boundary_tolerance": BOUNDARY_TOLERANCE,
+            "resolution": "native",
+            "readouts": {r: READOUT_NOTES[r] for r in READOUTS},
+            "unavailable": {r: {h: no_paths(w) for h, w in why.items()} for r, why in unavailable.items() if why},
+            "fitted": fitted_meta(model),
+            "stages": "input (entering block 1), blocks 1..N, final (the head output)",
+            "device": str(model.device),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": 0.0,
+            "seconds_by_phase": {k: round(v, 1) for k, v in times.items()},
+        },
+        "readouts": readouts,
+        "probe": paired_probe(sources),
     }
     figures: dict[str, str] = {}
-    if head_metrics:
-        title = f"Per-block metrics: {result['meta']['model']} ({dataset.split}, {n} images)"
-        fig = F.block_curves_figure(head_metrics, title=title)
-        fig.savefig(out / "block_curves.png", dpi=110)
-        F.block_curves_plotly(head_metrics, title=title).write_html(out / "block_curves.html", include_plotlyjs=True)
-        figures["block_curves.png"] = "per-block curves"
+    curves = {r: as_fractions(v) for r, v in readouts.items() if v}
+    if curves:
+        title = f"Per-block metrics by readout: {result['meta']['model']} ({dataset.split}, {n} images)"
+        F.readout_curves_figure(curves, title=title).savefig(out / "block_curves.png", dpi=100)
+        F.readout_curves_plotly(curves, title=title).write_html(out / "block_curves.html", include_plotlyjs=True)
+        figures["block_curves.png"] = "per-block curves, one row per readout"
         figures["block_curves.html"] = "per-block curves (interactive)"
-    if probe["seeds"]:
-        F.probe_figure(probe["seeds"]).savefig(out / "probe.png", dpi=110)
+    seeds: dict[str, list[float]] = {}
+    for src in sources:
+        for h in ("per_pixel", "per_pixel_ds"):
+            if h in src:
+                seeds.setdefault(h, []).append(src[h])
+    if seeds:
+        F.probe_figure(seeds).savefig(out / "probe.png", dpi=110)
         figures["probe.png"] = "final mIoU across training seeds"
     for i, (maps, label) in sorted(kept.items()):
         name = dataset.names[i]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        title = f"{name}: class maps block by block (shared normalisation)"
+        title = f"{name}: class maps block by block (raw readout, shared normalisation)"
         fig = _example_figure(maps, label, model.cfg, dataset.info.ignore_index, title)
         fig.savefig(out / f"comparison_{safe}.png", dpi=90)
         figures[f"comparison_{safe}.png"] = f"class maps of {name}"
     result["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
     clean = json_ready(result)
     (out / "metrics.json").write_text(json.dumps(clean, indent=1))
-    (out / "report.md").write_text(write_markdown(clean, [h for h in heads if h in clean], figures))
+    (out / "report.md").write_text(write_markdown(clean, heads, figures))
     return clean
 
 
@@ -492,11 +662,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        probe = collect_probe(args.probe_json, args.probe_runs)
+        collect_probe(args.probe_json, args.probe_runs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    del probe
     try:
         res = build_report(
             model,

@@ -33,13 +33,23 @@ from structtoken.assets import EMBEDDED, available_models, load_any
 from structtoken.checkpoint import FORMAT_KEY, CheckpointError, read_metadata
 from structtoken.config import REGISTRY, ConfigError, ModelConfig
 from structtoken.devices import resolve_device
+from structtoken.heads import build_head
 from structtoken.io import ImageReadError, read_image
+from structtoken.readouts import NO_FITTED_REASON, readout_unavailable, readouts_path
 from structtoken.segmentor import Segmentor
 
 from . import figures as F
 from .analyses import ANALYSES, Analysis, View, ViewRequest
 from .labels import head_label
-from .maps import NORMALIZATIONS, READOUTS, ImageMaps, compute_maps, select_classes
+from .maps import (
+    NORMALIZATIONS,
+    READOUTS,
+    ImageMaps,
+    compute_maps,
+    readout_caveat,
+    readout_problem,
+    select_classes,
+)
 from .probe import report_heads
 from .values import json_ready, md_table
 
@@ -178,6 +188,11 @@ class ModelInfo:
             once the set has been analysed).
         heads, classes, num_blocks: of the set (empty / None when not known).
         analyses: analysis name -> :class:`AnalysisInfo`, in display order (empty when not known).
+        readouts: readout (:data:`READOUTS`, in order) -> None when the set offers it, else why not
+            (a sentence; empty when the config is not known). A readout counts as offered when at
+            least one head gives it; a head that lacks it is left out of the grid with a note.
+            ``fitted`` is judged from the loaded set's lenses, or, before the set is loaded, from
+            the presence of its ``<stem>.readouts.safetensors`` file.
     """
 
     spec: str
@@ -188,6 +203,7 @@ class ModelInfo:
     classes: tuple[str, ...] = ()
     num_blocks: int | None = None
     analyses: dict[str, AnalysisInfo] = field(default_factory=dict)
+    readouts: dict[str, str | None] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ images
@@ -250,19 +266,21 @@ def report_path(model_spec: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _read_report(path: Path) -> tuple[dict[str, Any] | None, go.Figure | None]:
-    """A report's JSON (None when unreadable) and its per-block curves (None without head entries)."""
+def _read_report(path: Path, readout: str = "raw") -> tuple[dict[str, Any] | None, go.Figure | None]:
+    """A report's JSON (None when unreadable) and its per-block curves under ``readout`` (None without
+    head entries for that readout)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None, None
     if not isinstance(data, dict):
         return None, None
-    heads = report_heads(data)
+    heads = report_heads(data, readout)
     if not heads:
         return data, None
     try:
-        return data, F.block_curves_plotly(heads, title="Per-block metrics on the dataset (shipped report)")
+        title = f"Per-block metrics on the dataset, {readout} readout (shipped report)"
+        return data, F.block_curves_plotly(heads, title=title)
     except (ValueError, TypeError, KeyError):
         return data, None
 
@@ -349,7 +367,7 @@ def _freeze(maps: ImageMaps) -> None:
     """Make the cached arrays read-only: results hand them out, and nobody may change the cache."""
     arrays = [maps.image, *maps.pred.values()]
     for hm in maps.heads.values():
-        arrays += [a for a in (hm.stages, hm.attention, hm.block_features) if a is not None]
+        arrays += [a for a in (hm.stages, hm.attention, hm.block_features, *hm.readouts.values()) if a is not None]
     for a in arrays:
         a.setflags(write=False)
 
@@ -387,7 +405,7 @@ class Explorer:
     def __init__(self, max_models: int = 2, max_maps: int = 8) -> None:
         self._models: _LRU[tuple[Any, ...], _ModelEntry] = _LRU(max_models)
         self._maps: _LRU[tuple[tuple[Any, ...], str], ImageMaps] = _LRU(max_maps)
-        self._reports: dict[str, tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
+        self._reports: dict[tuple[str, str], tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
         self._reports_lock = threading.Lock()
         self._load_lock = threading.Lock()
 
@@ -427,14 +445,18 @@ class Explorer:
         maps, cached, t_fwd = self._image_maps(entry, rgb, progress)
         _progress(progress, 0.8, "drawing figures")
         t_fig = time.perf_counter()
-        report, curves, rpath = self._report(spec)
+        report, curves, rpath = self._report(spec, request.readout)
+        shown = list(analysis.heads(cfg, head))
+        if analysis.uses_readout:
+            shown, readout_notices = _readout_heads(maps, shown, head, request.readout)
+            notices += readout_notices
         try:
             class_ids = select_classes(maps, head, DEFAULT_NUM_CLASSES, list(request.classes or []) or None)
             if not class_ids:
                 raise ValueError("no classes selected")
             view_request = ViewRequest(
                 head=head,
-                heads=tuple(analysis.heads(cfg, head)),
+                heads=tuple(shown),
                 class_ids=tuple(class_ids),
                 normalize=request.normalize,
                 block=None if request.block is None else int(request.block),
@@ -531,6 +553,7 @@ class Explorer:
             classes=tuple(cfg.class_names()),
             num_blocks=cfg.num_blocks,
             analyses=analyses,
+            readouts=_set_readouts(spec, cfg, loaded.model if loaded is not None else None),
         )
 
     def model(self, spec: str, device: str = "auto") -> Segmentor:
@@ -608,18 +631,19 @@ class Explorer:
         None when there is none (or it cannot be read). See :func:`report_path` for where it is looked for."""
         return self._report(str(spec))[0]
 
-    def _report(self, spec: str) -> tuple[dict[str, Any] | None, go.Figure | None, Path | None]:
-        """(report, its curves, where it is looked for), re-read when the file changes."""
+    def _report(self, spec: str, readout: str = "raw") -> tuple[dict[str, Any] | None, go.Figure | None, Path | None]:
+        """(report, its curves under ``readout``, where it is looked for), re-read when the file changes."""
         path = report_path(spec)
         if path is None or not path.is_file():
             return None, None, path
         mtime = path.stat().st_mtime
+        key = (str(path), readout)
         with self._reports_lock:
-            hit = self._reports.get(str(path))
+            hit = self._reports.get(key)
         if hit is None or hit[0] != mtime:
-            hit = (mtime, *_read_report(path))
+            hit = (mtime, *_read_report(path, readout))
             with self._reports_lock:
-                self._reports[str(path)] = hit
+                self._reports[key] = hit
         return hit[1], hit[2], path
 
 
@@ -630,6 +654,51 @@ def _device(spec: str) -> torch.device:
         return resolve_device(spec)
     except (ValueError, RuntimeError) as e:
         raise AnalysisError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------- readouts
+def _set_readouts(spec: str, cfg: ModelConfig, model: Segmentor | None) -> dict[str, str | None]:
+    """readout -> None when some head of the set gives it, else why not (see :attr:`ModelInfo.readouts`)."""
+    if model is not None:
+        heads = dict(model.heads.items())
+        fitted = getattr(model, "fitted_readouts", None)
+    else:
+        try:
+            heads = {h: build_head(h, cfg) for h in cfg.heads}  # small modules: only their readout contract is read
+        except Exception as e:  # a config the heads cannot be built from: say so instead of guessing
+            return {r: f"the heads of this set cannot be built ({e})" for r in READOUTS}
+        fitted = None
+    out: dict[str, str | None] = {}
+    for r in READOUTS:
+        if r == "fitted" and model is None:
+            path = EMBEDDED.get(spec) or Path(spec).expanduser()
+            out[r] = None if path.suffix == ".safetensors" and readouts_path(path).is_file() else NO_FITTED_REASON
+            continue
+        reasons = {h: readout_unavailable(h, m, r, fitted) for h, m in heads.items()}
+        if any(v is None for v in reasons.values()):
+            out[r] = None
+        else:
+            out[r] = "; ".join(dict.fromkeys(v for v in reasons.values() if v)) or f"no head gives the {r} readout"
+    return out
+
+
+def _readout_heads(maps: ImageMaps, heads: list[str], chosen: str, readout: str) -> tuple[list[str], list[str]]:
+    """(the heads that give ``readout``, notices): heads without it are left out with a notice saying
+    why; the raw caveat of a head whose channels are not class-aligned is a notice too.
+
+    Raises:
+        AnalysisError: the chosen head has no such readout.
+    """
+    problems = {h: readout_problem(maps, h, readout) for h in heads}
+    if problems.get(chosen) is not None:
+        raise AnalysisError(f"the {readout} readout is not available for {head_label(chosen)}: {problems[chosen]}")
+    notices = [f"{head_label(h)} left out: no {readout} readout ({why})" for h, why in problems.items() if why]
+    kept = [h for h in heads if problems[h] is None]
+    for h in kept:
+        caveat = readout_caveat(maps, h, readout)
+        if caveat:
+            notices.append(f"{head_label(h)} under the raw readout: {caveat}")
+    return kept, notices
 
 
 # ---------------------------------------------------------------------------------- result parts
@@ -681,6 +750,8 @@ def _arrays(maps: ImageMaps, view: View) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {"image": maps.image}
     for h, hm in maps.heads.items():
         arrays[f"{h}/stages"] = hm.stages
+        for r, a in hm.readouts.items():
+            arrays[f"{h}/readout_{r}"] = a
         arrays[f"{h}/stage_names"] = np.asarray(hm.stage_names)
         if hm.attention is not None:
             arrays[f"{h}/attention"] = hm.attention

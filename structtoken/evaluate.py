@@ -132,6 +132,22 @@ def _public_name(spec: str) -> str:
     return path.name if path.is_absolute() or len(path.parts) > 1 else spec
 
 
+def training_seed(spec: str) -> int | None:
+    """The seed the set ``spec`` (``camvid``, or one of our safetensors files) was trained with, from the
+    ``train_config`` of its metadata; None when not recorded (registry names, official checkpoints)."""
+    from .assets import EMBEDDED
+    from .checkpoint import read_metadata
+
+    path = EMBEDDED.get(spec) or Path(spec)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        seed = json.loads(read_metadata(path).get("train_config", "{}")).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m structtoken.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="camvid", help="'camvid' (the shipped set), a registry name or a checkpoint file")
@@ -154,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate_model(model, dataset, args.heads, args.mode, args.aug, args.save_predictions, limit=args.limit)
     result["model"] = _public_name(args.model)
     result["split"] = args.split
+    result["seed"] = training_seed(args.model)  # the probe pairs results by it (None: not recorded)
     result["costs"] = head_costs(model, tuple(dataset.load_pair(0)[0].shape[:2]))
     print(format_table(result))
     if args.json:

@@ -217,9 +217,59 @@ def test_top_channels() -> None:
 
 
 def test_readouts(maps: ImageMaps) -> None:
-    from analysis.maps import READOUTS, readout_stages
+    from analysis.maps import READOUTS, readout_problem, readout_stages
+    from structtoken.readouts import NO_FITTED_REASON
+    from structtoken.readouts import READOUTS as MODEL_READOUTS
 
-    assert READOUTS[0] == "raw"
+    assert READOUTS == MODEL_READOUTS == ("raw", "head", "fitted")
     assert readout_stages(maps, "cse") is maps.heads["cse"].stages  # raw: channel k is class k
-    with pytest.raises(ValueError, match=r"^unknown readout 'fitted'; choose one of raw$"):
-        readout_stages(maps, "cse", "fitted")
+    for h in HEADS:
+        hm = maps.heads[h]
+        head = readout_stages(maps, h, "head")
+        assert head.shape == hm.stages.shape and head.dtype == np.float32
+        # the head readout of the last block is the output; the output stage is the logits
+        np.testing.assert_allclose(head[-2], hm.stages[-1], atol=1e-5)
+        np.testing.assert_array_equal(head[-1], hm.stages[-1])
+        # a random tiny set ships no fitted lens: the reason is recorded and raised
+        assert readout_problem(maps, h, "fitted") == NO_FITTED_REASON
+        with pytest.raises(ValueError, match=r"fitted readout of .* is unavailable: no fitted readout file"):
+            readout_stages(maps, h, "fitted")
+    assert not np.allclose(readout_stages(maps, "per_pixel", "head")[1], maps.heads["per_pixel"].stages[1])
+    with pytest.raises(ValueError, match=r"^unknown readout 'lens'; choose one of raw, head, fitted$"):
+        readout_stages(maps, "cse", "lens")
+    with pytest.raises(ValueError, match="unknown head 'nope'"):
+        readout_problem(maps, "nope", "raw")
+
+
+def test_fitted_readout_and_raw_caveat(model, image) -> None:
+    from analysis.maps import readout_caveat, readout_problem, readout_stages
+    from structtoken.readouts import FittedReadouts, StageLens
+
+    k = model.cfg.num_classes
+    lens = StageLens(2.0 * torch.eye(k), torch.arange(k, dtype=torch.float32))
+    model.fitted_readouts = FittedReadouts(lenses={h: (lens,) * 4 for h in HEADS})
+    try:
+        m = compute_maps(model, image)
+    finally:
+        model.fitted_readouts = None
+    for h in HEADS:
+        assert readout_problem(m, h, "fitted") is None
+        want = 2.0 * m.heads[h].stages + np.arange(k, dtype=np.float32)[None, :, None, None]
+        np.testing.assert_allclose(readout_stages(m, h, "fitted"), want, rtol=1e-5, atol=1e-5)
+    # only the per-pixel head without deep supervision is not class-aligned under raw
+    assert "not class-aligned" in readout_caveat(m, "per_pixel", "raw")
+    assert readout_caveat(m, "per_pixel", "head") is None
+    assert all(readout_caveat(m, h, "raw") is None for h in HEADS if h != "per_pixel")
+
+
+def test_head_without_raw_readout_says_why() -> None:
+    from analysis.maps import readout_problem, readout_stages
+
+    torch.manual_seed(0)
+    fcn = build_model(tiny_config(head="fcn", extra_heads=("per_pixel",))).eval()
+    m = compute_maps(fcn, np.zeros((40, 50, 3), np.uint8))
+    assert "feature channels" in readout_problem(m, "fcn", "raw")
+    with pytest.raises(ValueError, match=r"raw readout of fcn is unavailable: .*feature channels"):
+        readout_stages(m, "fcn", "raw")
+    assert m.heads["fcn"].stages is readout_stages(m, "fcn", "head")  # stages fall back to the head readout
+    assert m.heads["fcn"].stages.shape[1] == 4

@@ -151,10 +151,12 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     data = tmp_path / "data"
     _write_dataset(data)
     seeds = []
-    for i, (pp, ds) in enumerate([(0.40, 0.45), (0.41, 0.46), (0.39, 0.44)]):
-        f = tmp_path / f"seed{i}.json"
-        f.write_text(json.dumps({"heads": {"per_pixel": {"miou": pp}, "per_pixel_ds": {"miou": ds}}}))
+    # seeds recorded out of order: pairs match by seed, never by position
+    for seed, (pp, ds) in [(2, (0.39, 0.44)), (0, (0.40, 0.45)), (1, (0.41, 0.47))]:
+        f = tmp_path / f"seed{seed}.json"
+        f.write_text(json.dumps({"seed": seed, "heads": {"per_pixel": {"miou": pp}, "per_pixel_ds": {"miou": ds}}}))
         seeds.append(str(f))
+    seeds.sort()
     out = tmp_path / "out"
     rc = cli_main(
         [
@@ -176,24 +178,44 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
-    assert list(m) == ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "probe", "meta"]
-    for head in ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds"):
-        entry = m[head]
-        assert set(entry) == {"input", "blocks", "final"}
-        assert len(entry["blocks"]) == 2
-        for stage in (entry["input"], *entry["blocks"], entry["final"]):
-            for key in ("miou", "mask_ap", "boundary_f1"):
-                assert stage[key] is None or 0.0 <= stage[key] <= 1.0
-            assert stage["miou"] is not None and stage["mask_ap"] is not None
-    assert m["meta"]["n_images"] == 3 and m["meta"]["split"] == "val"
+    assert list(m) == ["meta", "readouts", "probe"]
+    heads = ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds"]
+    # a tiny random set has no fitted file: fitted is absent, with its reason in meta
+    assert list(m["readouts"]) == ["raw", "head", "fitted"] and m["readouts"]["fitted"] == {}
+    assert set(m["meta"]["unavailable"]["fitted"]) == set(heads) and m["meta"]["fitted"] is None
+    for r in ("raw", "head"):
+        assert list(m["readouts"][r]) == heads
+        for head in heads:
+            entry = m["readouts"][r][head]
+            assert set(entry) == {"input", "blocks", "final"}
+            assert len(entry["blocks"]) == 2
+            for stage in (entry["input"], *entry["blocks"], entry["final"]):
+                assert {"miou", "mask_ap", "boundary_f1", "pixel_accuracy", "iou_per_class"} <= set(stage)
+                for key in ("miou", "mask_ap", "boundary_f1", "pixel_accuracy"):
+                    assert stage[key] is not None and 0.0 <= stage[key] <= 100.0
+                assert len(stage["iou_per_class"]) == 4
+    for head in heads:  # the head readout's last block and output are the output; raw's output too
+        h, raw = m["readouts"]["head"][head], m["readouts"]["raw"][head]
+        assert h["blocks"][-1] == h["final"] == raw["final"]
+    assert m["meta"]["n_images"] == 3 and m["meta"]["split"] == "val" and m["meta"]["unit"] == "percent (0-100)"
     assert m["meta"]["model"] == tiny_set.name and "date" in m["meta"] and m["meta"]["seconds"] >= 0
     assert m["meta"]["data"] == "data"
-    assert [s["source"] for s in m["probe"]["sources"]] == ["seed0.json", "seed1.json", "seed2.json"]
-    assert m["probe"]["seeds"] == {"per_pixel": [0.40, 0.41, 0.39], "per_pixel_ds": [0.45, 0.46, 0.44]}
-    assert m["probe"]["summary"]["outcome"] == "helps"
-    assert m["probe"]["summary"]["blocks"]["structtoken_head"] == "cse"
+    probe = m["probe"]
+    assert {"pairs", "delta_mean", "delta_sd", "ci95", "p_value", "n", "verdict"} <= set(probe)
+    assert probe["pairs"] == [
+        {"seed": 0, "baseline": pytest.approx(40.0), "treated": pytest.approx(45.0)},
+        {"seed": 1, "baseline": pytest.approx(41.0), "treated": pytest.approx(47.0)},
+        {"seed": 2, "baseline": pytest.approx(39.0), "treated": pytest.approx(44.0)},
+    ]
+    # deltas 5, 6, 5: mean 5.333, sd 0.5774, t(0.975, 2) = 4.3027 -> half width 1.434
+    assert probe["n"] == 3 and probe["delta_mean"] == pytest.approx(16 / 3)
+    assert probe["delta_sd"] == pytest.approx(0.57735, abs=1e-5)
+    assert probe["ci95"] == pytest.approx([16 / 3 - 1.43424, 16 / 3 + 1.43424], abs=1e-4)
+    assert probe["verdict"].startswith("deep supervision (per_pixel_ds vs per_pixel) raises final mIoU by +5.3")
+    assert [s["source"] for s in probe["sources"]] == ["seed0.json", "seed1.json", "seed2.json"]
     md = (out / "report.md").read_text()
-    assert "deep supervision helps" in md and "| StructToken-CSE |" in md
+    assert "raises final mIoU by +5.3" in md and "| StructToken-CSE |" in md
+    assert "## mIoU per stage, head readout (%)" in md and "has no fitted readout" in md
     for name in (
         "block_curves.png",
         "block_curves.html",
@@ -258,9 +280,51 @@ def test_read_probe_run(tmp_path: Path) -> None:
             ]
         )
     )
-    assert read_probe_run(tmp_path) == {"per_pixel": 0.4, "per_pixel_ds": 0.42}
+    with pytest.raises(ValueError, match=r"train_config\.json"):  # no seed, no pairing
+        read_probe_run(tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps({"seed": 7, "iters": 30}))
+    assert read_probe_run(tmp_path) == (7, {"per_pixel": 0.4, "per_pixel_ds": 0.42})
     with pytest.raises(ValueError, match="not a training run folder"):
         read_probe_run(tmp_path / "nope")
+
+
+def test_probe_sources_pair_by_seed_and_refuse_a_repeated_seed(tmp_path: Path) -> None:
+    from analysis.report import collect_probe, read_probe_json
+
+    shipped = tmp_path / "val_results.json"  # the shipped set's evaluate JSON records no seed: seed 0
+    shipped.write_text(json.dumps({"heads": {"per_pixel": {"miou": 0.5}, "per_pixel_ds": {"miou": 0.49}}}))
+    assert read_probe_json(shipped) == (0, {"per_pixel": 0.5, "per_pixel_ds": 0.49})
+    run = tmp_path / "probe_seed0"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"seed": 0}))
+    (run / "log.jsonl").write_text(json.dumps({"final": True, "val_miou/per_pixel": 0.4}))
+    with pytest.raises(ValueError, match=r"seed 0 is given twice \(val_results.json and probe_seed0\)"):
+        collect_probe([shipped], [run])
+
+
+def test_claim_lines_hold_under_one_readout_and_not_another() -> None:
+    from analysis.report import claim_lines
+
+    def entry(blocks_miou, blocks_ap):
+        return {
+            "input": {},
+            "blocks": [{"miou": a, "mask_ap": b} for a, b in zip(blocks_miou, blocks_ap)],
+            "final": {},
+        }
+
+    readouts = {
+        "raw": {"cse": entry([30, 40], [50, 60]), "per_pixel": entry([3, 4], [10, 12])},
+        "head": {"cse": entry([20, 50], [40, 60]), "per_pixel": entry([45, 48], [55, 58])},
+        "fitted": {"cse": entry([10, 20], [30, 40]), "per_pixel": entry([45, 48], [55, 58])},
+    }
+    raw, head, fitted = claim_lines(readouts, ["cse", "per_pixel"])
+    assert raw.startswith("**raw**: the claim holds (StructToken-CSE vs Per-pixel: mIoU above at 2/2")
+    assert "(difference +27.0 to +36.0 pts)" in raw
+    assert head.startswith("**head**: the claim holds in part") and "mIoU above at 1/2" in head
+    assert fitted.startswith("**fitted**: the claim does not hold") and "mask AP above at 0/2" in fitted
+    assert claim_lines({"raw": {"cse": entry([1], [1])}}, ["cse"]) == [
+        "**raw**: not judged (it reads no baseline head)."
+    ]
 
 
 def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path) -> None:
@@ -273,9 +337,42 @@ def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path)
     model = load_model(tiny_set)
     serial = evaluate_stages(model, ds, progress=False, workers=1)[0]
     parallel = evaluate_stages(model, ds, progress=False, workers=2)[0]
-    for head, stages in serial.items():
-        for a, b in zip(stages, parallel[head]):
-            assert a.compute() == b.compute()
+    assert serial["raw"] and serial["head"]
+    for r, per_head in serial.items():
+        for head, stages in per_head.items():
+            for a, b in zip(stages, parallel[r][head], strict=True):
+                assert a.compute() == b.compute()
+
+
+def test_batched_scoring_equals_the_per_stack_accumulators(tmp_path: Path, tiny_set: Path) -> None:
+    from analysis.maps import image_maps_from_output, readout_stages
+    from analysis.report import StageMetrics, evaluate_stages
+    from structtoken.checkpoint import load_model
+    from structtoken.data import SegmentationDataset
+    from structtoken.segmentor import upsample
+
+    _write_dataset(tmp_path / "data", 2)
+    ds = SegmentationDataset(tmp_path / "data", "val")
+    model = load_model(tiny_set)
+    acc = evaluate_stages(model, ds, progress=False)[0]
+    for r in ("raw", "head"):
+        for head in ("cse", "per_pixel"):
+            ref = None
+            for i in range(len(ds)):
+                image, label = ds.load_pair(i)
+                with torch.no_grad():  # the report's input: preprocess at the native size
+                    out = model(model.preprocess(image, scale=None))
+                    maps = image_maps_from_output(image, out, model=model)
+                stack = torch.from_numpy(np.array(readout_stages(maps, head, r)))  # [S, K, h, w]
+                up = upsample(stack, tuple(label.shape)).numpy()  # [S, K, H, W], as the report does
+                ref = ref or [StageMetrics(4, 255) for _ in range(up.shape[0])]
+                for s, m in enumerate(ref):
+                    m.update(up[s], up[s].argmax(0), label)
+            for a, b in zip(acc[r][head], ref, strict=True):
+                got, want = a.compute(), b.compute()
+                assert got["miou"] == pytest.approx(want["miou"], abs=1e-6)
+                assert got["mask_ap"] == pytest.approx(want["mask_ap"], abs=1e-6)
+                assert got["boundary_f1"] == pytest.approx(want["boundary_f1"], abs=1e-6)
 
 
 def test_report_and_evaluate_refuse_a_set_with_other_classes(tmp_path: Path, capsys) -> None:

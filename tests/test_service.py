@@ -329,7 +329,7 @@ RELEASED = (
             "unknown analysis 'histogram'; choose one of prediction, comparison, focus, probe, attention",
         ),
         ({"normalize": "zscore"}, "unknown normalisation 'zscore'; choose one of shared, per_map, softmax"),
-        ({"readout": "logit"}, "unknown readout 'logit'; choose one of raw"),
+        ({"readout": "logit"}, "unknown readout 'logit'; choose one of raw, head, fitted"),
         ({"head": "linear"}, "this set has no head 'linear'; its heads are cse, sse, pwe, per_pixel, per_pixel_ds"),
         (
             {"analysis": "comparison", "head": "per_pixel"},
@@ -424,3 +424,38 @@ def test_a_newly_registered_head_joins_the_analyses_by_its_kind(monkeypatch: pyt
     assert ANALYSES["comparison"].heads(cfg, "pwe") == ["pwe", "per_pixel", "fcn"]
     assert ANALYSES["probe"].heads(cfg, "cse") == ["fcn", "fcn_ds", "cse"]
     assert ANALYSES["prediction"].head_choices(cfg) == heads
+
+
+def test_readouts_of_a_set_and_their_validation(set_path: str, image: np.ndarray, tmp_path: Path) -> None:
+    from structtoken.readouts import NO_FITTED_REASON, FittedReadouts, StageLens, readouts_path
+
+    ex = Explorer()
+    info = ex.describe_model(set_path)  # not loaded yet: from the config and the files beside the set
+    assert info.readouts == {"raw": None, "head": None, "fitted": NO_FITTED_REASON}
+    fcn = tmp_path / "fcn.safetensors"
+    torch.manual_seed(0)
+    save_model(build_model(tiny_config(head="fcn", extra_heads=())), fcn)
+    fcn_info = ex.describe_model(str(fcn))
+    assert "feature channels" in fcn_info.readouts["raw"] and fcn_info.readouts["head"] is None
+    # fitted unavailable: the chosen head cannot be shown, and the message says why
+    with pytest.raises(AnalysisError, match=r"fitted readout is not available for .*no fitted readout file"):
+        analyze(image, set_path, "comparison", ex=ex, readout="fitted")
+    loaded = ex.describe_model(set_path)  # loaded now: judged from the set's heads and lenses
+    assert loaded.readouts == info.readouts
+    # raw: the per-pixel baseline's caveat is a notice; head: no caveat, the readout is named
+    raw = analyze(image, set_path, "comparison", ex=ex, readout="raw")
+    assert "not class-aligned" in raw.summary and any("not class-aligned" in n for n in raw.metrics["notices"])
+    head = analyze(image, set_path, "comparison", ex=ex, readout="head")
+    assert "not class-aligned" not in head.summary and "**head** readout" in head.summary
+    assert head.metrics["readout"] == "head" and head.table_headers[0].endswith("head readout)")
+    assert raw.metrics["stage_agreement_percent"] != head.metrics["stage_agreement_percent"]
+    # a set with a fitted file beside it offers fitted before it is loaded
+    other = tmp_path / "set2.safetensors"
+    torch.manual_seed(0)
+    save_model(build_model(tiny_config()), other)
+    k = tiny_config().num_classes
+    lenses = {h: tuple(StageLens(torch.eye(k), torch.zeros(k)) for _ in range(4)) for h in info.heads}
+    FittedReadouts(lenses=lenses).save(readouts_path(other))
+    assert Explorer().describe_model(str(other)).readouts["fitted"] is None
+    fitted = analyze(image, str(other), "probe", ex=Explorer(), readout="fitted")
+    assert fitted.metrics["readout"] == "fitted" and "**fitted** readout" in fitted.summary

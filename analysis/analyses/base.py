@@ -27,6 +27,13 @@ from ..maps import ImageMaps, readout_stages
 from ..roles import structtoken_heads
 from ..values import rounded
 
+READOUT_NOTES = {
+    "raw": "channel k taken as class k, as in the paper",
+    "head": "each stage through the head's own remaining output layers, the logit lens",
+    "fitted": "each stage through an affine map fitted on the train split with the model frozen, the tuned lens",
+}
+"""What each readout means, for the prose and the figure footnotes."""
+
 __all__ = ["Analysis", "BlockGridAnalysis", "View", "ViewRequest", "stage_agreement"]
 
 
@@ -85,6 +92,9 @@ class Analysis:
     label: str = ""
     head_control: str = "StructToken head"
     """The label of the head control while this analysis is chosen."""
+    uses_readout: bool = False
+    """Whether the view reads stages through the request's readout (the service then leaves out the
+    heads without it and adds the raw caveat to the notices)."""
 
     def supported(self, cfg: ModelConfig) -> str | None:
         """None when the set ``cfg`` supports this analysis, else the reason (a sentence)."""
@@ -140,6 +150,8 @@ class BlockGridAnalysis(Analysis):
     """An analysis drawn as the block grid (rows = classes, a column group per head): the comparison
     and the probe. The table gives, per stage, the share of grid cells agreeing with the output."""
 
+    uses_readout = True
+
     def head_choices(self, cfg: ModelConfig) -> list[str]:
         return structtoken_heads(cfg.heads)
 
@@ -167,7 +179,7 @@ class BlockGridAnalysis(Analysis):
             request.block,
             readout=request.readout,
             outline_head=request.head,
-            title=request.title,
+            title=f"{request.title} ({request.readout} readout)" if request.title else f"{request.readout} readout",
         )
         stage_titles = list(max((maps.heads[hd].stage_names for hd in heads), key=len))
         table, agreement = [], {}
@@ -181,8 +193,9 @@ class BlockGridAnalysis(Analysis):
             figure=render_static(layout),
             plot=render_plotly(layout),
             table=table,
-            table_headers=["head (% grid cells agreeing with its output)", *stage_titles],
+            table_headers=[f"head (% grid cells agreeing with its output, {request.readout} readout)", *stage_titles],
             metrics={
+                "readout": request.readout,
                 "stage_agreement_percent": {hd: [rounded(v, 3) for v in ag] for hd, ag in agreement.items()},
                 "columns": columns,
                 **({"stage": columns[heads[0]][0]} if request.block is not None else {}),
@@ -192,7 +205,8 @@ class BlockGridAnalysis(Analysis):
     def describe(self, view: View, request: ViewRequest) -> str:
         lines = [
             "Rows: classes; columns: the class maps entering block 1 (*input*), after each block, and the head "
-            f"output, for {', '.join(head_label(h) for h in request.heads)}. Normalisation: "
+            f"output, for {', '.join(head_label(h) for h in request.heads)}, read as class scores by the "
+            f"**{request.readout}** readout ({READOUT_NOTES[request.readout]}). Normalisation: "
             f"**{request.normalize}** ({NORMALIZATION_NOTES[request.normalize]})."
         ]
         lines += self.explain(view, request)

@@ -32,7 +32,8 @@ class Comparison(BlockGridAnalysis):
         return [
             "StructToken's maps are class-wise structure tokens refined block by block; the per-pixel "
             "baseline's are the K-channel outputs of its residual blocks. The table gives, per stage, the "
-            "share of grid cells whose argmax class already equals the head's output."
+            "share of grid cells whose argmax class already equals the head's output. Under the raw readout "
+            "this compares a channel labelling as much as structure: read the head and fitted readouts too."
         ]
 
 

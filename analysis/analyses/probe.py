@@ -63,10 +63,11 @@ class Probe(BlockGridAnalysis):
 
     def view(self, maps: ImageMaps, request: ViewRequest) -> View:
         view = super().view(maps, request)
-        per_head = report_heads(request.report) if request.report else {}
+        per_head = report_heads(request.report, request.readout) if request.report else {}
         if per_head:
             view.table_headers, view.table = dataset_table(per_head, request.heads, "mask_ap")
-        info = probe_from_report(request.report, request.head)
+            view.table_headers[0] += f", {request.readout} readout"
+        info = probe_from_report(request.report, request.head, request.readout)
         if info is not None:
             view.metrics["probe"] = info
         return view
@@ -80,7 +81,7 @@ class Probe(BlockGridAnalysis):
         if info is not None:
             lines.append(f"**Verdict (training seeds):** {info['verdict']}")
             if info.get("blocks"):
-                lines.append(f"**Block maps (dataset):** {info['blocks']['verdict']}")
+                lines.append(f"**Block maps (dataset, {request.readout} readout):** {info['blocks']['verdict']}")
         elif request.report is not None:
             lines.append("The shipped report has no seed results for the probe yet.")
         return lines

@@ -118,6 +118,11 @@ class Head(nn.Module):
         """Why this head has no ``raw`` readout, or None when it has one."""
         return None
 
+    def raw_caveat(self) -> str | None:
+        """A one-line warning to show beside the ``raw`` readout when this head's stage channels are
+        not trained to be class maps (channel k need not be class k), else None."""
+        return None
+
     def raw_readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """``raw`` readout: the stage's maps [B, K, h, w] as they are (channel k = class k)."""
         if maps.shape[1] != self.num_classes:

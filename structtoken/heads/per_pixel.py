@@ -40,6 +40,16 @@ class PerPixelHead(Head):
         aux = tuple(m.tokens for m in maps) if self.deep_supervision else ()
         return HeadOutput(logits=self.classifier(x), tokens_init=tokens_init, blocks=tuple(maps), aux_logits=aux)
 
+    def raw_caveat(self) -> str | None:
+        """Without deep supervision nothing ties channel k of a block's map to class k: the final 1x1
+        ``classifier`` is a dense K x K mix. With it, every block's map is trained as class logits."""
+        if self.deep_supervision:
+            return None
+        return (
+            "its block maps are not class-aligned: the final 1x1 classifier mixes all K channels, so under "
+            "raw channel k need not be class k (compare with the head or fitted readout)"
+        )
+
     def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """``classifier(maps)`` for stages 0 .. N ([B, K, h, w]); identity at the output stage."""
         if self.check_stage(stage, out) == out.num_stages - 1:
