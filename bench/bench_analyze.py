@@ -1,10 +1,12 @@
 """Latency and memory of :meth:`analysis.service.Explorer.analyze` with the embedded set on this CPU.
 
-    python bench/bench_analyze.py [--model camvid] [--repeats 10] [--threads 2]
+    python bench/bench_analyze.py [--model camvid] [--repeats 10] [--threads 2] [--attention as-loaded|fast|exact]
 
 Measures, on 480x360 images: (a) warm analyze() of a new image (backbone + every head + figures,
 model already loaded), (b) analyze() when only the analysis, classes or normalisation change (cached
-backbone pass), both as medians, and the peak resident memory of the process.
+backbone pass), both as medians, and the peak resident memory of the process. ``--attention fast``
+switches the loaded set to fused attention (:meth:`structtoken.Segmentor.set_exact_attention`), ``exact``
+to the explicit path; ``as-loaded`` keeps what the checkpoint says (the embedded set: exact).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> int:
     p.add_argument("--model", default="camvid")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--attention", default="as-loaded", choices=("as-loaded", "fast", "exact"))
     args = p.parse_args()
 
     import torch
@@ -36,6 +39,8 @@ def main() -> int:
     from analysis.service import AnalysisRequest, Explorer
 
     explorer = Explorer()
+    if args.attention != "as-loaded":
+        explorer.model(args.model).set_exact_attention(args.attention == "exact")
 
     def analyze(image: np.ndarray, model: str, analysis: str, normalize: str = "shared") -> None:
         explorer.analyze(AnalysisRequest(image, model, analysis, normalize=normalize))
@@ -67,6 +72,7 @@ def main() -> int:
     out = {
         "model": args.model,
         "threads": args.threads,
+        "attention": args.attention,
         "first_call_s": round(first, 3),
         "new_image_median_s": round(statistics.median(new_image), 3),
         "switch_median_s": round(statistics.median(switch), 3),

@@ -22,3 +22,57 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+CPU_THREAD_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+"""Environment for the OpenMP runtime (libgomp / Intel's) that :func:`configure_cpu_threads` applies.
+Read when the runtime starts, i.e. at ``import torch``: set it before (``cpu_thread_env`` in a launcher,
+or call :func:`configure_cpu_threads` first thing, before anything imports torch in a fresh process)."""
+
+
+def cpu_thread_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: ``os.environ``) plus :data:`CPU_THREAD_POLICY`, for launching a process."""
+    import os
+
+    env = dict(os.environ if base is None else base)
+    env.update(CPU_THREAD_POLICY)
+    return env
+
+
+def configure_cpu_threads(num_threads: int | None = None, interop_threads: int = 1) -> dict[str, object]:
+    """Set the CPU thread policy of an interactive process (the app, the report) and return what was set.
+
+    Why: on a shared machine a neighbour often keeps every core busy. OpenMP's default is to *spin*
+    waiting workers for a while after each parallel region; with as many workers as cores and a busy
+    neighbour, the spinning threads and the neighbour take turns on the cores, and every one of the
+    thousands of small parallel regions of a forward pass waits for its slowest (descheduled) worker:
+    a 2-thread forward slows 3-10x. Workers that sleep when idle (``OMP_WAIT_POLICY=PASSIVE``,
+    ``KMP_BLOCKTIME=0``) give the cores back between regions and degrade gracefully, at a small cost
+    on a quiet machine. ``bench/bench_threads.py`` measures the policies (thread count x wait policy,
+    with and without a 2-core busy loop) and is where the choice comes from.
+
+    Args:
+        num_threads: intra-op threads; None = ``torch.get_num_threads()`` (the physical cores torch found).
+        interop_threads: inter-op pool size (a forward pass runs its ops in order, so 1 is enough and
+            avoids one more pool of spinning threads); only settable before the first parallel op, so
+            a failure to set it is ignored.
+
+    The wait policy is an environment variable of the OpenMP runtime, read once when it starts: this
+    sets it in ``os.environ`` (effective for child processes, and for this one only when torch has not
+    been imported yet). For the running process, launch it with :func:`cpu_thread_env`.
+    """
+    import os
+
+    effective = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"  # as the runtime read it at start
+    for k, v in CPU_THREAD_POLICY.items():
+        os.environ.setdefault(k, v)
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    with contextlib.suppress(RuntimeError):  # the inter-op pool has already started
+        torch.set_num_interop_threads(int(interop_threads))
+    return {
+        "num_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "wait_policy_effective": effective,
+    }

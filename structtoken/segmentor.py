@@ -9,7 +9,7 @@ shifted back at the border and overlaps averaged before the softmax.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,13 +36,15 @@ class SegmentorOutput:
     Attributes:
         features: [B, C, h, w] backbone output, h = ceil(H/16), w = ceil(W/16).
         heads: head name -> :class:`HeadOutput` (maps on the feature grid).
-        logits: head name -> [B, K, H, W] logits upsampled to the input size.
+        logits_by_head: head name -> [B, K, H, W] logits upsampled to the input size; a read-only mapping
+            that upsamples a head on first access (and keeps it), so a caller that needs only the
+            prediction (:meth:`labels`) or a few classes (:meth:`class_maps`) never pays for [B, K, H, W].
         primary: the name of the set's first head; the properties below refer to it.
     """
 
     features: torch.Tensor
     heads: dict[str, HeadOutput]
-    logits_by_head: dict[str, torch.Tensor]
+    logits_by_head: Mapping[str, torch.Tensor]
     primary: str
 
     @property
@@ -64,6 +66,27 @@ class SegmentorOutput:
     def blocks(self) -> tuple[BlockMaps, ...]:
         """Per-block maps of the primary head."""
         return self.heads[self.primary].blocks
+
+    def labels(self, head: str | None = None) -> torch.Tensor:
+        """[B, H, W] int64 argmax of the head's (primary's) full-resolution logits, computed class chunk by
+        class chunk from the grid logits: identical to ``logits_by_head[head].argmax(1)`` (first max wins)
+        without materialising [B, K, H, W] (:func:`upsample_argmax`)."""
+        name = head or self.primary
+        return upsample_argmax(self.heads[name].logits, self.out_size_of(name))
+
+    def class_maps(self, classes: Sequence[int], head: str | None = None) -> torch.Tensor:
+        """[B, len(classes), H, W] full-resolution logits of the given classes only; identical to
+        ``logits_by_head[head][:, classes]``."""
+        name = head or self.primary
+        return upsample_classes(self.heads[name].logits, self.out_size_of(name), classes)
+
+    def out_size_of(self, head: str) -> tuple[int, int]:
+        """(H, W) of ``head``'s full-resolution logits, without upsampling them."""
+        lbh = self.logits_by_head
+        if isinstance(lbh, LazyUpsampled):
+            return lbh.size
+        lg = lbh[head]
+        return (int(lg.shape[-2]), int(lg.shape[-1]))
 
 
 def slide_windows(
@@ -103,6 +126,13 @@ class Segmentor(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.cls_token.device
 
+    def set_exact_attention(self, exact: bool) -> Segmentor:
+        """Explicit softmax attention in the backbone (bit-exact with the official code) when True; fused SDPA
+        (the fast path, same tolerance to the official fixtures) when False. Updates ``cfg`` too. Returns self."""
+        self.backbone.set_exact_attention(exact)
+        self.cfg.exact_attention = bool(exact)
+        return self
+
     # ----------------------------------------------------------------- forward
     def forward_heads(
         self,
@@ -117,7 +147,7 @@ class Segmentor(nn.Module):
             features.shape[-2] * self.cfg.patch_size,
             features.shape[-1] * self.cfg.patch_size,
         )
-        logits = {n: upsample(o.logits, size) for n, o in outs.items()}
+        logits = LazyUpsampled({n: o.logits for n, o in outs.items()}, size)
         primary = self.cfg.head if self.cfg.head in outs else names[0]
         return SegmentorOutput(features=features, heads=outs, logits_by_head=logits, primary=primary)
 
@@ -224,6 +254,100 @@ class Segmentor(nn.Module):
                     total[name] = total[name] + p if name in total else p
                 n += 1
         return {name: t / n for name, t in total.items()}
+
+
+class LazyUpsampled(Mapping[str, torch.Tensor]):
+    """head name -> [B, K, H, W]: grid logits [B, K, h, w] upsampled to ``size`` on first access, then kept."""
+
+    def __init__(self, grid_logits: dict[str, torch.Tensor], size: tuple[int, int]) -> None:
+        self._grid = grid_logits
+        self._full: dict[str, torch.Tensor] = {}
+        self.size = (int(size[0]), int(size[1]))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._full:
+            self._full[name] = upsample(self._grid[name], self.size)
+        return self._full[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._grid)
+
+    def __len__(self) -> int:
+        return len(self._grid)
+
+    def __repr__(self) -> str:
+        return f"LazyUpsampled({list(self._grid)}, size={self.size})"
+
+
+ARGMAX_CHUNK = 16
+"""Classes upsampled at a time by :func:`upsample_argmax` (16 x 512 x 512 fp32 = 16 MB instead of 150 x); K <= 16
+(CamVid) is one chunk, i.e. the full upsample and numpy's argmax."""
+
+
+def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], chunk: int = ARGMAX_CHUNK) -> torch.Tensor:
+    """argmax over classes of ``upsample(logits, size)`` without the [B, K, H, W] tensor.
+
+    logits [B, K, h, w] -> [B, H, W] int64. Classes are upsampled ``chunk`` at a time and a running
+    maximum keeps the first maximal class, as ``torch.argmax`` does, so the result equals
+    ``upsample(logits, size).argmax(1)`` (NaN-free inputs; equal in every tested case, random and tied
+    logits, 1 and 2 threads). Every plane is the same bilinear formula as in the full upsample, but
+    torch's CPU kernel may round a plane differently by 1 ulp depending on where its vector loop and
+    thread split fall; ``chunk`` must be a multiple of 8, which keeps the chunks on the full upsample's
+    8-lane grid (chunks of 1..7 classes differed in the last bit at 37x50; multiples of 8 did not in
+    600 random geometries at 2 threads), so only a 1-ulp tie between two classes could flip a label.
+    """
+    if chunk < 1 or chunk % 8:
+        raise ValueError(f"chunk must be a positive multiple of 8, got {chunk}")
+    k = logits.shape[1]
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return torch.from_numpy(_argmax_chunks_numpy(logits, size, chunk))
+    if k <= chunk:
+        return upsample(logits, size).argmax(1)
+    best_val, best_idx = upsample(logits[:, :chunk], size).max(1)
+    for c0 in range(chunk, k, chunk):
+        val, idx = upsample(logits[:, c0 : c0 + chunk], size).max(1)  # [B, H, W] each
+        better = val > best_val  # strict: an earlier class wins ties
+        best_val = torch.where(better, val, best_val)
+        best_idx = torch.where(better, idx + c0, best_idx)
+    return best_idx
+
+
+def _argmax_chunks_numpy(logits: torch.Tensor, size: tuple[int, int], chunk: int) -> np.ndarray:
+    """CPU body of :func:`upsample_argmax`: numpy's argmax over the leading axis of a [k', H, W] chunk is
+    several times faster than torch's over dim 1 and runs no OpenMP region (no spinning under load)."""
+    b, k = logits.shape[:2]
+    out = np.empty((b, *size), dtype=np.int64)
+    for i in range(b):
+        best_val = best_idx = None
+        for c0 in range(0, k, chunk):
+            part = upsample(logits[i : i + 1, c0 : c0 + chunk], size)[0].numpy()  # [k', H, W]
+            idx = part.argmax(axis=0)
+            if best_val is None:
+                best_idx, best_val = idx, part.max(axis=0)
+                continue
+            val = part.max(axis=0)
+            better = val > best_val  # strict: an earlier class wins ties
+            np.copyto(best_val, val, where=better)
+            np.copyto(best_idx, idx + c0, where=better)
+        out[i] = best_idx
+    return out
+
+
+def upsample_classes(logits: torch.Tensor, size: tuple[int, int], classes: Sequence[int]) -> torch.Tensor:
+    """``upsample(logits, size)[:, classes]`` computed for those classes only: [B, K, h, w] -> [B, len, H, W].
+
+    Upsamples the aligned blocks of 8 classes that hold the selected ones, i.e. at most
+    ``8 * len(classes)`` of the K maps; values equal the full upsample's up to 1 ulp of float32 (mostly
+    bit for bit; see :func:`upsample_argmax`)."""
+    classes = [int(c) for c in classes]
+    k = logits.shape[1]
+    if any(not 0 <= c < k for c in classes):
+        raise IndexError(f"classes {classes} outside 0..{k - 1}")
+    blocks = sorted({c // 8 for c in classes})
+    if len(blocks) * 8 >= k:
+        return upsample(logits, size)[:, classes]
+    parts = {bl: upsample(logits[:, 8 * bl : 8 * bl + 8], size) for bl in blocks}
+    return torch.stack([parts[c // 8][:, c % 8] for c in classes], dim=1)
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

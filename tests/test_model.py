@@ -26,7 +26,7 @@ def close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> No
     assert err <= rel * scale, f"max abs error {err:.3g} > {rel} x scale {scale:.3g}"
 
 
-def load_fixture(reference_dir, kind):
+def load_fixture(reference_dir, kind, exact=True):
     t = load_file(str(reference_dir / "fixtures" / f"dev_{kind}_vitt.safetensors"))
     meta = json.loads((reference_dir / "fixtures" / f"dev_{kind}_vitt.json").read_text())
     sd = {k.removeprefix("state_dict."): v.float() for k, v in t.items() if k.startswith("state_dict.")}
@@ -38,6 +38,7 @@ def load_fixture(reference_dir, kind):
         num_blocks=meta["decode_head_num_layers"],
         num_classes=meta["num_classes"],
         image_size=(meta["image_h"], meta["image_w"]),
+        exact_attention=exact,
     )
     model = build_model(cfg).eval()
     model.load_state_dict(convert_official_state_dict(sd))
@@ -55,9 +56,12 @@ def check_full_res(logits: torch.Tensor, t: dict, prefix: str) -> None:
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "fast"])
 @pytest.mark.parametrize("kind", FIXTURES)
-def test_fixture_whole_image_runs(reference_dir, kind):
-    t, meta, _, model = load_fixture(reference_dir, kind)
+def test_fixture_whole_image_runs(reference_dir, kind, exact):
+    """Both the exact path and the fast path (fused attention, the default) stay within 1e-4 of the fixtures."""
+    t, meta, _, model = load_fixture(reference_dir, kind, exact)
+    assert all(blk.attn.fused_attn is not exact for blk in model.backbone.blocks)
     runs = [r for r in meta["runs"] if r["mode"] == "whole"]
     assert runs
     for run in runs:
@@ -75,8 +79,9 @@ def test_fixture_whole_image_runs(reference_dir, kind):
 
 
 @pytest.mark.reference
-def test_fixture_slide_run(reference_dir):
-    t, meta, _, model = load_fixture(reference_dir, "cse")
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "fast"])
+def test_fixture_slide_run(reference_dir, exact):
+    t, meta, _, model = load_fixture(reference_dir, "cse", exact)
     run = next(r for r in meta["runs"] if r["mode"] == "slide")
     boxes = [tuple(b) for b in run["crop_boxes_y1_y2_x1_x2"]]
     assert slide_windows(tuple(run["input_shape"][2:]), tuple(run["crop_size"]), tuple(run["stride"])) == boxes
@@ -125,6 +130,7 @@ def test_matches_independent_reference_on_unseen_configs(
         num_blocks=blocks,
         num_classes=classes,
         image_size=image_size,
+        exact_attention=True,
     )
     model = build_model(cfg).eval()
     model.load_state_dict(convert_official_state_dict(sd))
@@ -324,3 +330,78 @@ def test_predict_cli_reads_with_the_one_reader_and_says_where_it_wrote(tmp_path,
     # blend = 0.4 * image + 0.6 * palette; the image part is 0.4 * 4 (dark), not 0.4 * 255
     palette = np.asarray(build_model(ModelConfig(head="cse", **TINY)).cfg.class_palette())
     np.testing.assert_allclose(color, np.round(0.4 * 4 + 0.6 * palette[label]), atol=1)
+
+
+# ----------------------------------------------------------------------------- fast path
+def test_fast_path_is_the_default_and_switchable():
+    model = build_model(ModelConfig(head="cse", **TINY)).eval()
+    assert not model.cfg.exact_attention
+    assert all(blk.attn.fused_attn for blk in model.backbone.blocks)
+    x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fast = model(x).head_logits
+        assert model.set_exact_attention(True) is model and model.cfg.exact_attention
+        assert not any(blk.attn.fused_attn for blk in model.backbone.blocks)
+        exact = model(x).head_logits
+    close(fast, exact)
+
+
+def _tied_logits(k: int, seed: int) -> torch.Tensor:
+    """[2, k, 5, 7] logits on a coarse integer lattice, so the upsampled maps have many exact ties."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (2, k, 5, 7), generator=g).float() * 0.5
+
+
+@pytest.mark.parametrize("k,chunk", [(150, 8), (150, 16), (11, 8), (3, 8), (17, 16), (37, 8)])
+@pytest.mark.parametrize("size", [(80, 112), (37, 50), (5, 7)])
+def test_upsample_argmax_equals_full_upsample_argmax(k, chunk, size):
+    from structtoken.segmentor import upsample, upsample_argmax
+
+    for logits in (_tied_logits(k, k), torch.randn(2, k, 5, 7, generator=torch.Generator().manual_seed(k))):
+        full = upsample(logits, size)
+        assert torch.equal(upsample_argmax(logits, size, chunk=chunk), full.argmax(1))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        upsample_argmax(logits, size, chunk=4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_upsample_classes_equals_the_full_upsample(seed):
+    """Same formula per plane; torch's kernel may round a plane differently by <= 1 ulp depending on where
+    its vector loop and thread split fall, so equality is to float32 rounding (most cases are bit-equal)."""
+    import random
+
+    from structtoken.segmentor import upsample, upsample_classes
+
+    rnd = random.Random(seed)
+    for _ in range(10):
+        b, k = rnd.choice((1, 2)), rnd.choice((11, 19, 150))
+        h, w = rnd.randint(2, 33), rnd.randint(2, 33)
+        size = (rnd.randint(h, 300), rnd.randint(w, 300))  # odd H*W too: planes off the 8-lane grid
+        logits = torch.randn(b, k, h, w, generator=torch.Generator().manual_seed(rnd.randint(0, 999)))
+        classes = rnd.sample(range(k), rnd.randint(1, min(k, 5)))
+        got, full = upsample_classes(logits, size, classes), upsample(logits, size)[:, classes]
+        torch.testing.assert_close(got, full, rtol=1.2e-7, atol=1e-6)
+
+
+def test_output_upsamples_only_what_is_read():
+    from structtoken.segmentor import upsample
+
+    cfg = ModelConfig(head="cse", extra_heads=("sse", "per_pixel"), **{**TINY, "num_classes": 19})
+    model = build_model(cfg).eval()
+    x = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        out = model(x)
+        lazy = out.logits_by_head
+        assert not lazy._full  # nothing upsampled by the forward itself
+        assert out.out_size_of("sse") == (70, 90)
+        labels = {h: out.labels(h) for h in cfg.heads}
+        picked = out.class_maps([7, 2, 18], head="sse")
+        assert not lazy._full  # labels / class maps never build [B, K, H, W]
+        for h in cfg.heads:
+            full = upsample(out.heads[h].logits, (70, 90))
+            assert torch.equal(labels[h], full.argmax(1))
+            assert torch.equal(out.logits_by_head[h], full)
+        torch.testing.assert_close(picked, out.logits_by_head["sse"][:, [7, 2, 18]], rtol=1.2e-7, atol=1e-6)
+        assert torch.equal(out.labels(), out.logits.argmax(1))
+        assert set(lazy._full) == set(cfg.heads)
+        assert sorted(lazy) == sorted(cfg.heads) and len(lazy) == 3
