@@ -12,11 +12,20 @@ module has no side effects; ``python app.py`` (also how Hugging Face Spaces runs
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":
+    # OpenMP reads its wait policy once, when torch loads it, so it is set before any import that loads
+    # torch: idle workers sleep instead of spinning, which keeps a 2-thread forward from slowing 3-10x
+    # beside a busy neighbour (structtoken.devices.CPU_THREAD_POLICY, bench/bench_threads.py; a test
+    # checks the two agree). Only when run as a script: importing this module stays side-effect free.
+    for _key, _value in {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}.items():
+        os.environ.setdefault(_key, _value)
+
 import collections
 import contextlib
 import gc
 import logging
-import os
 import re
 import shutil
 import sys
@@ -1082,6 +1091,9 @@ def main() -> None:
     127.0.0.1, 7860 or the next free port)."""
     logging.basicConfig(level=logging.INFO)
     tune_malloc()
+    from structtoken.devices import configure_cpu_threads  # the thread policy of the block at the top
+
+    configure_cpu_threads()
     build_demo(Explorer()).launch(**launch_kwargs())
 
 

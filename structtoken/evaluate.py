@@ -102,13 +102,14 @@ def open_model_and_dataset(
     model: str, data: str | Path | None = None, split: str = "val", device: str = "auto"
 ) -> tuple[Segmentor, SegmentationDataset]:
     """The CLIs' common start: a model set (``load_any`` spec) on ``device`` and a dataset split
-    (``data`` or the default CamVid folder). Raises ``ValueError`` (``DatasetError``, ``CheckpointError``)
+    (``data`` or the default CamVid folder), on the fast attention path (fused SDPA: within the fixtures'
+    tolerance, about 1e-5 relative to the exact path). Raises ``ValueError`` (``DatasetError``, ``CheckpointError``)
     or ``OSError`` with a readable message, also when the two disagree on the number of classes."""
     from .assets import load_any
     from .devices import resolve_device
 
     dataset = SegmentationDataset(data or default_camvid_root(), split)
-    segmentor = load_any(model, device=resolve_device(device))
+    segmentor = load_any(model, device=resolve_device(device)).set_exact_attention(False)  # the fast path
     if segmentor.cfg.num_classes != dataset.info.num_classes:
         raise DatasetError(
             f"the model predicts {segmentor.cfg.num_classes} classes, the dataset has {dataset.info.num_classes}"

@@ -528,3 +528,21 @@ def test_malloc_tuning_applies_on_glibc() -> None:
         assert applied
     else:
         assert not applied
+
+
+def test_app_script_sets_the_library_thread_policy() -> None:
+    """app.py sets the OpenMP policy before torch loads (a literal, since structtoken imports torch):
+    it must be structtoken.devices.CPU_THREAD_POLICY, and only when run as a script."""
+    import ast
+
+    from structtoken.devices import CPU_THREAD_POLICY
+
+    tree = ast.parse(Path(__file__).resolve().parents[1].joinpath("app.py").read_text(encoding="utf-8"))
+    first_imports = next(n for n in tree.body if isinstance(n, ast.If))
+    assert ast.unparse(first_imports.test) == "__name__ == '__main__'"
+    dicts = [ast.literal_eval(n) for n in ast.walk(first_imports) if isinstance(n, ast.Dict)]
+    assert dicts == [CPU_THREAD_POLICY]
+    torch_loaders = [
+        n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("analysis")
+    ]
+    assert all(n.lineno > first_imports.end_lineno for n in torch_loaders)
