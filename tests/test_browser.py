@@ -149,7 +149,9 @@ def _check_rendered(pg: Any, name: str) -> None:
     pg.wait_for_function(f"() => ({PLOT_TRACES})()?.length > 0", timeout=WAIT_MS)
     traces = pg.evaluate(PLOT_TRACES)
     kinds = {t[0] for t in traces}
-    expected = {"prediction": {"image"}, "attention": {"heatmap"}}.get(name, {"heatmap"})
+    expected = {"prediction": {"image"}, "attention": {"heatmap", "bar"}}.get(
+        name, {"heatmap"}
+    )  # attention: + entropy bars
     assert kinds == expected, f"{name}: plotly traces {kinds}"
     assert all(rows > 0 for _, rows in traces), f"{name}: an empty trace in {traces[:4]}"
     if name in ("comparison", "probe"):  # one heatmap per (head, stage, class): 2 or 3 heads x 6 stages x 4 rows
