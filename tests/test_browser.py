@@ -133,7 +133,8 @@ def _download(pg: Any, elem_id: str, dest: Path, tries: int = 30) -> bytes:
 PLOT_TRACES = """() => { const d = document.querySelector('#st-plot .js-plotly-plot');
   if (!d || !d.data) return null;
   // plotly decodes the binary-encoded z arrays into its full data once drawn; count their rows
-  return d._fullData.map(t => [t.type, t.z && t.z.length !== undefined ? t.z.length : -1]); }"""
+  const n = a => (a && a.length !== undefined ? a.length : -1);
+  return d._fullData.map(t => [t.type, t.type === 'bar' ? n(t.y) : n(t.z)]); }"""
 FIGURE = """() => { const i = document.querySelector('#st-figure img');
   return i ? [i.getAttribute('src') || '', i.naturalWidth, i.naturalHeight] : null; }"""
 
