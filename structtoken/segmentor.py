@@ -128,9 +128,10 @@ class Segmentor(nn.Module):
 
     def set_exact_attention(self, exact: bool) -> Segmentor:
         """Explicit softmax attention in the backbone (bit-exact with the official code) when True; fused SDPA
-        (the fast path, same tolerance to the official fixtures) when False. Updates ``cfg`` too. Returns self."""
+        (the fast path, same tolerance to the official fixtures) when False. ``cfg`` becomes a copy saying so
+        (the config object the caller built the set from is left as it was). Returns self."""
         self.backbone.set_exact_attention(exact)
-        self.cfg.exact_attention = bool(exact)
+        self.cfg = self.cfg.replace(exact_attention=bool(exact))
         return self
 
     # ----------------------------------------------------------------- forward

@@ -334,13 +334,15 @@ def test_predict_cli_reads_with_the_one_reader_and_says_where_it_wrote(tmp_path,
 
 # ----------------------------------------------------------------------------- fast path
 def test_fast_path_is_the_default_and_switchable():
-    model = build_model(ModelConfig(head="cse", **TINY)).eval()
+    cfg = ModelConfig(head="cse", **TINY)
+    model = build_model(cfg).eval()
     assert not model.cfg.exact_attention
     assert all(blk.attn.fused_attn for blk in model.backbone.blocks)
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         fast = model(x).head_logits
         assert model.set_exact_attention(True) is model and model.cfg.exact_attention
+        assert not cfg.exact_attention  # the caller's config is not mutated
         assert not any(blk.attn.fused_attn for blk in model.backbone.blocks)
         exact = model(x).head_logits
     close(fast, exact)
