@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from structtoken.config import ModelConfig
 from structtoken.data import DatasetError, SegmentationDataset
 from structtoken.devices import autocast
+from structtoken.evaluate import training_seed
 from structtoken.readouts import READOUTS, readout_unavailable, stage_scores
 from structtoken.segmentor import Segmentor, upsample
 
@@ -450,6 +451,16 @@ def _fitted_sentence(fm: Mapping[str, Any] | None) -> str:
     )
 
 
+def seeds_sentence(seed: int | None, split: str) -> str:
+    """What the per-stage numbers are: one training run of each head, so the claim lines describe the set."""
+    run = f"training seed {seed}" if seed is not None else "one training seed (not recorded)"
+    return (
+        f"Every per-stage number in this report is one training run of each head ({run}; {split} split). "
+        "With one seed per head the lines above describe this set; they are not tested differences "
+        "between heads (those need paired seeds and a confidence interval, as the probe below has)."
+    )
+
+
 def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Mapping[str, str]) -> str:
     """The human-readable report (``report.md``): what holds under which readout, the probe verdict,
     tables per readout (percent) and the figures."""
@@ -475,6 +486,8 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         "Claim: StructToken's block maps carry more class structure than the per-pixel baseline's.",
         "",
         *(f"- {line}" for line in claim_lines(readouts, heads)),
+        "",
+        seeds_sentence(meta.get("seed"), str(meta["split"])),
     ]
     for r, why in (meta.get("unavailable") or {}).items():
         for h, reason in why.items():
@@ -568,6 +581,7 @@ def build_report(
             "classes": list(model.cfg.class_names()),
             "split": dataset.split,
             "data": Path(dataset.root).name,  # the folder's name: no machine path in a shipped report
+            "seed": training_seed(model_name) if model_name else None,  # the set's training seed (None: unknown)
             "n_images": n,
             "ignore_index": dataset.info.ignore_index,
             "unit": "percent (0-100)",

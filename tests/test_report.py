@@ -216,6 +216,9 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     md = (out / "report.md").read_text()
     assert "raises final mIoU by +5.3" in md and "| StructToken-CSE |" in md
     assert "## mIoU per stage, head readout (%)" in md and "has no fitted readout" in md
+    assert m["meta"]["seed"] is None  # a set saved without a training config
+    assert "one training run of each head (one training seed (not recorded); val split)" in md
+    assert "they are not tested differences between heads" in md
     for name in (
         "block_curves.png",
         "block_curves.html",
