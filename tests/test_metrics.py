@@ -14,6 +14,7 @@ from analysis.metrics import (
     MaskAPAccumulator,
     _dilate_disk,
     argmax_prediction,
+    argmax_stacks,
     average_precision,
     block_metrics,
     boundary_counts,
@@ -128,6 +129,25 @@ def test_argmax_invalid():
         argmax_prediction(np.zeros((2, 2)))
     with pytest.raises(ValueError):
         argmax_prediction(np.array([[[np.nan]], [[1.0]]]))
+
+
+def test_argmax_stacks_equals_numpy_argmax_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, size=(3, 5, 7, 6)).astype(np.float32)  # many ties
+    out = argmax_stacks(scores)
+    assert out.dtype == np.uint8 and out.shape == (3, 7, 6)
+    np.testing.assert_array_equal(out, scores.argmax(axis=1))
+    # by hand: class 1 wins only where strictly above class 0
+    two = np.array([[[[1.0, 2.0]], [[1.0, 3.0]]]])  # [1, 2, 1, 2]
+    np.testing.assert_array_equal(argmax_stacks(two), [[[0, 1]]])
+    assert argmax_stacks(rng.normal(size=(1, 300, 2, 2))).dtype == np.int32
+
+
+def test_argmax_stacks_invalid():
+    with pytest.raises(ValueError, match="S, K, H, W"):
+        argmax_stacks(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        argmax_stacks(np.array([[[[np.nan]], [[1.0]]]]))
 
 
 def test_upsample_by_hand():
