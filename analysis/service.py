@@ -485,7 +485,8 @@ class Explorer:
             figure=view.figure,
             plot=view.plot,
             overlay=overlay,
-            curves=None if curves is None else go.Figure(curves),  # the cached figure is shared: a copy
+            # the cached figure is shared: a copy (of an already validated figure: 3 ms instead of 50)
+            curves=None if curves is None else go.Figure(curves.to_dict(), _validate=False),
             table=view.table,
             table_headers=view.table_headers,
             summary=_summary(analysis, view, view_request, cfg, spec, maps, notices),

@@ -262,6 +262,28 @@ def test_static_grid_outlines_and_plotly_subsampling(
         )
 
 
+def test_plotly_grid_is_what_plotly_validation_gives(rng: np.random.Generator) -> None:
+    """The grid is built without plotly's per-property validation (for speed): validating its JSON
+    must raise nothing (no invalid property) and change nothing (template and colour scale resolved)."""
+    import json
+
+    import plotly.graph_objects as go
+
+    cells = rng.random((2, 3, 5, 6)).astype(np.float32)
+    layout = GridLayout(
+        rows=("a", "b"),
+        class_ids=(0, 1),
+        groups=(GridGroup("cse", ("in", "b1", "out"), cells, raw=cells * 7),),
+        cell_hw=(10, 12),
+        title="t",
+    )
+    built = json.loads(render_plotly(layout).to_json())
+    validated = json.loads(go.Figure(built).to_json())  # raises on any invalid property
+    assert validated == built
+    assert isinstance(built["layout"]["template"], dict)
+    assert isinstance(built["layout"]["coloraxis"]["colorscale"], list)
+
+
 def test_block_grid_from_maps() -> None:
     from analysis.grid import block_grid
     from analysis.maps import HeadMaps, ImageMaps, stage_names
