@@ -7,11 +7,16 @@ Built on timm's :class:`~timm.models.vision_transformer.VisionTransformer`; only
 changed: the positional embedding is resized (bicubic, *no* antialiasing) only when the number
 of tokens differs from the table, as the official code does, and attention can be forced onto
 timm's explicit (non-fused) path, which reproduces the official numbers bit for bit.
+
+A set may give every head its own copy of the last ``cfg.head_vit_blocks`` blocks
+(:func:`split_backbone`, :class:`ViTBlocks`): the shared backbone then runs the first
+``depth - head_vit_blocks`` blocks, and each head's copy continues from its tokens.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 from timm.layers import PatchEmbed, resample_abs_pos_embed
@@ -85,16 +90,59 @@ class ViTBackbone(VisionTransformer):
             )
         return self.pos_drop(x + pos)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, 3, H, W] normalised -> features [B, C, ceil(H/16), ceil(W/16)] (contiguous)."""
-        b = x.shape[0]
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """x [B, 3, H, W] normalised -> (tokens [B, 1 + h*w, C] after the last block, class token first;
+        grid (h, w) = (ceil(H/16), ceil(W/16)))."""
         tokens = self.patch_embed(x)  # [B, h, w, C]
         h, w = tokens.shape[1:3]
         tokens = self.norm_pre(self.patch_drop(self._pos_embed(tokens)))
-        tokens = self.blocks(tokens)  # [B, 1 + hw, C]; no final norm
-        return tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+        return self.blocks(tokens), (h, w)  # [B, 1 + hw, C]; no final norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] normalised -> features [B, C, ceil(H/16), ceil(W/16)] (contiguous)."""
+        return tokens_to_map(*self.forward_tokens(x))
+
+
+class ViTBlocks(nn.Module):
+    """ViT blocks continuing a backbone's token sequence: tokens [B, 1 + h*w, C] -> features [B, C, h, w].
+
+    A head's own copy of the backbone's last blocks (``cfg.head_vit_blocks``; no final norm, as the backbone).
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+
+    def set_exact_attention(self, exact: bool) -> None:
+        """Explicit softmax attention when True, fused SDPA when False (as :meth:`ViTBackbone.set_exact_attention`)."""
+        for blk in self.blocks:
+            blk.attn.fused_attn = not exact
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """tokens [B, 1 + h*w, C] (class token first), grid (h, w) -> features [B, C, h, w] (contiguous)."""
+        return tokens_to_map(self.blocks(tokens), grid)
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens as a feature map: tokens [B, 1 + h*w, C] (class token first) -> [B, C, h, w] (contiguous)."""
+    h, w = grid
+    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
+def split_backbone(cfg: ModelConfig) -> tuple[ViTBackbone, nn.Sequential]:
+    """The ``depth``-block ViT of ``cfg`` cut after block ``depth - cfg.head_vit_blocks``: (the shared backbone
+    holding the first blocks, the last ``head_vit_blocks`` blocks taken off it). The last blocks keep the
+    drop-path rates they have in the full-depth ViT; heads copy them (:class:`ViTBlocks`). With
+    ``head_vit_blocks = 0`` the backbone is whole and the second item empty."""
+    backbone = ViTBackbone(cfg)
+    if not cfg.head_vit_blocks:
+        return backbone, nn.Sequential()
+    keep = cfg.depth - cfg.head_vit_blocks
+    last = backbone.blocks[keep:]
+    backbone.blocks = backbone.blocks[:keep]  # re-registered: keys blocks.0 .. blocks.{keep - 1} as before
+    return backbone, last
 
 
 def build_backbone(cfg: ModelConfig) -> ViTBackbone:
-    """The backbone described by ``cfg``."""
-    return ViTBackbone(cfg)
+    """The shared backbone described by ``cfg`` (its first ``depth - head_vit_blocks`` blocks)."""
+    return split_backbone(cfg)[0]

@@ -77,6 +77,10 @@ class ModelConfig:
             structure-token grid are ``image_size / 16``.
         stem: ``patch`` (16x16 patchify, as the paper) or ``conv`` (four 3x3 stride-2 conv-BN-ReLU and
             a 1x1 conv, Xiao et al. 2021, "Early convolutions help transformers see better").
+        head_vit_blocks: how many of the ``depth`` ViT blocks, counted from the last, every head has a copy of
+            its own (``Segmentor.head_vit``): the shared backbone runs the first ``depth - head_vit_blocks``
+            blocks and each head's copy continues from there, so a head's features can move in training while
+            the shared part stays frozen. 0 (the default): every head reads the shared backbone's last block.
         drop_path_rate / head_drop_path_rate: stochastic depth in backbone / heads (training only).
         exact_attention: True: explicit softmax attention in the ViT (bit-exact with the official code; the
             fidelity tests use it). False (the default, the fast path): fused scaled-dot-product attention,
@@ -101,6 +105,7 @@ class ModelConfig:
     patch_size: int = 16
     mlp_ratio: int = 4
     stem: str = "patch"
+    head_vit_blocks: int = 0
     drop_path_rate: float = 0.1
     head_drop_path_rate: float = 0.1
     exact_attention: bool = False
@@ -161,6 +166,8 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_blocks < 1:
             raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if not 0 <= self.head_vit_blocks <= self.depth:
+            raise ConfigError(f"head_vit_blocks must be in 0..depth ({self.depth}), got {self.head_vit_blocks}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.stem not in ("patch", "conv"):

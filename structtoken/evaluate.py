@@ -75,13 +75,14 @@ def evaluate_model(
 
 @torch.no_grad()
 def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str, dict[str, float]]:
-    """Parameters (millions) and forward GFLOPs (multiply-add = 2 FLOPs) of the backbone and of each head
-    for one image of ``size`` (H, W), counted with :class:`torch.utils.flop_counter.FlopCounterMode`."""
+    """Parameters (millions) and forward GFLOPs (multiply-add = 2 FLOPs) of the shared backbone and of each head
+    (with its own ViT blocks, where the set gives it some) for one image of ``size`` (H, W), counted with
+    :class:`torch.utils.flop_counter.FlopCounterMode`."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 3, *size, device=model.device)
     with FlopCounterMode(display=False) as counter:
-        features = model.backbone(x)
+        tokens, grid = model.backbone.forward_tokens(x)
     out = {
         "backbone": {
             "params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
@@ -90,9 +91,9 @@ def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str
     }
     for name, head in model.heads.items():
         with FlopCounterMode(display=False) as counter:
-            head(features)
+            head(model.head_features(tokens, grid, [name])[name])
         out[name] = {
-            "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+            "params_m": sum(p.numel() for p in model.head_parameters(name)) / 1e6,
             "gflops": counter.get_total_flops() / 1e9,
         }
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}

@@ -413,9 +413,9 @@ def fit_readouts(
             rows = torch.from_numpy(flat // label.shape[1])
             cols = torch.from_numpy(flat % label.shape[1])
             labels.append(torch.from_numpy(label.ravel()[flat].astype(np.int64)))
-            feats = model.backbone(model.preprocess(image))
+            out = model(model.preprocess(image), heads=names)  # every head on the features it reads
             for name in names:
-                maps = model.heads[name](feats).stage_maps()
+                maps = out.heads[name].stage_maps()
                 per = [sample_maps(m.float(), rows, cols, label.shape).cpu() for m in maps]
                 if not samples[name]:
                     samples[name] = [[] for _ in per]

@@ -9,8 +9,9 @@ shifted back at the border and overlaps averaged before the softmax.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import build_backbone
+from .backbone import ViTBlocks, split_backbone, tokens_to_map
 from .config import ModelConfig
 from .heads import BlockMaps, HeadOutput, build_head
 
@@ -34,18 +35,26 @@ class SegmentorOutput:
     """One forward pass of a model set.
 
     Attributes:
-        features: [B, C, h, w] backbone output, h = ceil(H/16), w = ceil(W/16).
+        features: [B, C, h, w] shared backbone output, h = ceil(H/16), w = ceil(W/16) (after block
+            ``depth - cfg.head_vit_blocks``: the last block unless the heads have ViT blocks of their own).
         heads: head name -> :class:`HeadOutput` (maps on the feature grid).
         logits_by_head: head name -> [B, K, H, W] logits upsampled to the input size; a read-only mapping
             that upsamples a head on first access (and keeps it), so a caller that needs only the
             prediction (:meth:`labels`) or a few classes (:meth:`class_maps`) never pays for [B, K, H, W].
         primary: the name of the set's first head; the properties below refer to it.
+        head_features: head name -> [B, C, h, w] the features that head read, where the heads have ViT
+            blocks of their own (``cfg.head_vit_blocks``); empty otherwise (every head read ``features``).
     """
 
     features: torch.Tensor
     heads: dict[str, HeadOutput]
     logits_by_head: Mapping[str, torch.Tensor]
     primary: str
+    head_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def features_of(self, head: str) -> torch.Tensor:
+        """[B, C, h, w] the features ``head`` read: its own ViT blocks' output, or the shared ``features``."""
+        return self.head_features.get(head, self.features)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -113,12 +122,19 @@ def test_resize_shape(height: int, width: int, scale: tuple[int, int]) -> tuple[
 
 
 class Segmentor(nn.Module):
-    """Backbone + named heads. ``forward`` takes normalised images [B, 3, H, W]."""
+    """Backbone + named heads. ``forward`` takes normalised images [B, 3, H, W].
+
+    With ``cfg.head_vit_blocks = n > 0`` the backbone holds the first ``depth - n`` ViT blocks and
+    ``head_vit[name]`` (:class:`~structtoken.backbone.ViTBlocks`, state-dict keys ``head_vit.<head>.blocks.<i>.*``,
+    i = 0 .. n - 1 standing for ViT block ``depth - n + i``) is head ``name``'s own copy of the last n;
+    ``head_vit`` is empty (no state-dict keys) otherwise.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = build_backbone(cfg)
+        self.backbone, last = split_backbone(cfg)
+        self.head_vit = nn.ModuleDict({name: ViTBlocks(copy.deepcopy(last)) for name in cfg.heads} if last else {})
         self.heads = nn.ModuleDict({name: build_head(name, cfg) for name in cfg.heads})
         self.fitted_readouts: FittedReadouts | None = None  # set by checkpoint.load_model (structtoken.readouts)
 
@@ -130,31 +146,71 @@ class Segmentor(nn.Module):
         """Explicit softmax attention in the backbone (bit-exact with the official code) when True; fused SDPA
         (the fast path, same tolerance to the official fixtures) when False. ``cfg`` becomes a copy saying so
         (the config object the caller built the set from is left as it was). Returns self."""
-        self.backbone.set_exact_attention(exact)
+        self.set_vit_attention(exact)
         self.cfg = self.cfg.replace(exact_attention=bool(exact))
         return self
 
+    def set_vit_attention(self, exact: bool) -> None:
+        """The attention path of every ViT block, shared and per head (see :meth:`set_exact_attention`),
+        leaving ``cfg`` as it is (training switches paths for evaluation and back)."""
+        self.backbone.set_exact_attention(exact)
+        for blocks in self.head_vit.values():
+            blocks.set_exact_attention(exact)
+
+    def head_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        """The parameters of head ``name`` alone: the head's and its own ViT blocks' (``head_vit``), if any."""
+        yield from self.heads[name].parameters()
+        if name in self.head_vit:
+            yield from self.head_vit[name].parameters()
+
     # ----------------------------------------------------------------- forward
+    def head_features(
+        self, tokens: torch.Tensor, grid: tuple[int, int], heads: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every head's input features [B, C, h, w] from the shared backbone's tokens [B, 1 + h*w, C] and grid
+        (h, w) (:meth:`ViTBackbone.forward_tokens`): the head's own ViT blocks applied (``head_vit``), or, in a
+        set without them, the shared map itself (one tensor for all heads)."""
+        names = list(heads) if heads is not None else list(self.heads)
+        if not self.head_vit:
+            shared = tokens_to_map(tokens, grid)
+            return {n: shared for n in names}
+        return {n: self.head_vit[n](tokens, grid) for n in names}
+
     def forward_heads(
         self,
         features: torch.Tensor,
         out_size: tuple[int, int] | None = None,
         heads: Sequence[str] | None = None,
+        head_features: Mapping[str, torch.Tensor] | None = None,
     ) -> SegmentorOutput:
-        """Run heads on a backbone map [B, C, h, w]; logits are upsampled to ``out_size`` (H, W)."""
+        """Run heads on a backbone map [B, C, h, w] (or, per head, on ``head_features[name]`` [B, C, h, w],
+        which a set whose heads have ViT blocks of their own needs: :meth:`head_features`); logits are
+        upsampled to ``out_size`` (H, W)."""
         names = list(heads) if heads is not None else list(self.heads)
-        outs = {n: self.heads[n](features) for n in names}
+        if self.head_vit and head_features is None:
+            raise ValueError("the heads of this set have ViT blocks of their own: pass head_features (see forward)")
+        outs = {n: self.heads[n](head_features[n] if head_features is not None else features) for n in names}
         size = out_size or (
             features.shape[-2] * self.cfg.patch_size,
             features.shape[-1] * self.cfg.patch_size,
         )
         logits = LazyUpsampled({n: o.logits for n, o in outs.items()}, size)
         primary = self.cfg.head if self.cfg.head in outs else names[0]
-        return SegmentorOutput(features=features, heads=outs, logits_by_head=logits, primary=primary)
+        return SegmentorOutput(
+            features=features,
+            heads=outs,
+            logits_by_head=logits,
+            primary=primary,
+            head_features=dict(head_features) if head_features is not None and self.head_vit else {},
+        )
 
     def forward(self, x: torch.Tensor, heads: Sequence[str] | None = None) -> SegmentorOutput:
         """Whole-image inference. x [B, 3, H, W] normalised -> :class:`SegmentorOutput` (logits [B, K, H, W])."""
-        return self.forward_heads(self.backbone(x), tuple(x.shape[-2:]), heads)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if not self.head_vit:
+            return self.forward_heads(self.backbone(x), size, heads)
+        tokens, grid = self.backbone.forward_tokens(x)  # shared part: [B, 1 + h*w, C]
+        return self.forward_heads(tokens_to_map(tokens, grid), size, heads, self.head_features(tokens, grid, heads))
 
     # --------------------------------------------------------------- inference
     def slide_all(

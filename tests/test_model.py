@@ -13,6 +13,7 @@ from official_reference import random_official_state_dict
 from safetensors.torch import load_file
 
 from structtoken import ModelConfig, build_model, convert_official_state_dict
+from structtoken.config import ConfigError
 from structtoken.segmentor import slide_windows
 
 FIXTURES = ["cse", "sse", "pwe"]
@@ -232,6 +233,62 @@ def test_model_set_shares_one_backbone_pass():
     assert set(out.heads) == {"cse", "sse", "pwe", "per_pixel", "per_pixel_ds"}
     assert out.primary == "cse"
     torch.testing.assert_close(out.logits, out.logits_by_head["cse"])
+
+
+# ----------------------------------------------------------------------------- heads with ViT blocks of their own
+def test_without_head_vit_blocks_the_set_is_as_before():
+    model = build_model(ModelConfig(head="cse", extra_heads=("per_pixel",), **TINY)).eval()
+    keys = list(model.state_dict())
+    assert not model.head_vit and {k.split(".")[0] for k in keys} == {"backbone", "heads"}
+    assert len(model.backbone.blocks) == TINY["depth"] and "backbone.blocks.1.attn.qkv.weight" in keys
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.head_features == {} and out.features_of("per_pixel") is out.features
+
+
+def test_head_vit_blocks_are_per_head_copies_of_the_last_vit_blocks(tmp_path):
+    """Split after block 1 of 3: the same seed builds the same weights as the unsplit set, so the heads' features
+    are the full-depth backbone's and every output matches; the copies are independent tensors."""
+    from structtoken import load_model, save_model
+    from structtoken.evaluate import head_costs
+
+    cfg = ModelConfig(head="per_pixel", extra_heads=("per_pixel_ds",), **(TINY | {"depth": 3}))
+    torch.manual_seed(0)
+    full = build_model(cfg).eval()
+    torch.manual_seed(0)
+    model = build_model(cfg.replace(head_vit_blocks=2)).eval()
+    assert len(model.backbone.blocks) == 1 and list(model.head_vit) == ["per_pixel", "per_pixel_ds"]
+    sd = model.state_dict()
+    assert "backbone.blocks.1.attn.qkv.weight" not in sd
+    for h in model.head_vit:
+        for i in (0, 1):
+            for name, v in full.backbone.blocks[1 + i].state_dict().items():
+                assert torch.equal(sd[f"head_vit.{h}.blocks.{i}.{name}"], v)
+        assert [b.drop_path1.drop_prob for b in model.head_vit[h].blocks] == [
+            b.drop_path1.drop_prob for b in full.backbone.blocks[1:]
+        ]
+    a = model.head_vit["per_pixel"].blocks[0].attn.qkv.weight
+    assert a.data_ptr() != model.head_vit["per_pixel_ds"].blocks[0].attn.qkv.weight.data_ptr()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        ref, out = full(x), model(x)
+        for h in cfg.heads:
+            assert torch.equal(out.features_of(h), ref.features)
+            assert torch.equal(out.heads[h].logits, ref.heads[h].logits)
+        assert out.features.shape == ref.features.shape  # the shared part's output (after block 1)
+        with pytest.raises(ValueError, match="head_features"):
+            model.forward_heads(out.features)
+        loaded = load_model(save_model(model, tmp_path / "s.safetensors"))
+        assert loaded.cfg.head_vit_blocks == 2
+        for h in cfg.heads:
+            assert torch.equal(loaded(x).heads[h].logits, out.heads[h].logits)
+    model.set_exact_attention(True)
+    assert not any(b.attn.fused_attn for t in model.head_vit.values() for b in t.blocks)
+    costs = head_costs(model, (64, 64))
+    per_pixel_alone = sum(p.numel() for p in model.heads["per_pixel"].parameters()) / 1e6
+    assert costs["per_pixel"]["params_m"] > per_pixel_alone
+    with pytest.raises(ConfigError, match="head_vit_blocks"):
+        cfg.replace(head_vit_blocks=4)
 
 
 def test_predict_multiscale_flip_returns_probabilities():
