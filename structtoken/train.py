@@ -7,6 +7,7 @@
     # the v2 set: seven heads of the three paradigms on the v2 backbone
     python -m structtoken.train --recipe camvid_v2_stage2 \
         --init-from ~/.cache/structtoken/runs/v2_stage1/final.safetensors --out ~/.cache/structtoken/runs/v2_stage2
+    # the rest of the v2 programme (block-count ablation, fine-tuned probe, more seeds): scripts/train_v2.sh
     # an official configuration (ADE20K layout, GPUs; one process per GPU)
     torchrun --nproc_per_node 8 -m structtoken.train --recipe ade20k --model sse_vit-b_ade20k --data /data/ade
 
@@ -17,7 +18,9 @@ deep-supervision head ``per_pixel_ds`` adds ``ds_weight`` x cross-entropy of eve
 output (default 0.4 each, mmseg's auxiliary-head weight). With ``freeze_backbone`` the backbone runs
 once per batch in eval mode without gradients and every head of the set trains on the same batch;
 heads are independent (own parameters, own loss, gradient clipping per head), so one run equals
-separate runs with identical data, order, schedule and seed.
+separate runs with identical data, order, schedule and seed. In a set whose heads have ViT blocks of their own
+(``ModelConfig.head_vit_blocks``, recipe ``camvid_v2_probe_ft``) only the shared part is frozen: each head's copy
+of the last ViT blocks trains with it (backbone learning rate, clipped with its head).
 
 Checkpoints (``ckpt_last.pt``, read back with ``weights_only=True``) hold model, optimizer, iteration
 and RNG state; ``--resume`` continues bit-exactly. Logs are JSON lines in ``OUT/log.jsonl``.
@@ -29,9 +32,10 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,18 +127,55 @@ def _camvid_v2_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
     )
 
 
-RECIPES = ("camvid_stage1", "camvid_stage2", "camvid_v2_stage1", "camvid_v2_stage2", "ade20k")
+RECIPES = (
+    "camvid_stage1",
+    "camvid_stage2",
+    "camvid_v2_stage1",
+    "camvid_v2_stage2",
+    "camvid_v2_blocks",
+    "camvid_v2_probe_ft",
+    "ade20k",
+)
 
 V2_STAGE2_HEADS = ("cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "fcn", "segmenter")
 """The heads of the v2 set: the three paradigms (:data:`structtoken.config.PARADIGMS`)."""
+
+V2_BLOCKS_HEADS = ("cse", "pwe")
+"""The heads of the v2 block-count ablation (recipe ``camvid_v2_blocks``, ``--num-blocks N``)."""
+
+V2_PROBE_FT_HEADS = ("per_pixel", "per_pixel_ds")
+"""The deep-supervision pair of the v2 probe whose features can move (recipe ``camvid_v2_probe_ft``)."""
+
+V2_PROBE_FT_VIT_BLOCKS = 2
+"""ViT blocks (the last ones) each head of ``camvid_v2_probe_ft`` has a trainable copy of."""
 
 
 def recipe(name: str, model: str | None = None) -> TrainConfig:
     """Named recipes: ``camvid_stage1`` (backbone + linear head from scratch), ``camvid_stage2`` (five
     heads on the frozen stage-1 backbone), ``camvid_v2_stage1`` (the v2 backbone: v1's recipe for
     12,500 iterations, 2.5x), ``camvid_v2_stage2`` (``camvid_stage2`` with the seven heads of
-    :data:`V2_STAGE2_HEADS` on the frozen v2 backbone, given with ``--init-from``), ``ade20k`` (an
-    official configuration, ``model`` required)."""
+    :data:`V2_STAGE2_HEADS` on the frozen v2 backbone, given with ``--init-from``), ``camvid_v2_blocks``
+    (the block-count ablation: ``camvid_v2_stage2`` with :data:`V2_BLOCKS_HEADS` only, 4 blocks unless
+    ``--num-blocks`` says otherwise), ``camvid_v2_probe_ft`` (``camvid_v2_stage2`` with
+    :data:`V2_PROBE_FT_HEADS`, each with its own trainable copy of the last :data:`V2_PROBE_FT_VIT_BLOCKS`
+    ViT blocks, initialised from the stage-1 backbone given with ``--init-from``), ``ade20k`` (an official
+    configuration, ``model`` required). The v2 stage-2 recipes share schedule, batches and seeding, so for
+    one seed every head sees the same data in the same order."""
+    if name == "camvid_v2_blocks":
+        tc = recipe("camvid_v2_stage2")
+        tc.model = _camvid_v2_model(V2_BLOCKS_HEADS[0], V2_BLOCKS_HEADS[1:]).replace(
+            description="CamVid (11 classes) set v2, block-count ablation: CSE and PWE (num_blocks blocks) on the "
+            "frozen v2 backbone",
+        )
+        return tc
+    if name == "camvid_v2_probe_ft":
+        tc = recipe("camvid_v2_stage2")
+        tc.model = _camvid_v2_model(V2_PROBE_FT_HEADS[0], V2_PROBE_FT_HEADS[1:]).replace(
+            head_vit_blocks=V2_PROBE_FT_VIT_BLOCKS,
+            description="CamVid (11 classes) set v2, probe with features that can move: per-pixel and per-pixel "
+            "+ deep supervision, each with its own trainable copy of the v2 backbone's last two ViT blocks",
+        )
+        return tc
     if name == "camvid_v2_stage2":
         tc = recipe("camvid_stage2")
         tc.model = _camvid_v2_model(V2_STAGE2_HEADS[0], V2_STAGE2_HEADS[1:])
@@ -227,7 +268,8 @@ def lr_factor(it: int, tc: TrainConfig) -> float:
 
 
 def param_groups(model: Segmentor, tc: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: heads get ``head_lr_mult``; no decay for pos_embed, cls_token, norms and 1-D params."""
+    """AdamW groups: heads get ``head_lr_mult``; no decay for pos_embed, cls_token, norms and 1-D params.
+    A head's own ViT blocks (``head_vit.*``) are backbone blocks: the base learning rate."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -257,16 +299,17 @@ def seg_loss(
 
 def head_losses(
     model: Segmentor,
-    features: torch.Tensor,
+    features: torch.Tensor | Mapping[str, torch.Tensor],
     label: torch.Tensor,
     weight: torch.Tensor | None,
     tc: TrainConfig,
     ignore_index: int = 255,
 ) -> dict[str, torch.Tensor]:
-    """Loss per head (deep-supervision terms included) for one batch of backbone features."""
+    """Loss per head (deep-supervision terms included) for one batch of backbone features [B, C, h, w]: one map
+    for every head, or head name -> that head's map (:meth:`Segmentor.head_features`); labels [B, H, W]."""
     losses = {}
     for name, head in model.heads.items():
-        out = head(features)
+        out = head(features if isinstance(features, torch.Tensor) else features[name])
         loss = seg_loss(out.logits, label, weight, ignore_index)
         for aux in out.aux_logits:
             loss = loss + tc.ds_weight * seg_loss(aux, label, weight, ignore_index)
@@ -299,6 +342,22 @@ def seed_head_inits(model: Segmentor, seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def init_source_key(key: str, cfg: ModelConfig) -> str | None:
+    """Where ``--init-from`` takes state-dict entry ``key`` of a set built from ``cfg``: the same key of the
+    source for ``backbone.*``; for head ``h``'s own ViT block ``i`` (``head_vit.<h>.blocks.<i>.*``) the
+    source's backbone block ``depth - cfg.head_vit_blocks + i``; None for the heads (seeded initialisation).
+
+    >>> init_source_key("head_vit.per_pixel.blocks.1.attn.qkv.weight", ModelConfig(depth=8, head_vit_blocks=2))
+    'backbone.blocks.7.attn.qkv.weight'
+    """
+    if key.startswith("backbone."):
+        return key
+    m = re.fullmatch(r"head_vit\.[^.]+\.blocks\.(\d+)\.(.+)", key)
+    if m:
+        return f"backbone.blocks.{cfg.depth - cfg.head_vit_blocks + int(m[1])}.{m[2]}"
+    return None
+
+
 class Trainer:
     """Owns model, optimizer, data and the loop; ``run()`` trains to ``tc.iters``."""
 
@@ -321,7 +380,7 @@ class Trainer:
         if init_from:
             self._init_from(init_from)
         self.model.to(device)
-        self.model.backbone.set_exact_attention(not tc.fused_attention)
+        self.model.set_vit_attention(not tc.fused_attention)
         if tc.freeze_backbone:
             self.model.backbone.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, tc), lr=tc.lr, betas=(0.9, 0.999))
@@ -356,15 +415,17 @@ class Trainer:
         """Copy the backbone (every ``backbone.*`` tensor) from one of our checkpoints: a stage-1 run or a set.
 
         Only the backbone: the heads keep their seeded initialisation (:func:`seed_head_inits`), so
-        starting from a trained set (whose heads share names with ours) still trains fresh heads.
+        starting from a trained set (whose heads share names with ours) still trains fresh heads. Heads with
+        ViT blocks of their own get copies of the source's last blocks (:func:`init_source_key`), so the
+        source must hold the full-depth backbone.
         """
         src = load_model(path).state_dict()
         own = self.model.state_dict()
-        backbone = [k for k in own if k.startswith("backbone.")]
-        bad = [k for k in backbone if k not in src or src[k].shape != own[k].shape]
+        source = {k: s for k in own if (s := init_source_key(k, self.tc.model)) is not None}
+        bad = [s for k, s in source.items() if s not in src or src[s].shape != own[k].shape]
         if bad:
             raise ValueError(f"{path}: backbone does not fit this configuration ({len(bad)} keys, e.g. {bad[0]})")
-        self.model.load_state_dict({k: src[k].to(v.dtype) if k in backbone else v for k, v in own.items()})
+        self.model.load_state_dict({k: src[source[k]].to(v.dtype) if k in source else v for k, v in own.items()})
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: Path) -> None:
@@ -417,23 +478,25 @@ class Trainer:
             g["lr"] = g["base_lr"] * factor
         image, label = image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
         with autocast(self.device):
-            if tc.freeze_backbone:
+            if tc.freeze_backbone:  # the shared backbone; heads' own ViT blocks (head_vit) train with their heads
                 model.backbone.eval()
+                model.head_vit.train()
                 model.heads.train()
                 with torch.no_grad():
-                    features = model.backbone(image)
-                losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
+                    tokens, grid = model.backbone.forward_tokens(image)
             else:
                 self.train_model.train()
-                features = (self.train_model.module if self.world > 1 else self.train_model).backbone(image)
-                losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
+                net = self.train_model.module if self.world > 1 else self.train_model
+                tokens, grid = net.backbone.forward_tokens(image)
+            features = model.head_features(tokens, grid)  # head -> [B, C, h, w]
+            losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if tc.grad_clip:
-            if tc.freeze_backbone:  # per head: heads stay independent
-                for head in model.heads.values():
-                    nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)
+            if tc.freeze_backbone:  # per head (with its own ViT blocks): heads stay independent
+                for name in model.heads:
+                    nn.utils.clip_grad_norm_(list(model.head_parameters(name)), tc.grad_clip)
             else:
                 nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         self.optimizer.step()
@@ -443,9 +506,9 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         from .evaluate import evaluate_model
 
-        self.model.backbone.set_exact_attention(True)
+        self.model.set_vit_attention(True)
         res = evaluate_model(self.model, self.val, progress=False)
-        self.model.backbone.set_exact_attention(not self.tc.fused_attention)
+        self.model.set_vit_attention(not self.tc.fused_attention)
         return {f"val_miou/{h}": round(m["miou"], 4) for h, m in res["heads"].items()}
 
     def run(self, resume: bool = False, stop_at: int | None = None) -> Path | None:
@@ -497,7 +560,8 @@ class Trainer:
         return final
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m structtoken.train``."""
     p = argparse.ArgumentParser(prog="python -m structtoken.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, choices=RECIPES)
     p.add_argument("--model", default=None, help="registry name (recipe ade20k)")
@@ -513,14 +577,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--heads", nargs="*", default=None, help="train only these heads of the set")
+    p.add_argument(
+        "--num-blocks", type=int, default=None, help="blocks per head (ModelConfig.num_blocks; recipe camvid_v2_blocks)"
+    )
     p.add_argument("--eval-interval", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
+    return p
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The recipe named on the command line with its overrides applied; ``ValueError`` (or
+    :class:`~structtoken.config.ConfigError`) names a bad value. Reads no data and builds no model."""
     tc = recipe(args.recipe, args.model)
     for field_name, value in (
         ("iters", args.iters),
@@ -535,11 +604,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.heads:
         unknown = [h for h in args.heads if h not in HEAD_NAMES]
         if unknown:
-            p.error(f"unknown head(s) {unknown}")
+            raise ValueError(f"unknown head(s) {unknown}; choose from {', '.join(HEAD_NAMES)}")
         tc.model = tc.model.replace(head=args.heads[0], extra_heads=tuple(args.heads[1:]))
+    if args.num_blocks is not None:
+        tc.model = tc.model.replace(num_blocks=args.num_blocks)
     if tc.warmup_iters > tc.iters:
         tc.warmup_iters = max(1, tc.iters // 20)
     tc.ckpt_interval = min(tc.ckpt_interval, tc.iters)
+    return tc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        tc = train_config_from_args(args)
+    except ValueError as e:  # ConfigError included
+        p.error(str(e))
     data_root = Path(args.data) if args.data else default_camvid_root()
     device = resolve_device(args.device)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:

@@ -4,19 +4,18 @@ CamVid configuration, seeded initialisation and the camvid_v2_stage2 recipe."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tiny_config
-from test_train import CLASSES, write_dataset
+from test_train import tiny_recipe, write_dataset
 
 from structtoken import ModelConfig, build_model, load_model, save_model
 from structtoken.config import COMPARED_HEADS, HEAD_KINDS, HEAD_NAMES, PARADIGMS, STRUCTTOKEN_HEADS
 from structtoken.heads import STRUCTTOKEN_BLOCKS, FCNHead, SegmenterHead, StructTokenHead, build_head
 from structtoken.readouts import readout_unavailable, stage_maps, stage_scores
-from structtoken.train import V2_STAGE2_HEADS, TrainConfig, Trainer, recipe, seed_head_inits
+from structtoken.train import V2_STAGE2_HEADS, Trainer, recipe, seed_head_inits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,29 +166,9 @@ def test_v2_stage2_recipe_is_stage2_with_seven_heads_on_the_v2_set():
     assert d1 == d2 and v2.freeze_backbone and v2.class_weights
 
 
-def _tiny_recipe(name: str, **model: Any) -> TrainConfig:
-    """Recipe ``name`` shrunk to a 32-wide, 1-deep model on 32 px crops for 2 iterations."""
-    tc = recipe(name)
-    tc.model = tc.model.replace(
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_blocks=2,
-        num_classes=3,
-        image_size=(32, 32),
-        stem="patch",
-        classes=tuple(CLASSES),
-        palette=(),
-        **model,
-    )
-    tc.crop_size, tc.scale, tc.batch_size, tc.iters, tc.warmup_iters = (32, 32), (64, 48), 2, 2, 1
-    tc.num_workers, tc.ckpt_interval, tc.log_interval = 0, 2, 1
-    return tc
-
-
 def test_v2_stage2_two_iterations_train_all_seven_heads(tmp_path):
     data = write_dataset(tmp_path / "data")
-    tc = _tiny_recipe("camvid_v2_stage2")
+    tc = tiny_recipe("camvid_v2_stage2")
     torch.manual_seed(3)
     stage1 = save_model(build_model(tc.model.replace(head="linear", extra_heads=())), tmp_path / "s1.safetensors")
     trainer = Trainer(tc, data, tmp_path / "run", torch.device("cpu"), init_from=str(stage1), progress=False)
@@ -209,7 +188,7 @@ def test_v2_stage2_two_iterations_train_all_seven_heads(tmp_path):
 def test_init_from_a_trained_set_copies_the_backbone_only(tmp_path):
     """Starting stage 2 from a set with trained heads of the same names keeps the heads' seeded init."""
     data = write_dataset(tmp_path / "data")
-    tc = _tiny_recipe("camvid_stage2", head="per_pixel", extra_heads=("per_pixel_ds",))
+    tc = tiny_recipe("camvid_stage2", head="per_pixel", extra_heads=("per_pixel_ds",))
     torch.manual_seed(11)
     trained = build_model(tc.model)
     for p in trained.heads.parameters():

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from structtoken import ModelConfig, load_model
+from structtoken import ModelConfig, load_model, save_model
 from structtoken.data import SegmentationDataset
 from structtoken.evaluate import evaluate_model
 from structtoken.segmentor import build_model
-from structtoken.train import TrainConfig, Trainer, lr_factor, main, param_groups, seg_loss
+from structtoken.train import (
+    V2_BLOCKS_HEADS,
+    V2_PROBE_FT_HEADS,
+    TrainConfig,
+    Trainer,
+    build_parser,
+    init_source_key,
+    lr_factor,
+    main,
+    param_groups,
+    recipe,
+    seg_loss,
+    train_config_from_args,
+)
 
 CLASSES = ["sky", "road", "car"]
 
@@ -81,6 +95,27 @@ def tiny_tc(**kw) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def tiny_recipe(name: str, **model: Any) -> TrainConfig:
+    """Recipe ``name`` shrunk to a 32-wide, 1-deep model (``model`` overrides any of that) on 32 px crops
+    for 2 iterations."""
+    tc = recipe(name)
+    shrink: dict[str, Any] = dict(
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_blocks=2,
+        num_classes=3,
+        image_size=(32, 32),
+        stem="patch",
+        classes=tuple(CLASSES),
+        palette=(),
+    )
+    tc.model = tc.model.replace(**(shrink | model))
+    tc.crop_size, tc.scale, tc.batch_size, tc.iters, tc.warmup_iters = (32, 32), (64, 48), 2, 2, 1
+    tc.num_workers, tc.ckpt_interval, tc.log_interval = 0, 2, 1
+    return tc
 
 
 def test_lr_schedule_poly_with_linear_warmup():
@@ -292,3 +327,162 @@ def test_trainer_uses_the_dataset_ignore_index(tmp_path):
     trainer.run()
     rec = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(v) for r in rec for k, v in r.items() if k.startswith("loss/"))
+
+
+# ----------------------------------------------------------------------------- the v2 programme (issue 10)
+def _stage1(tmp_path: Path, tc: TrainConfig, seed: int = 3) -> Path:
+    """A stage-1 file (full-depth backbone + linear head) fitting ``tc``'s set, random weights from ``seed``."""
+    torch.manual_seed(seed)
+    cfg = tc.model.replace(head="linear", extra_heads=(), head_vit_blocks=0, num_blocks=2)
+    return save_model(build_model(cfg), tmp_path / "stage1.safetensors")
+
+
+def _cli_config(*argv: str) -> TrainConfig:
+    return train_config_from_args(build_parser().parse_args(["--out", "unused", *argv]))
+
+
+def test_v2_recipes_share_stage2_schedule_and_batches():
+    v2 = recipe("camvid_v2_stage2").to_dict()
+    v2.pop("model")
+    for name, heads in (("camvid_v2_blocks", V2_BLOCKS_HEADS), ("camvid_v2_probe_ft", V2_PROBE_FT_HEADS)):
+        tc = recipe(name)
+        assert tc.model.heads == heads and tc.freeze_backbone
+        d = tc.to_dict()
+        d.pop("model")
+        assert d == v2, name  # same seed -> same data order, crops, schedule as stage 2
+    assert V2_BLOCKS_HEADS == ("cse", "pwe") and V2_PROBE_FT_HEADS == ("per_pixel", "per_pixel_ds")
+    assert recipe("camvid_v2_probe_ft").model.head_vit_blocks == 2 and recipe("camvid_v2_blocks").model.num_blocks == 4
+    base = recipe("camvid_v2_stage2").model.replace(head="cse", extra_heads=(), description="")
+    for name in ("camvid_v2_blocks", "camvid_v2_probe_ft"):
+        m = recipe(name).model
+        assert m.replace(head="cse", extra_heads=(), description="", head_vit_blocks=0) == base, name
+
+
+def test_cli_restricts_heads_and_sets_the_block_count():
+    tc = _cli_config("--recipe", "camvid_v2_stage2", "--heads", "per_pixel", "per_pixel_ds", "--seed", "3")
+    assert tc.model.heads == ("per_pixel", "per_pixel_ds") and tc.seed == 3
+    tc = _cli_config("--recipe", "camvid_v2_blocks", "--num-blocks", "6", "--seed", "1")
+    assert tc.model.heads == ("cse", "pwe") and tc.model.num_blocks == 6
+    assert _cli_config("--recipe", "camvid_v2_blocks").model.num_blocks == 4
+    with pytest.raises(ValueError, match="unknown head"):
+        _cli_config("--recipe", "camvid_v2_stage2", "--heads", "per_pixel", "nope")
+    with pytest.raises(ValueError, match="num_blocks"):
+        _cli_config("--recipe", "camvid_v2_blocks", "--num-blocks", "0")
+    with pytest.raises(SystemExit):
+        main(["--recipe", "camvid_v2_blocks", "--num-blocks", "0", "--out", "unused"])
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_block_ablation_trains_saves_resumes_with_n_blocks(tmp_path, n):
+    data = write_dataset(tmp_path / "data")
+    tc = tiny_recipe("camvid_v2_blocks", num_blocks=n)
+    tc.iters, tc.ckpt_interval = 3, 1
+    s1 = _stage1(tmp_path, tc)
+    straight = Trainer(tc, data, tmp_path / "a", torch.device("cpu"), init_from=str(s1), progress=False)
+    straight.run()
+    first = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=str(s1), progress=False)
+    assert first.run(stop_at=1) is None
+    second = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=str(s1), progress=False)
+    final = second.run(resume=True)
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    model = load_model(final)
+    assert model.cfg.heads == ("cse", "pwe") and model.cfg.num_blocks == n
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32))
+    assert all(len(out.heads[h].blocks) == n for h in ("cse", "pwe"))
+
+
+def _probe_ft(**kw: Any) -> TrainConfig:
+    """camvid_v2_probe_ft on a 3-deep tiny ViT: block 0 shared, blocks 1-2 copied per head."""
+    tc = tiny_recipe("camvid_v2_probe_ft", depth=3)
+    for k, v in kw.items():
+        setattr(tc, k, v)
+    return tc
+
+
+def test_probe_ft_copies_start_as_the_stage1_blocks(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    tc = _probe_ft()
+    s1 = _stage1(tmp_path, tc)
+    trainer = Trainer(tc, data, tmp_path / "run", torch.device("cpu"), init_from=str(s1), progress=False)
+    model, stage1 = trainer.model.eval(), load_model(s1)
+    src, sd = stage1.state_dict(), model.state_dict()
+    copies = [k for k in sd if k.startswith("head_vit.")]
+    assert {k.split(".")[1] for k in copies} == set(V2_PROBE_FT_HEADS)
+    assert init_source_key("head_vit.per_pixel_ds.blocks.1.mlp.fc2.bias", tc.model) == "backbone.blocks.2.mlp.fc2.bias"
+    for k in copies:
+        assert torch.equal(sd[k], src[init_source_key(k, tc.model)]), k
+    assert not any(k.startswith("backbone.blocks.1.") for k in sd)  # the shared part stops after block 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out, ref = model(x), stage1.backbone(x)
+    for h in V2_PROBE_FT_HEADS:
+        torch.testing.assert_close(out.features_of(h), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_ft_a_step_moves_each_heads_copy_and_not_the_shared_part(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    tc = _probe_ft(iters=1, warmup_iters=0, ckpt_interval=1)
+    s1 = str(_stage1(tmp_path, tc))
+    trainer = Trainer(tc, data, tmp_path / "run", torch.device("cpu"), init_from=s1, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    final = trainer.run()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+
+    def copy_of(h: str, sd: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [v for k, v in sd.items() if k.startswith(f"head_vit.{h}.") and v.is_floating_point()]
+
+    for h in V2_PROBE_FT_HEADS:
+        assert any(not torch.equal(a, b) for a, b in zip(copy_of(h, before), copy_of(h, after), strict=True)), h
+    # the pair starts identical (same kind: same seeded head, same stage-1 copies) and its copies part at once
+    assert all(torch.equal(a, b) for a, b in zip(copy_of("per_pixel", before), copy_of("per_pixel_ds", before)))
+    assert any(not torch.equal(a, b) for a, b in zip(copy_of("per_pixel", after), copy_of("per_pixel_ds", after)))
+    # the saved set rebuilds with its copies and gives the training-time outputs and evaluation
+    loaded = load_model(final)
+    assert list(loaded.head_vit) == list(V2_PROBE_FT_HEADS) and loaded.cfg.head_vit_blocks == 2
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        a, b = trainer.model.eval()(x), loaded(x)
+    for h in V2_PROBE_FT_HEADS:
+        assert torch.equal(a.logits_by_head[h], b.logits_by_head[h]) and torch.equal(a.features_of(h), b.features_of(h))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-1]
+    res = evaluate_model(loaded.set_exact_attention(True), SegmentationDataset(data, "val"), progress=False)
+    assert {f"val_miou/{h}": round(m["miou"], 4) for h, m in res["heads"].items()} == {
+        k: v for k, v in logged.items() if k.startswith("val_miou/")
+    }
+
+
+def test_probe_ft_param_groups_give_the_copies_the_backbone_lr():
+    tc = _probe_ft(head_lr_mult=10.0, lr=1e-3)
+    model = build_model(tc.model)
+    model.backbone.requires_grad_(False)
+    groups = {id(p): g for g in param_groups(model, tc) for p in g["params"]}
+    assert groups[id(model.head_vit["per_pixel"].blocks[0].attn.qkv.weight)]["lr"] == pytest.approx(1e-3)
+    assert groups[id(model.heads["per_pixel"].proj.weight)]["lr"] == pytest.approx(1e-2)
+    assert id(model.backbone.blocks[0].attn.qkv.weight) not in groups
+
+
+def test_probe_ft_resume_continues_bit_exactly(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    tc = _probe_ft(iters=4, ckpt_interval=2)
+    s1 = str(_stage1(tmp_path, tc))
+    straight = Trainer(tc, data, tmp_path / "a", torch.device("cpu"), init_from=s1, progress=False)
+    straight.run()
+    first = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=s1, progress=False)
+    assert first.run(stop_at=2) is None
+    second = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=s1, progress=False)
+    second.run(resume=True)
+    assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[2])["iter"] == 3
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_init_from_needs_the_full_depth_backbone_for_the_copies(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    tc = _probe_ft()
+    torch.manual_seed(0)
+    split = save_model(build_model(tc.model), tmp_path / "split.safetensors")  # its blocks 1-2 live per head
+    with pytest.raises(ValueError, match=r"backbone does not fit.*backbone\.blocks\.1\."):
+        Trainer(tc, data, tmp_path / "run", torch.device("cpu"), init_from=str(split), progress=False)
