@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from structtoken.segmentor import build_model
 from structtoken.train import (
     V2_BLOCKS_HEADS,
     V2_PROBE_FT_HEADS,
+    V2_STAGE2_HEADS,
     TrainConfig,
     Trainer,
     build_parser,
@@ -486,3 +490,73 @@ def test_init_from_needs_the_full_depth_backbone_for_the_copies(tmp_path):
     split = save_model(build_model(tc.model), tmp_path / "split.safetensors")  # its blocks 1-2 live per head
     with pytest.raises(ValueError, match=r"backbone does not fit.*backbone\.blocks\.1\."):
         Trainer(tc, data, tmp_path / "run", torch.device("cpu"), init_from=str(split), progress=False)
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_v2.sh"
+V2_RUNS = [
+    "camvid_v2_stage1",
+    *(f"camvid_v2_stage2_seed{s}" for s in (0, 1, 2)),
+    *(f"camvid_v2_ds_seed{s}" for s in (3, 4)),
+    *(f"camvid_v2_probe_ft_seed{s}" for s in (0, 1, 2)),
+    *(f"camvid_v2_blocks{n}_seed{s}" for n in (1, 2, 4, 6) for s in (0, 1)),
+]
+
+
+def _script(runs: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "RUNS": str(runs), **env}
+    return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_train_v2_script_runs_every_v2_run_with_valid_arguments(tmp_path):
+    """DRY_RUN prints the commands; each parses into the intended training config (no training here)."""
+    runs = tmp_path / "runs"
+    res = _script(runs, DRY_RUN="1", THREADS="2", DEVICE="cuda")
+    assert res.returncode == 0, res.stderr
+    configs = {}
+    for line in res.stdout.splitlines():
+        argv = shlex.split(line)
+        assert argv[:3] == ["nice", "-n", "10"] and argv[4:6] == ["-m", "structtoken.train"]
+        args = build_parser().parse_args(argv[6:])
+        assert args.resume and args.threads == 2 and args.device == "cuda" and Path(args.out).parent == runs
+        if args.recipe != "camvid_v2_stage1":
+            assert args.init_from == str(runs / "camvid_v2_stage1" / "final.safetensors")
+        configs[Path(args.out).name] = train_config_from_args(args)
+    assert list(configs) == V2_RUNS and not runs.exists()
+    for name, tc in configs.items():
+        seed = int(name.rsplit("seed", 1)[1]) if "seed" in name else 0
+        assert tc.seed == seed, name
+        if name.startswith("camvid_v2_stage2_"):
+            assert tc.model.heads == V2_STAGE2_HEADS
+        elif name.startswith(("camvid_v2_ds_", "camvid_v2_probe_ft_")):
+            assert tc.model.heads == V2_PROBE_FT_HEADS
+            assert tc.model.head_vit_blocks == (2 if "probe_ft" in name else 0)
+        elif name.startswith("camvid_v2_blocks"):
+            assert tc.model.heads == V2_BLOCKS_HEADS and f"blocks{tc.model.num_blocks}_" in name
+    assert all(tc.freeze_backbone for n, tc in configs.items() if n != "camvid_v2_stage1")
+
+
+def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
+    """A stand-in for python that records its arguments and writes OUT/final.safetensors."""
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "$*" >> "$CALLS"\n'
+        'while [[ $# -gt 0 ]]; do [[ $1 == --out ]] && mkdir -p "$2" && touch "$2/final.safetensors"; shift; done\n'
+    )
+    fake.chmod(0o755)
+    runs, calls = tmp_path / "runs", tmp_path / "calls.txt"
+    (runs / "camvid_v2_probe_ft_seed1").mkdir(parents=True)
+    (runs / "camvid_v2_probe_ft_seed1" / "final.safetensors").touch()  # finished before
+    res = _script(runs, PYTHON=str(fake), CALLS=str(calls), NICE="0")
+    assert res.returncode == 0, res.stderr
+    argvs = [shlex.split(line) for line in calls.read_text().splitlines()]
+    done = [Path(a[a.index("--out") + 1]).name for a in argvs]
+    assert done == [r for r in V2_RUNS if r != "camvid_v2_probe_ft_seed1"]
+    assert all(a[-1] == "--resume" for a in argvs)
+    log = (runs / "train_v2.log").read_text()
+    assert "skip camvid_v2_probe_ft_seed1" in log and "all v2 runs finished" in log
+    calls.unlink()
+    assert _script(runs, PYTHON=str(fake), CALLS=str(calls), NICE="0").returncode == 0 and not calls.exists()
+    failing = _script(tmp_path / "other", PYTHON="false", NICE="0")
+    assert failing.returncode == 1 and "FAILED camvid_v2_stage1" in failing.stderr
+    assert not (tmp_path / "other" / "camvid_v2_stage2_seed0").exists()
