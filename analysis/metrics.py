@@ -242,9 +242,10 @@ def mask_ap_batch(scores: Any, label: Any, ignore_index: int | None = 255) -> np
     pixels, ``NaN`` where class ``c`` is absent from the label (non-ignored pixels). Equal to
     :func:`mask_ap_per_image` on each stack.
 
-    Cost: per (stack, present class) one value sort of the ``N`` valid pixels (float32 maps stay
-    float32), one sort of the class's ``P`` positives and one ``searchsorted`` of ``P`` into ``N``;
-    the valid-pixel gather and the per-class positive indices are computed once per label.
+    Cost: per (stack, present class) one copy and value sort of the channel (float32 maps stay
+    float32; ignored pixels set to ``-inf`` and dropped from the sorted front, no gather), one sort of
+    the class's ``P`` positives and one ``searchsorted`` of ``P`` into the ``N`` valid scores; the
+    per-class positive indices are computed once per label.
     ``NaN`` in a scored channel (present class, valid pixel) raises ``ValueError``.
     """
     s, g = _prepare_scores_label(scores, label, 4)
@@ -252,22 +253,27 @@ def mask_ap_batch(scores: Any, label: Any, ignore_index: int | None = 255) -> np
     valid = _valid_mask(g, ignore_index)
     _check_label_range(g, valid, k)
     out = np.full((n_stacks, k), np.nan)
-    all_valid = bool(valid.all())
-    gv = g.ravel() if all_valid else g[valid]
-    present = np.flatnonzero(np.bincount(gv, minlength=k))
+    gf = g.ravel()
+    present = np.flatnonzero(np.bincount(gf[valid.ravel()], minlength=k))  # classes of valid pixels
     if present.size == 0 or n_stacks == 0:
         return out
     flat = s.reshape(n_stacks, k, -1)  # [S, K, H*W]
-    valid_idx = None if all_valid else np.flatnonzero(valid.ravel())
+    valid_flat = valid.ravel()
+    ignored = np.flatnonzero(~valid_flat)  # [I] pixels that rank below every score (-inf), see below
     for c in present:
-        pos_idx = np.flatnonzero(gv == c)  # [P] indices into the valid pixels
+        pos_idx = np.flatnonzero((gf == c) & valid_flat)  # [P]
         for i in range(n_stacks):
-            x = flat[i, c].copy() if valid_idx is None else flat[i, c].take(valid_idx)  # [N] own copy
-            if np.isnan(x).any():
-                raise ValueError("scores contain NaN")
+            x = flat[i, c].copy()  # [H*W] own copy, sorted in place
+            # ignored pixels become -inf, the minimum: after the sort they are the first I entries
+            # (ties with a valid -inf are equal values), so dropping I entries leaves exactly the valid
+            # pixels' sorted scores, without gathering the valid pixels first (cheaper)
+            x[ignored] = -np.inf
             xp = x.take(pos_idx)
             xp.sort()
-            x.sort()
+            x.sort()  # NaN sorts last
+            if np.isnan(x[-1]):
+                raise ValueError("scores contain NaN")
+            x = x[ignored.size :]
             out[i, c] = _ap_from_sorted(x, xp)
     return out
 

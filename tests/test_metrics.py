@@ -631,6 +631,24 @@ def test_mask_ap_batch_equals_reference(seed, dtype):
         assert ap[1, c] == pytest.approx(average_precision(scores[1, c][valid], label[valid] == c), abs=1e-12)
 
 
+def test_mask_ap_batch_infinite_scores_beside_ignored_pixels():
+    """Ignored pixels are ranked as -inf internally and dropped: a valid pixel scored -inf (or +inf)
+    must still count exactly as through average_precision on the valid pixels."""
+    scores, label, _ = _random_case(5)
+    assert (label == IGN).any()
+    scores = scores.copy()
+    valid = label != IGN
+    c = int(np.bincount(label[valid]).argmax())
+    pos = np.argwhere(valid & (label == c))
+    neg = np.argwhere(valid & (label != c))
+    scores[0, c, pos[0][0], pos[0][1]] = -np.inf  # a positive at -inf
+    scores[0, c, neg[0][0], neg[0][1]] = -np.inf  # ... tied with a negative at -inf
+    scores[0, c, neg[1][0], neg[1][1]] = np.inf
+    scores[0, c, ~valid] = np.nan  # NaN on ignored pixels is not scored
+    ap = mask_ap_batch(scores, label)
+    assert ap[0, c] == pytest.approx(average_precision(scores[0, c][valid], label[valid] == c), abs=1e-12)
+
+
 def test_mask_ap_batch_no_ignore_edge_cases():
     scores, label, _ = _random_case(3)
     label = np.where(label == IGN, 0, label)
