@@ -370,22 +370,23 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], chunk: int = AR
 
 
 def _argmax_chunks_numpy(logits: torch.Tensor, size: tuple[int, int], chunk: int) -> np.ndarray:
-    """CPU body of :func:`upsample_argmax`: numpy's argmax over the leading axis of a [k', H, W] chunk is
-    several times faster than torch's over dim 1 and runs no OpenMP region (no spinning under load)."""
+    """CPU body of :func:`upsample_argmax`: a running maximum over the class planes of each upsampled
+    [k', H, W] chunk (numpy; about 3x faster than numpy's strided argmax over the class axis, several
+    times faster than torch's over dim 1, and no OpenMP region, so no spinning under load)."""
     b, k = logits.shape[:2]
     out = np.empty((b, *size), dtype=np.int64)
     for i in range(b):
-        best_val = best_idx = None
+        best_idx = np.zeros(size, dtype=np.int64)
+        best_val = better = None
         for c0 in range(0, k, chunk):
             part = upsample(logits[i : i + 1, c0 : c0 + chunk], size)[0].numpy()  # [k', H, W]
-            idx = part.argmax(axis=0)
-            if best_val is None:
-                best_idx, best_val = idx, part.max(axis=0)
-                continue
-            val = part.max(axis=0)
-            better = val > best_val  # strict: an earlier class wins ties
-            np.copyto(best_val, val, where=better)
-            np.copyto(best_idx, idx + c0, where=better)
+            for j in range(part.shape[0]):
+                if best_val is None:
+                    best_val, better = part[0].copy(), np.empty(size, dtype=bool)
+                    continue
+                np.greater(part[j], best_val, out=better)  # strict: an earlier class wins ties
+                np.copyto(best_val, part[j], where=better)
+                best_idx[better] = c0 + j
         out[i] = best_idx
     return out
 
