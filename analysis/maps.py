@@ -32,6 +32,7 @@ from structtoken.heads import Head, HeadOutput
 from structtoken.readouts import READOUTS, FittedReadouts, ReadoutError, readout_unavailable, stage_scores
 from structtoken.segmentor import Segmentor, SegmentorOutput, upsample
 
+from .metrics import argmax_stacks
 from .roles import head_kind
 
 __all__ = [
@@ -202,12 +203,12 @@ def stage_tensor(out: HeadOutput) -> torch.Tensor:
 def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
     """Class index of ``[K, H, W]`` logits -> ``[H, W]`` uint8 (int32 when K > 256); first max wins.
 
-    On the CPU numpy's argmax over the leading axis is several times faster than torch's.
+    On the CPU :func:`analysis.metrics.argmax_stacks` (a running maximum; several times faster than torch's
+    argmax, about 3x faster than numpy's over the class axis).
     """
-    dtype = np.uint8 if logits.shape[0] <= 256 else np.int32
     if logits.device.type == "cpu":
-        return np.argmax(logits.detach().float().numpy(), axis=0).astype(dtype)
-    return logits.argmax(0).cpu().numpy().astype(dtype)
+        return argmax_stacks(logits.detach().float().numpy()[None])[0]
+    return logits.argmax(0).cpu().numpy().astype(np.uint8 if logits.shape[0] <= 256 else np.int32)
 
 
 def head_readouts(
