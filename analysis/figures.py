@@ -867,10 +867,15 @@ def _require_mpl(fig: Any) -> Figure:
     return fig
 
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the page's PNGs: 1 encodes a 2000x530 block grid in ~50 ms instead of ~160 ms at
+Pillow's default 6, for a file ~20 % larger (pixels identical: PNG is lossless)."""
+
+
 def figure_to_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     """Render a matplotlib figure to PNG bytes in memory (no file is written)."""
     buf = io.BytesIO()
-    _require_mpl(fig).savefig(buf, format="png", dpi=dpi)
+    _require_mpl(fig).savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return buf.getvalue()
 
 

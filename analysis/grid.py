@@ -317,7 +317,9 @@ def render_static(layout: GridLayout, dpi: int = 100) -> Figure:
     fig_h = height / dpi + top + bottom
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, (width / dpi) / fig_w, (height / dpi) / fig_h), label="mosaic")
-    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+    # one mosaic pixel per screen pixel: "none" gives the same pixels as "nearest" without Agg's
+    # resampling pass (~40 ms of a 2000 px grid)
+    ax.imshow(mosaic, interpolation="none", aspect="equal")
     ax.set_axis_off()
     ax.text(w / 2, -0.4 * fpx, "image", ha="center", va="bottom", fontsize=fs)
     for g in layout.groups:

@@ -819,7 +819,8 @@ def save_downloads(result: AnalysisResult, folder: Path, stem: str, pdf: bool = 
             out["pdf"] = save_pdf(result.figure, folder / f"{stem}.pdf")
     if result.maps:
         out["npz"] = folder / f"{stem}_maps.npz"
-        np.savez_compressed(out["npz"], **{k: np.asarray(v) for k, v in result.maps.items()})
+        # uncompressed: 3 ms instead of ~130 ms per request for a file ~1.4x larger (float maps compress poorly)
+        np.savez(out["npz"], **{k: np.asarray(v) for k, v in result.maps.items()})
     out["json"] = folder / f"{stem}_metrics.json"
     out["json"].write_text(json.dumps(result.metrics, indent=2, default=str))
     return out

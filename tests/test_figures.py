@@ -262,6 +262,22 @@ def test_static_grid_outlines_and_plotly_subsampling(
         )
 
 
+def test_static_grid_draws_the_pixels_of_nearest(image: np.ndarray, rng: np.random.Generator) -> None:
+    """The mosaic is drawn with interpolation "none" (no Agg resampling pass, for speed): at one mosaic
+    pixel per screen pixel the page's PNG must be exactly what "nearest" draws."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = render_static(_layout({"cse": rng.random((3, 2, H, W)).astype(np.float32)}, image))
+    canvas = FigureCanvasAgg(fig)
+    mosaic = next(x for x in fig.axes if x.get_label() == "mosaic").get_images()[0]
+    assert mosaic.get_interpolation() == "none"
+    canvas.draw()
+    fast = np.asarray(canvas.buffer_rgba()).copy()
+    mosaic.set_interpolation("nearest")
+    canvas.draw()
+    np.testing.assert_array_equal(fast, np.asarray(canvas.buffer_rgba()))
+
+
 def test_plotly_grid_is_what_plotly_validation_gives(rng: np.random.Generator) -> None:
     """The grid is built without plotly's per-property validation (for speed): validating its JSON
     must raise nothing (no invalid property) and change nothing (template and colour scale resolved)."""
