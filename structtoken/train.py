@@ -35,7 +35,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,8 +358,34 @@ def init_source_key(key: str, cfg: ModelConfig) -> str | None:
     return None
 
 
+def sync_from_rank0(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` (parameters, buffers) on every rank with rank 0's (torch.distributed)."""
+    for t in tensors:
+        torch.distributed.broadcast(t.data, src=0)
+
+
+def average_gradients(params: Iterable[nn.Parameter], world: int) -> None:
+    """Mean of every gradient over the ``world`` ranks, in one flat all-reduce (what
+    DistributedDataParallel does in backward; done explicitly because the step calls the backbone and
+    the heads separately, not through one wrapped ``forward``). Every rank holds gradients for the same
+    parameters (same heads, same graph)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 class Trainer:
-    """Owns model, optimizer, data and the loop; ``run()`` trains to ``tc.iters``."""
+    """Owns model, optimizer, data and the loop; ``run()`` trains to ``tc.iters``. Under torchrun
+    (``WORLD_SIZE`` > 1) every rank reads its share of each epoch and gradients are averaged over
+    the ranks after every backward (:func:`average_gradients`); BatchNorm statistics stay per rank and
+    rank 0's are saved."""
 
     def __init__(
         self,
@@ -384,11 +410,8 @@ class Trainer:
         if tc.freeze_backbone:
             self.model.backbone.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, tc), lr=tc.lr, betas=(0.9, 0.999))
-        self.train_model: nn.Module = self.model
-        if self.world > 1:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+        if self.world > 1:  # every rank starts from rank 0's weights (as DistributedDataParallel would)
+            sync_from_rank0(self.model.state_dict().values())
         info = load_dataset_info(data_root)
         self.ignore_index = info.ignore_index
         self.weight = (
@@ -485,14 +508,15 @@ class Trainer:
                 with torch.no_grad():
                     tokens, grid = model.backbone.forward_tokens(image)
             else:
-                self.train_model.train()
-                net = self.train_model.module if self.world > 1 else self.train_model
-                tokens, grid = net.backbone.forward_tokens(image)
+                model.train()
+                tokens, grid = model.backbone.forward_tokens(image)
             features = model.head_features(tokens, grid)  # head -> [B, C, h, w]
             losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.world > 1:
+            average_gradients(model.parameters(), self.world)
         if tc.grad_clip:
             if tc.freeze_backbone:  # per head (with its own ViT blocks): heads stay independent
                 for name in model.heads:

@@ -560,3 +560,93 @@ def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
     failing = _script(tmp_path / "other", PYTHON="false", NICE="0")
     assert failing.returncode == 1 and "FAILED camvid_v2_stage1" in failing.stderr
     assert not (tmp_path / "other" / "camvid_v2_stage2_seed0").exists()
+
+
+_DDP_WORKER = """
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[3])
+from structtoken.config import ModelConfig
+from structtoken.train import TrainConfig, Trainer
+torch.set_num_threads(1)
+torch.distributed.init_process_group("gloo")
+model = ModelConfig(head="cse", extra_heads=("per_pixel",), embed_dim=32, depth=1, num_heads=2, num_blocks=2,
+                    num_classes=3, image_size=(32, 32), classes=("sky", "road", "car"))
+tc = TrainConfig(model=model, crop_size=(32, 32), scale=(64, 48), batch_size=1, iters=3, lr=2e-3, warmup_iters=1,
+                 grad_clip=1.0, log_interval=1, ckpt_interval=3, num_workers=0, photometric=False)
+trainer = Trainer(tc, __import__("pathlib").Path(sys.argv[1]), __import__("pathlib").Path(sys.argv[2]),
+                  torch.device("cpu"), progress=False)
+trainer.run(stop_at=3)
+params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+torch.save(params, os.path.join(sys.argv[2], f"params_rank{os.environ['RANK']}.pt"))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_ranks_train_one_model(tmp_path):
+    """Under torchrun every rank reads its own share of the data; after each backward the gradients
+    are averaged, so the ranks' weights stay identical (two gloo processes on the CPU)."""
+    import socket
+    import subprocess
+    import sys
+
+    data = write_dataset(tmp_path / "data", n_train=8)
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parent.parent)
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        out = tmp_path / f"run{rank}"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(data), str(out), root],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    a = torch.load(tmp_path / "run0" / "params_rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "run1" / "params_rank1.pt", weights_only=True)
+    start = Trainer(
+        TrainConfig(
+            model=ModelConfig(
+                head="cse",
+                extra_heads=("per_pixel",),
+                embed_dim=32,
+                depth=1,
+                num_heads=2,
+                num_blocks=2,
+                num_classes=3,
+                image_size=(32, 32),
+                classes=tuple(CLASSES),
+            ),
+            crop_size=(32, 32),
+            scale=(64, 48),
+            batch_size=1,
+            iters=3,
+            num_workers=0,
+        ),
+        data,
+        tmp_path / "start",
+        torch.device("cpu"),
+        progress=False,
+    ).model
+    moved = [k for k, v in start.named_parameters() if not torch.equal(v.detach(), a[k])]
+    assert moved  # the ranks trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs between the ranks")
