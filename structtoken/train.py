@@ -649,7 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # ConfigError included
         p.error(str(e))
     data_root = Path(args.data) if args.data else default_camvid_root()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:  # "--device cuda" without a GPU, an unknown device string
+        p.error(str(e))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":

@@ -650,3 +650,13 @@ def test_two_ranks_train_one_model(tmp_path):
     assert moved  # the ranks trained
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs between the ranks")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cli_refuses_cuda_without_a_gpu_in_one_line(tmp_path, capsys):
+    from structtoken.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--recipe", "camvid_v2_stage1", "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert e.value.code == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err
