@@ -483,3 +483,15 @@ def test_no_file_io_and_no_pyplot_state(
     assert len(figs) == len(built) - 2
     # Figures are not registered with pyplot and have no pyplot manager.
     assert all(getattr(f.canvas, "manager", None) is None for f in figs if isinstance(f, Figure))
+
+
+@pytest.mark.parametrize("ignore_index", [255, 3, -1, 300])
+def test_colorize_labels_uint8_lookup_equals_the_general_path(ignore_index: int) -> None:
+    from analysis.figures import colorize_labels
+
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (11, 3))
+    label = rng.integers(0, 256, (20, 30)).astype(np.uint8)  # known, unknown (grey) and ignored values
+    np.testing.assert_array_equal(
+        colorize_labels(label, palette, ignore_index), colorize_labels(label.astype(np.int64), palette, ignore_index)
+    )
