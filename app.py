@@ -436,6 +436,15 @@ def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | 
     return pd.DataFrame(rows, columns=headers)
 
 
+RELAYOUT_PLOTS_JS = """() => {
+    setTimeout(() => {
+        window.dispatchEvent(new Event("resize"));
+        if (window.Plotly) document.querySelectorAll(".js-plotly-plot").forEach((el) => window.Plotly.Plots.resize(el));
+    }, 60);
+}"""
+"""Browser-side: after the Interactive tab opens, let plotly re-measure its now visible container."""
+
+
 def fit_plot(fig: Any) -> Any:
     """Let a plotly figure take the results column's width (autosize) instead of a fixed width wider
     than the column, which clipped its right half; its height is scaled as if it were :data:`PLOT_WIDTH`
@@ -935,8 +944,10 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         elem_id="st-figure",
                         buttons=["download", "fullscreen"],
                     )
-                with gr.Tab("Interactive"):
+                with gr.Tab("Interactive") as interactive_tab:
                     plot = gr.Plot(label="Interactive plot", show_label=False, elem_id="st-plot")
+                # a plot drawn while its tab was hidden got plotly's fallback width (700 px): re-measure
+                interactive_tab.select(fn=None, js=RELAYOUT_PLOTS_JS)
                 with gr.Tab("Overlay"):
                     overlay = gr.Image(
                         label="Prediction overlay",

@@ -372,6 +372,15 @@ def render_plotly(layout: GridLayout) -> go.Figure:
     hs, ws = math.ceil(h / stride), math.ceil(w / stride)
     gap = max(1.0, ws / 12)
     group_gap = 3 * gap
+    total_w = sum(len(g.titles) * (ws + gap) - gap for g in layout.groups) + group_gap * (len(layout.groups) - 1)
+    px_per_cell = min(900 / max(total_w, 1), 14.0)
+    # The texts above the cells are placed in data units from their size in pixels; the page may draw the
+    # figure up to ~30 % narrower than this size (autosize), hence the slack.
+    u = 1.3 / px_per_cell  # data units per screen pixel
+    title_y = -2 * u  # column titles: 2 px above the cells
+    line_y = title_y - (11 * 1.3 + 4) * u  # the head's rule clears the 11 px titles
+    head_y = line_y - 2 * u  # the head label sits on its rule
+    top = head_y - (13 * 1.3 + 4) * u  # room for the 13 px head label
     traces = []
     annotations = []
     shapes = []
@@ -385,7 +394,7 @@ def render_plotly(layout: GridLayout) -> go.Figure:
             annotations.append(
                 {
                     "x": x + ws / 2,
-                    "y": -0.6,
+                    "y": title_y,
                     "text": col_title,
                     "showarrow": False,
                     "yanchor": "bottom",
@@ -418,11 +427,10 @@ def render_plotly(layout: GridLayout) -> go.Figure:
                 traces.append(trace)
             x += ws + gap
         x_end = x - gap
-        line_y = -0.6 - 0.2 * (hs + gap)
         annotations.append(
             {
                 "x": (x_start + x_end) / 2,
-                "y": -0.6 - 0.22 * (hs + gap),
+                "y": head_y,
                 "xref": "x",
                 "yref": "y",
                 "text": f"<b>{label}</b>",
@@ -444,10 +452,8 @@ def render_plotly(layout: GridLayout) -> go.Figure:
             }
         )
         x = x_end + group_gap
-    total_w = x - group_gap
     n_rows = len(layout.rows)
     total_h = n_rows * (hs + gap) - gap
-    px_per_cell = min(900 / max(total_w, 1), 14.0)
     note = f"maps subsampled ×{stride} for display" if stride > 1 else ""
     full_title = layout.title or ""
     if note:
@@ -459,11 +465,11 @@ def render_plotly(layout: GridLayout) -> go.Figure:
             "colorscale": plotly.colors.get_colorscale(F.MAP_CMAP_PLOTLY),  # what validation would store
             "cmin": layout.vmin,
             "cmax": layout.vmax,
-            "colorbar": {"title": {"text": layout.colorbar_label}, "thickness": 12},
+            "colorbar": {"title": {"text": layout.colorbar_label, "side": "right"}, "thickness": 12},
         },
         xaxis={"visible": False, "range": [-gap, total_w + gap], "constrain": "domain"},
         yaxis={
-            "range": [total_h + gap, -0.35 * (hs + gap) - 1],
+            "range": [total_h + gap, top],
             "scaleanchor": "x",
             "tickmode": "array",
             "tickvals": [r * (hs + gap) + hs / 2 for r in range(n_rows)],
@@ -475,7 +481,7 @@ def render_plotly(layout: GridLayout) -> go.Figure:
         annotations=annotations,
         shapes=shapes,
         width=int(min(1800, max(500, total_w * px_per_cell + 220))),
-        height=int(min(1600, max(300, (total_h + 0.4 * (hs + gap)) * px_per_cell + 140))),
+        height=int(min(1600, max(300, (total_h + gap - top) * px_per_cell + 140))),
         margin={"l": 90, "r": 30, "t": 60 if full_title else 30, "b": 20},
         plot_bgcolor="white",
     )
