@@ -135,6 +135,9 @@ PLOT_TRACES = """() => { const d = document.querySelector('#st-plot .js-plotly-p
   // plotly decodes the binary-encoded z arrays into its full data once drawn; count their rows
   const n = a => (a && a.length !== undefined ? a.length : -1);
   return d._fullData.map(t => [t.type, t.type === 'bar' ? n(t.y) : n(t.z)]); }"""
+PLOT_FILLS_COLUMN = """() => { const e = document.querySelector('#st-plot');
+  const svg = e && e.querySelector('.js-plotly-plot .main-svg');
+  return !!svg && svg.getBoundingClientRect().width >= 0.9 * e.clientWidth; }"""
 FIGURE = """() => { const i = document.querySelector('#st-figure img');
   return i ? [i.getAttribute('src') || '', i.naturalWidth, i.naturalHeight] : null; }"""
 
@@ -148,6 +151,9 @@ def _check_rendered(pg: Any, name: str) -> None:
     pg.get_by_role("tab", name="Interactive").click()
     pg.wait_for_selector("#st-plot .js-plotly-plot .main-svg", timeout=WAIT_MS)
     pg.wait_for_function(f"() => ({PLOT_TRACES})()?.length > 0", timeout=WAIT_MS)
+    # drawn while its tab was hidden (the analysis ran with the Figure tab open), the plot must still
+    # take the column's width once its tab opens, not plotly's 700 px fallback
+    pg.wait_for_function(PLOT_FILLS_COLUMN, timeout=WAIT_MS)
     traces = pg.evaluate(PLOT_TRACES)
     kinds = {t[0] for t in traces}
     expected = {"prediction": {"image"}, "attention": {"heatmap", "bar"}}.get(
