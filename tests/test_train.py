@@ -154,18 +154,22 @@ def test_training_lowers_the_loss(tmp_path):
     assert model.cfg.heads == ("cse", "per_pixel", "per_pixel_ds")
 
 
-def test_resume_continues_bit_exactly(tmp_path):
-    data = write_dataset(tmp_path / "data")
-    straight = Trainer(tiny_tc(), data, tmp_path / "a", torch.device("cpu"), progress=False)
+def assert_resume_is_bit_exact(tc: TrainConfig, data: Path, tmp: Path, pause: int, init_from: str | None = None):
+    """A run of ``tc`` straight through equals the same run paused after iteration ``pause`` (a checkpoint
+    there) and resumed in a new Trainer, weight for weight."""
+    straight = Trainer(tc, data, tmp / "a", torch.device("cpu"), init_from=init_from, progress=False)
     straight.run()
-    # same run, interrupted after the checkpoint at iteration 3, then resumed in a new process-like Trainer
-    first = Trainer(tiny_tc(), data, tmp_path / "b", torch.device("cpu"), progress=False)
-    assert first.run(stop_at=3) is None  # paused (as an interrupted run), checkpoint at iteration 3
-    second = Trainer(tiny_tc(), data, tmp_path / "b", torch.device("cpu"), progress=False)
+    first = Trainer(tc, data, tmp / "b", torch.device("cpu"), init_from=init_from, progress=False)
+    assert first.run(stop_at=pause) is None  # paused (as an interrupted run)
+    second = Trainer(tc, data, tmp / "b", torch.device("cpu"), init_from=init_from, progress=False)
     second.run(resume=True)
-    assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[3])["iter"] == 4
+    assert json.loads((tmp / "b" / "log.jsonl").read_text().splitlines()[pause])["iter"] == pause + 1
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    assert_resume_is_bit_exact(tiny_tc(), write_dataset(tmp_path / "data"), tmp_path, pause=3)
 
 
 def test_deep_supervision_pair_starts_identical_and_differs_only_by_loss(tmp_path):
@@ -471,16 +475,7 @@ def test_probe_ft_param_groups_give_the_copies_the_backbone_lr():
 def test_probe_ft_resume_continues_bit_exactly(tmp_path):
     data = write_dataset(tmp_path / "data")
     tc = _probe_ft(iters=4, ckpt_interval=2)
-    s1 = str(_stage1(tmp_path, tc))
-    straight = Trainer(tc, data, tmp_path / "a", torch.device("cpu"), init_from=s1, progress=False)
-    straight.run()
-    first = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=s1, progress=False)
-    assert first.run(stop_at=2) is None
-    second = Trainer(tc, data, tmp_path / "b", torch.device("cpu"), init_from=s1, progress=False)
-    second.run(resume=True)
-    assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[2])["iter"] == 3
-    for (k, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
-        assert torch.equal(a, b), k
+    assert_resume_is_bit_exact(tc, data, tmp_path, pause=2, init_from=str(_stage1(tmp_path, tc)))
 
 
 def test_init_from_needs_the_full_depth_backbone_for_the_copies(tmp_path):
