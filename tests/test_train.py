@@ -559,23 +559,24 @@ def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
 
 _DDP_WORKER = """
 import os, sys
+from pathlib import Path
 import torch
-sys.path.insert(0, sys.argv[3])
-from structtoken.config import ModelConfig
-from structtoken.train import TrainConfig, Trainer
+sys.path[:0] = [sys.argv[3], os.path.join(sys.argv[3], "tests")]
+from test_train import ddp_tc
+from structtoken.train import Trainer
 torch.set_num_threads(1)
 torch.distributed.init_process_group("gloo")
-model = ModelConfig(head="cse", extra_heads=("per_pixel",), embed_dim=32, depth=1, num_heads=2, num_blocks=2,
-                    num_classes=3, image_size=(32, 32), classes=("sky", "road", "car"))
-tc = TrainConfig(model=model, crop_size=(32, 32), scale=(64, 48), batch_size=1, iters=3, lr=2e-3, warmup_iters=1,
-                 grad_clip=1.0, log_interval=1, ckpt_interval=3, num_workers=0, photometric=False)
-trainer = Trainer(tc, __import__("pathlib").Path(sys.argv[1]), __import__("pathlib").Path(sys.argv[2]),
-                  torch.device("cpu"), progress=False)
+trainer = Trainer(ddp_tc(), Path(sys.argv[1]), Path(sys.argv[2]), torch.device("cpu"), progress=False)
 trainer.run(stop_at=3)
 params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 torch.save(params, os.path.join(sys.argv[2], f"params_rank{os.environ['RANK']}.pt"))
 torch.distributed.destroy_process_group()
 """
+
+
+def ddp_tc() -> TrainConfig:  # the worker script imports it by name
+    """The two-rank run: the tiny recipe, one image per rank and step, 3 steps."""
+    return tiny_tc(batch_size=1, iters=3, ckpt_interval=3)
 
 
 def test_two_ranks_train_one_model(tmp_path):
@@ -617,30 +618,7 @@ def test_two_ranks_train_one_model(tmp_path):
     assert all(p.returncode == 0 for p in procs), logs
     a = torch.load(tmp_path / "run0" / "params_rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "run1" / "params_rank1.pt", weights_only=True)
-    start = Trainer(
-        TrainConfig(
-            model=ModelConfig(
-                head="cse",
-                extra_heads=("per_pixel",),
-                embed_dim=32,
-                depth=1,
-                num_heads=2,
-                num_blocks=2,
-                num_classes=3,
-                image_size=(32, 32),
-                classes=tuple(CLASSES),
-            ),
-            crop_size=(32, 32),
-            scale=(64, 48),
-            batch_size=1,
-            iters=3,
-            num_workers=0,
-        ),
-        data,
-        tmp_path / "start",
-        torch.device("cpu"),
-        progress=False,
-    ).model
+    start = Trainer(ddp_tc(), data, tmp_path / "start", torch.device("cpu"), progress=False).model
     moved = [k for k, v in start.named_parameters() if not torch.equal(v.detach(), a[k])]
     assert moved  # the ranks trained
     for k in a:
