@@ -203,7 +203,7 @@ def stage_tensor(out: HeadOutput) -> torch.Tensor:
 def _argmax_classes(logits: torch.Tensor) -> np.ndarray:
     """Class index of ``[K, H, W]`` logits -> ``[H, W]`` uint8 (int32 when K > 256); first max wins.
 
-    On the CPU :func:`analysis.metrics.argmax_stacks` (a running maximum; several times faster than torch's
+    On the CPU :func:`analysis.metrics.argmax_stacks` (a running maximum: several times faster than torch's
     argmax, about 3x faster than numpy's over the class axis).
     """
     if logits.device.type == "cpu":

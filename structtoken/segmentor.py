@@ -22,6 +22,7 @@ from torch import nn
 from .backbone import ViTBlocks, split_backbone, tokens_to_map
 from .config import ModelConfig
 from .heads import BlockMaps, HeadOutput, build_head
+from .metrics import running_argmax
 
 if TYPE_CHECKING:
     from .readouts import FittedReadouts
@@ -370,25 +371,15 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], chunk: int = AR
 
 
 def _argmax_chunks_numpy(logits: torch.Tensor, size: tuple[int, int], chunk: int) -> np.ndarray:
-    """CPU body of :func:`upsample_argmax`: a running maximum over the class planes of each upsampled
-    [k', H, W] chunk (numpy; about 3x faster than numpy's strided argmax over the class axis, several
-    times faster than torch's over dim 1, and no OpenMP region, so no spinning under load)."""
+    """CPU body of :func:`upsample_argmax`: :func:`running_argmax` over the class planes of the upsampled
+    [k', H, W] chunks, one chunk upsampled at a time."""
     b, k = logits.shape[:2]
-    out = np.empty((b, *size), dtype=np.int64)
-    for i in range(b):
-        best_idx = np.zeros(size, dtype=np.int64)
-        best_val = better = None
+
+    def planes(i: int) -> Iterator[np.ndarray]:
         for c0 in range(0, k, chunk):
-            part = upsample(logits[i : i + 1, c0 : c0 + chunk], size)[0].numpy()  # [k', H, W]
-            for j in range(part.shape[0]):
-                if best_val is None:
-                    best_val, better = part[0].copy(), np.empty(size, dtype=bool)
-                    continue
-                np.greater(part[j], best_val, out=better)  # strict: an earlier class wins ties
-                np.copyto(best_val, part[j], where=better)
-                best_idx[better] = c0 + j
-        out[i] = best_idx
-    return out
+            yield from upsample(logits[i : i + 1, c0 : c0 + chunk], size)[0].numpy()  # [k', H, W] -> [H, W]s
+
+    return np.stack([running_argmax(planes(i)) for i in range(b)])
 
 
 def upsample_classes(logits: torch.Tensor, size: tuple[int, int], classes: Sequence[int]) -> torch.Tensor:

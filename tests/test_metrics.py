@@ -732,3 +732,15 @@ def test_dilate_disk_batched_bit_planes():
         for s in range(3):
             for b in range(4):
                 np.testing.assert_array_equal((got[s] >> b) & 1, _ref_dilate(planes[s, b], r))
+
+
+def test_running_argmax_over_lazy_planes():
+    from structtoken.metrics import running_argmax
+
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 3, size=(7, 4, 5)).astype(np.float32)  # ties everywhere
+    got = running_argmax(p for p in stack)  # a generator, consumed once
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, stack.argmax(axis=0))
+    with pytest.raises(ValueError, match="at least one"):
+        running_argmax(iter(()))
