@@ -436,13 +436,9 @@ def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | 
     return pd.DataFrame(rows, columns=headers)
 
 
-RELAYOUT_PLOTS_JS = """() => {
-    setTimeout(() => {
-        window.dispatchEvent(new Event("resize"));
-        if (window.Plotly) document.querySelectorAll(".js-plotly-plot").forEach((el) => window.Plotly.Plots.resize(el));
-    }, 60);
-}"""
-"""Browser-side: after the Interactive tab opens, let plotly re-measure its now visible container."""
+RELAYOUT_PLOTS_JS = """() => { setTimeout(() => window.dispatchEvent(new Event("resize")), 60); }"""
+"""Browser-side: after the Interactive tab opens, a window resize event makes Gradio's responsive plotly
+figures re-measure their now visible container (plotly is bundled, there is no ``window.Plotly``)."""
 
 
 def fit_plot(fig: Any) -> Any:
