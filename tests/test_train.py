@@ -70,18 +70,14 @@ def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, size=(48, 64)) -
     return root
 
 
+TINY_MODEL: dict[str, Any] = dict(
+    embed_dim=32, depth=1, num_heads=2, num_blocks=2, num_classes=3, image_size=(32, 32), classes=tuple(CLASSES)
+)
+"""The 32-wide, 1-deep model (3 classes, 32 px) of the tiny training configs."""
+
+
 def tiny_tc(**kw) -> TrainConfig:
-    model = ModelConfig(
-        head="cse",
-        extra_heads=("per_pixel", "per_pixel_ds"),
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_blocks=2,
-        num_classes=3,
-        image_size=(32, 32),
-        classes=tuple(CLASSES),
-    )
+    model = ModelConfig(head="cse", extra_heads=("per_pixel", "per_pixel_ds"), **TINY_MODEL)
     base = dict(
         model=model,
         crop_size=(32, 32),
@@ -105,18 +101,7 @@ def tiny_recipe(name: str, **model: Any) -> TrainConfig:
     """Recipe ``name`` shrunk to a 32-wide, 1-deep model (``model`` overrides any of that) on 32 px crops
     for 2 iterations."""
     tc = recipe(name)
-    shrink: dict[str, Any] = dict(
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_blocks=2,
-        num_classes=3,
-        image_size=(32, 32),
-        stem="patch",
-        classes=tuple(CLASSES),
-        palette=(),
-    )
-    tc.model = tc.model.replace(**(shrink | model))
+    tc.model = tc.model.replace(**(TINY_MODEL | dict(stem="patch", palette=()) | model))
     tc.crop_size, tc.scale, tc.batch_size, tc.iters, tc.warmup_iters = (32, 32), (64, 48), 2, 2, 1
     tc.num_workers, tc.ckpt_interval, tc.log_interval = 0, 2, 1
     return tc
