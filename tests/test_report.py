@@ -344,14 +344,18 @@ def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path)
 
     serial = evaluate_stages(model, ds, progress=False, workers=1)[0]
     before = torch.get_num_threads()
-    parallel = evaluate_stages(model, ds, progress=False, workers=2)[0]
-    # the workers run torch on one thread each; the caller's setting, and that of threads started later,
-    # is what it was
-    later: list[int] = []
-    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
-    t.start()
-    t.join()
-    assert torch.get_num_threads() == before and later == [before]
+    torch.set_num_threads(2)  # not 1, or the check below could not tell the workers' setting from ours
+    try:
+        parallel = evaluate_stages(model, ds, progress=False, workers=2)[0]
+        # the workers run torch on one thread each; the caller's setting, and that of threads started
+        # later, is what it was
+        later: list[int] = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert torch.get_num_threads() == 2 and later == [2]
+    finally:
+        torch.set_num_threads(before)
     assert serial["raw"] and serial["head"]
     for r, per_head in serial.items():
         for head, stages in per_head.items():
