@@ -20,12 +20,11 @@ The fixtures' tolerance is about 1e-4 of the logits' scale; fp32 is ~5e-7 here.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_model import alternate  # the bench directory is on sys.path when run as a script
 
 SHAPES = [  # (M tokens, K in, N out): qkv / fc1 / fc2 of ViT-T and ViT-B at 512x512 (32x32 tokens)
     ("vit-t qkv", 1024, 192, 576),
@@ -38,13 +37,8 @@ SHAPES = [  # (M tokens, K in, N out): qkv / fc1 / fc2 of ViT-T and ViT-B at 512
 
 
 def median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    """Median seconds of ``fn`` after one warm-up (bench_model's timer)."""
+    return alternate({"f": fn}, repeats)["f"]
 
 
 def row(name: str, m: int, k: int, n: int, repeats: int, g: torch.Generator) -> str:
