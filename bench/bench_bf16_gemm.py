@@ -20,7 +20,8 @@ The fixtures' tolerance is about 1e-4 of the logits' scale; fp32 is ~5e-7 here.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,20 @@ def median_s(fn: Callable[[], object], repeats: int) -> float:
     return alternate({"f": fn}, repeats)["f"]
 
 
+@contextmanager
+def bf16_math() -> Iterator[None]:
+    """oneDNN's bf16 math mode for fp32 matmuls inside the block; the previous setting restored after."""
+    mk = torch.backends.mkldnn.matmul
+    before = mk.fp32_precision
+    mk.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        mk.fp32_precision = before
+
+
 def row(name: str, m: int, k: int, n: int, repeats: int, g: torch.Generator) -> str:
     """One table row: x [m, k] @ w [n, k]^T + bias [n] timed and checked in the four variants."""
-    mk = torch.backends.mkldnn.matmul
     x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) * k**-0.5
     bias = torch.randn(n, generator=g)
     ref = F.linear(x.double(), w.double(), bias.double())
@@ -55,20 +67,14 @@ def row(name: str, m: int, k: int, n: int, repeats: int, g: torch.Generator) -> 
         return F.linear(x, w, bias)
 
     def bf32() -> torch.Tensor:
-        mk.fp32_precision = "bf16"
-        try:
+        with bf16_math():
             return F.linear(x, w, bias)
-        finally:
-            mk.fp32_precision = "ieee"
 
     def split() -> torch.Tensor:
         xh = x.bfloat16()
         xl = (x - xh.float()).bfloat16()
-        mk.fp32_precision = "bf16"
-        try:
+        with bf16_math():
             main_term = F.linear(xh.float(), whf, bias)
-        finally:
-            mk.fp32_precision = "ieee"
         return main_term + F.linear(torch.cat([xh, xl], 1), wcat).float()
 
     def err(y: torch.Tensor) -> float:
