@@ -419,6 +419,10 @@ def test_upsample_argmax_equals_full_upsample_argmax(k, chunk, size):
     for logits in (_tied_logits(k, k), torch.randn(2, k, 5, 7, generator=torch.Generator().manual_seed(k))):
         full = upsample(logits, size)
         assert torch.equal(upsample_argmax(logits, size, chunk=chunk), full.argmax(1))
+        # heads' logits come out of channels-last convolutions: same labels, same full upsample
+        cl = logits.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(upsample(cl, size), full) and upsample(cl, size).is_contiguous()
+        assert torch.equal(upsample_argmax(cl, size, chunk=chunk), full.argmax(1))
     with pytest.raises(ValueError, match="multiple of 8"):
         upsample_argmax(logits, size, chunk=4)
 
