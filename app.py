@@ -28,7 +28,6 @@ import gc
 import logging
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -153,23 +152,6 @@ def _on_spaces() -> bool:
     except ImportError:
         return False
     return True
-
-
-def tune_malloc(threshold: int = 256 * 1024) -> bool:
-    """glibc only: serve every allocation above ``threshold`` bytes with its own mmap, returned to the system
-    when freed. By default glibc raises that threshold as big buffers come and go, and the image-sized
-    arrays of concurrent requests then fragment the heaps of the worker threads. ``bench/bench_app.py``
-    measured the server's RSS growing 356 MB from request 10 to 200 without this and :func:`tidy_memory`,
-    63 MB with both. Returns whether the setting was applied."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD; fixing it stops the adjustment
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
 
 
 class MemoryTidier:
@@ -1097,9 +1079,9 @@ def main() -> None:
     """Serve the app: ``python app.py`` (Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; default
     127.0.0.1, 7860 or the next free port)."""
     logging.basicConfig(level=logging.INFO)
-    tune_malloc()
-    from structtoken.devices import configure_cpu_threads  # the thread policy of the block at the top
+    from structtoken.devices import configure_cpu_threads, tune_malloc  # the policy of the block at the top
 
+    tune_malloc()
     configure_cpu_threads()
     build_demo(Explorer()).launch(**launch_kwargs())
 

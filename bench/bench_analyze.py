@@ -1,12 +1,18 @@
 """Latency and memory of :meth:`analysis.service.Explorer.analyze` with the embedded set on this CPU.
 
     python bench/bench_analyze.py [--model camvid] [--repeats 10] [--threads 2] [--attention as-loaded|fast|exact]
+                                  [--malloc SPEC] [--wait-policy passive|default]
 
 Measures, on 480x360 images: (a) warm analyze() of a new image (backbone + every head + figures,
 model already loaded), (b) analyze() when only the analysis, classes or normalisation change (cached
 backbone pass), both as medians, and the peak resident memory of the process. ``--attention fast``
 switches the loaded set to fused attention (:meth:`structtoken.Segmentor.set_exact_attention`), ``exact``
-to the explicit path; ``as-loaded`` keeps what the checkpoint says (the embedded set: exact).
+to the explicit path; ``as-loaded`` keeps what the Explorer loads, as in the app (fused attention).
+
+The process runs as ``python app.py`` does (:func:`structtoken.devices.tune_malloc`, OpenMP wait policy
+:data:`structtoken.devices.CPU_THREAD_POLICY`, both set before torch loads) unless told otherwise:
+``--malloc mmap_threshold=0`` leaves glibc's adaptive threshold (see
+:func:`structtoken.devices.malloc_settings`), ``--wait-policy default`` the runtime's spinning.
 """
 
 from __future__ import annotations
@@ -30,10 +36,27 @@ def main() -> int:
     p.add_argument("--model", default="camvid")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--attention", default="as-loaded", choices=("as-loaded", "fast", "exact"))
+    p.add_argument(
+        "--attention", default="as-loaded", choices=("as-loaded", "fast", "exact"), help="as-loaded: the app's"
+    )
+    p.add_argument("--malloc", default=None, help="e.g. mmap_threshold=0,arena_max=2 (default: the app's settings)")
+    p.add_argument("--wait-policy", default="passive", choices=("passive", "default"))
     args = p.parse_args()
 
+    import os
+
+    # before torch loads (the OpenMP runtime reads it once, at start); structtoken imports torch, so this is
+    # a copy of structtoken.devices.CPU_THREAD_POLICY, checked against it below
+    policy = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"} if args.wait_policy == "passive" else {}
+    os.environ.update(policy)
     import torch
+
+    from structtoken.devices import CPU_THREAD_POLICY, malloc_settings, tune_malloc
+
+    if args.wait_policy == "passive" and policy != CPU_THREAD_POLICY:
+        raise SystemExit(f"bench_analyze's copy of the thread policy {policy} differs from {CPU_THREAD_POLICY}")
+    malloc = malloc_settings(args.malloc)
+    tune_malloc(malloc)
 
     torch.set_num_threads(args.threads)
     from analysis.service import AnalysisRequest, Explorer
@@ -73,6 +96,8 @@ def main() -> int:
         "model": args.model,
         "threads": args.threads,
         "attention": args.attention,
+        "malloc": malloc,
+        "wait_policy": args.wait_policy,
         "first_call_s": round(first, 3),
         "new_image_median_s": round(statistics.median(new_image), 3),
         "switch_median_s": round(statistics.median(switch), 3),

@@ -73,13 +73,18 @@ def cpu_s(pid: int) -> float | None:
         return None
 
 
-def start_server(model: str | None, port: int, log_path: Path, limit_s: float = 600) -> tuple[subprocess.Popen, float]:
-    """Spawn ``python app.py`` and wait for the first HTTP 200 on ``/``; returns (process, seconds)."""
+def start_server(
+    model: str | None, port: int, log_path: Path, limit_s: float = 600, malloc: str | None = None
+) -> tuple[subprocess.Popen, float]:
+    """Spawn ``python app.py`` and wait for the first HTTP 200 on ``/``; returns (process, seconds).
+    ``malloc``: the server's ``STRUCTTOKEN_MALLOC`` (see :func:`structtoken.devices.malloc_settings`)."""
     env = dict(
         os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False"
     )
     if model:
         env["STRUCTTOKEN_DEFAULT_MODEL"] = model
+    if malloc is not None:
+        env["STRUCTTOKEN_MALLOC"] = malloc
     log = open(log_path, "w")  # noqa: SIM115 - closed when the process ends (see stop_server)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -176,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace-every", type=int, default=50, help="also record the RSS every N requests (0 = off)")
     ap.add_argument("--port", type=int, default=0, help="0 = a free port")
     ap.add_argument("--startup-timeout", type=float, default=600, help="seconds to wait for the first 200")
+    ap.add_argument("--malloc", default=None, help="the server's STRUCTTOKEN_MALLOC, e.g. mmap_threshold=0,arena_max=2")
     args = ap.parse_args(argv)
 
     port = args.port or free_port()
@@ -183,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.sep in model or model.endswith((".safetensors", ".pth")):
         model = str(Path(model).resolve())
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
-    result: dict[str, Any] = {"model": model, "image": str(args.image), "targets": TARGETS}
-    proc, startup = start_server(model, port, tmp / "server.log", args.startup_timeout)
+    result: dict[str, Any] = {"model": model, "image": str(args.image), "targets": TARGETS, "malloc": args.malloc}
+    proc, startup = start_server(model, port, tmp / "server.log", args.startup_timeout, args.malloc)
     result["startup_s"] = round(startup, 3)
     result["startup_server_cpu_s"] = _round(cpu_s(proc.pid))
     result["load_average"] = list(os.getloadavg())

@@ -133,6 +133,36 @@ def backbone_peak(name: str, repeats: int, peak: float) -> dict:
     }
 
 
+def backbone_ceiling(name: str, repeats: int, peak: float, size: tuple[int, int] = (512, 512)) -> dict:
+    """What the backbone's own kernels allow: its matrix products timed alone, on fresh tensors of the
+    same shapes (per block: qkv, proj, fc1, fc2 as ``torch.addmm``; attention as the fused SDPA), times
+    the depth. Their summed time is a ceiling for any fp32 backbone through torch's CPU kernels (it has
+    no norm, GELU, residual or copy): its fraction of the 2048x2048 sgemm peak bounds ``frac_fast``."""
+    cfg = get_config(name)
+    n = 1 + -(-size[0] // cfg.patch_size) * -(-size[1] // cfg.patch_size)  # class token + patches
+    c, heads = cfg.embed_dim, cfg.num_heads
+    hidden = int(c * cfg.mlp_ratio)
+    g = torch.Generator().manual_seed(0)
+    fns: dict[str, Callable[[], object]] = {}
+    gflop: dict[str, float] = {}
+    for label, (k_in, k_out) in {"qkv": (c, 3 * c), "proj": (c, c), "fc1": (c, hidden), "fc2": (hidden, c)}.items():
+        x, w, b = torch.randn(n, k_in, generator=g), torch.randn(k_out, k_in, generator=g), torch.randn(k_out)
+        fns[label] = lambda x=x, w=w, b=b: torch.addmm(b, x, w.t())
+        gflop[label] = 2 * n * k_in * k_out / 1e9
+    q, k, v = (torch.randn(1, heads, n, c // heads, generator=g) for _ in range(3))
+    fns["attention"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    gflop["attention"] = 2 * 2 * heads * n * n * (c // heads) / 1e9
+    with torch.inference_mode():
+        t = alternate(fns, max(repeats, 7))
+    row: dict = {"case": f"ceiling {name.split('_')[1]} {size[0]}x{size[1]}"}
+    for label in fns:
+        row[f"{label} GFLOP/s"] = gflop[label] / t[label]
+    row["seconds"] = cfg.depth * sum(t.values())
+    row["gflop"] = cfg.depth * sum(gflop.values())
+    row["frac_ceiling"] = row["gflop"] / row["seconds"] / peak
+    return row
+
+
 def upsample_cost(k: int, grid: tuple[int, int], size: tuple[int, int], repeats: int) -> dict:
     lg = torch.randn(1, k, *grid)
     full = upsample(lg, size)
@@ -242,6 +272,17 @@ def main() -> int:
         ),
         flush=True,
     )
+    print(
+        "\nThe ceiling: the same matrix products alone (per block qkv, proj, fc1, fc2 via torch.addmm; attention\n"
+        "via the fused SDPA) on fresh tensors, times the depth; no norm, GELU, residual or copy. frac_ceiling\n"
+        "bounds frac_fast for any fp32 backbone through torch's CPU kernels.",
+        flush=True,
+    )
+    ceil = [backbone_ceiling(n, args.repeats, peak) for n in ("sse_vit-t_ade20k", "sse_vit-b_ade20k")]
+    result["backbone_ceiling"] = ceil
+    cols = ["case", *[c for c in ceil[0] if c.endswith("GFLOP/s")], "gflop", "seconds", "frac_ceiling"]
+    fmt = {c: ".0f" for c in cols if c.endswith("GFLOP/s")} | {"gflop": ".1f", "seconds": ".3f", "frac_ceiling": ".0%"}
+    print(table(ceil, cols, fmt), flush=True)
 
     print("\n## Full-resolution scores: the whole upsample vs the consumed argmax (seconds, MB)", flush=True)
     up = [upsample_cost(150, (32, 32), (512, 512), args.repeats), upsample_cost(11, (23, 30), (360, 480), args.repeats)]

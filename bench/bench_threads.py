@@ -2,12 +2,13 @@
 
     python bench/bench_threads.py [--quick] [--repeats 7] [--model cse_vit-t_ade20k] [--size 360 480]
 
-For each policy (intra-op threads 1 | 2, OpenMP wait policy default (spinning) | PASSIVE, inter-op
-threads default | 1) a fresh worker process (OpenMP reads its environment at start) times the app's
-forward (fast path, inference_mode, backbone + every head + the prediction at full resolution) with
-the machine as it is ("idle") and while this script runs a neighbour: a separate process doing
-torch.mm in a loop on 2 threads (default OpenMP policy), started before and stopped after the
-worker. Prints median seconds per forward and the slowdown under load. --quick: 3 repeats.
+For each policy (intra-op threads 1 | 2, OpenMP wait policy default (spinning) | PASSIVE | a shorter
+spin (GOMP_SPINCOUNT), inter-op threads default | 1) a fresh worker process (OpenMP reads its
+environment at start) times the app's forward (fast path, inference_mode, backbone + every head + the
+prediction at full resolution) with the machine as it is ("idle") and while this script runs a
+neighbour: a separate process doing torch.mm in a loop on 2 threads (default OpenMP policy), started
+before and stopped after the worker; the worker applies the app's malloc settings (STRUCTTOKEN_MALLOC
+overrides them). Prints median seconds per forward and the slowdown under load. --quick: 3 repeats.
 """
 
 # ruff: noqa: E402  (imports after the sys.path set-up)
@@ -27,13 +28,18 @@ import subprocess
 import time
 
 POLICIES = [
-    # name, OMP_NUM_THREADS, OMP_WAIT_POLICY (None = runtime default), interop threads (None = default)
-    ("2 threads, spin (today)", 2, None, None),
-    ("2 threads, PASSIVE", 2, "PASSIVE", None),
-    ("2 threads, PASSIVE, interop 1", 2, "PASSIVE", 1),
-    ("1 thread, spin", 1, None, None),
-    ("1 thread, PASSIVE", 1, "PASSIVE", None),
+    # name, OMP_NUM_THREADS, OpenMP environment ({} = the runtime's default), interop threads (None = default).
+    # torch's Linux wheels use GNU libgomp: with OMP_WAIT_POLICY unset an idle worker spins GOMP_SPINCOUNT
+    # (default 300000) iterations before it sleeps, PASSIVE sleeps at once (KMP_BLOCKTIME is Intel's, ignored).
+    ("2 threads, spin (runtime default)", 2, {}, None),
+    ("2 threads, PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}, None),
+    ("2 threads, PASSIVE, interop 1", 2, {"OMP_WAIT_POLICY": "PASSIVE"}, 1),
+    ("2 threads, GOMP_SPINCOUNT=10000", 2, {"GOMP_SPINCOUNT": "10000"}, None),
+    ("2 threads, GOMP_SPINCOUNT=30000", 2, {"GOMP_SPINCOUNT": "30000"}, None),
+    ("1 thread, spin", 1, {}, None),
+    ("1 thread, PASSIVE", 1, {"OMP_WAIT_POLICY": "PASSIVE"}, None),
 ]
+"""Every worker also applies the app's malloc settings (:func:`structtoken.devices.tune_malloc`)."""
 
 NEIGHBOUR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 
@@ -41,6 +47,9 @@ NEIGHBOUR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)
 def worker(model: str, size: tuple[int, int], repeats: int, interop: int | None) -> dict:
     import torch
 
+    from structtoken.devices import tune_malloc
+
+    tune_malloc()  # as python app.py: the settings change how often big buffers are faulted in
     if interop is not None:
         torch.set_num_interop_threads(interop)
     from structtoken import build_model, get_config
@@ -59,16 +68,16 @@ def worker(model: str, size: tuple[int, int], repeats: int, interop: int | None)
 
 
 def run_policy(policy: tuple, args: argparse.Namespace, busy: bool) -> dict:
-    _, threads, wait, interop = policy
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    _, threads, omp_env, interop = policy
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")}
     env["OMP_NUM_THREADS"] = str(threads)
-    if wait:
-        env["OMP_WAIT_POLICY"] = wait
+    env.update(omp_env)
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--repeats", str(args.repeats)]
     cmd += ["--size", *map(str, args.size)] + ([] if interop is None else ["--interop", str(interop)])
     neighbour = None
     if busy:
-        nenv = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+        drop = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
+        nenv = {k: v for k, v in os.environ.items() if k not in drop}
         neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=nenv)
         time.sleep(1.5)  # let it spin up
     try:

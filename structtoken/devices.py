@@ -76,3 +76,55 @@ def configure_cpu_threads(num_threads: int | None = None, interop_threads: int =
         "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "wait_policy_effective": effective,
     }
+
+
+MALLOC_SETTINGS = {"mmap_threshold": 4 * 2**20, "arena_max": 2}
+"""glibc malloc settings of the app (:func:`tune_malloc`): ``mmap_threshold`` = bytes above which an allocation
+gets its own mmap (0: glibc's adaptive threshold), ``arena_max`` = most malloc arenas (0: glibc's 8 per core).
+
+Measured on one 2-core machine (2026-12-02), embedded set, 480x360: with 256 KB (the setting before) every
+activation of the forward was a fresh mmap, faulted in page by page: ``analyze()`` of a new image in a
+worker thread 0.85 s against 0.48 s with 4 MB / 2 arenas (0.44-0.53 s with glibc's adaptive threshold);
+``bench/bench_app.py --total 200``: RSS growth from request 10 to 200 68 MB (256 KB), 139 MB (adaptive,
+2 arenas), 65 MB (4 MB, 2 arenas; flat from request 50 on); 8 clients x 5 requests 38.9 / 28.7 / 26.0 s."""
+
+_MALLOPT = {"mmap_threshold": -3, "arena_max": -8}  # M_MMAP_THRESHOLD, M_ARENA_MAX in glibc's malloc.h
+
+
+def malloc_settings(spec: str | None = None) -> dict[str, int]:
+    """:data:`MALLOC_SETTINGS`, overridden by ``spec`` (default: the environment's ``STRUCTTOKEN_MALLOC``),
+    e.g. ``"mmap_threshold=0,arena_max=2"``, which is how ``bench/bench_app.py --malloc`` tries others."""
+    import os
+
+    spec = os.environ.get("STRUCTTOKEN_MALLOC", "") if spec is None else spec
+    out = dict(MALLOC_SETTINGS)
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, _, value = item.partition("=")
+        if key not in out or not value.strip().isdigit():
+            raise ValueError(f"STRUCTTOKEN_MALLOC: expected name=bytes/count with names {sorted(out)}, got {item!r}")
+        out[key] = int(value)
+    return out
+
+
+def tune_malloc(settings: dict[str, int] | None = None) -> bool:
+    """glibc only: apply ``settings`` (default :func:`malloc_settings`; zero entries keep glibc's default).
+
+    ``mmap_threshold``: serve every allocation above it with its own mmap, returned to the system when
+    freed. By default glibc raises that threshold as big buffers come and go, and the image-sized arrays
+    of concurrent requests then fragment the heaps of the worker threads. ``arena_max``: fewer arenas, so
+    a buffer freed by one worker thread can serve the next request's. ``bench/bench_app.py`` measures the
+    server's RSS over many requests, ``bench/bench_analyze.py`` the latency each setting costs (an mmap'd
+    buffer is faulted in page by page on every use, so a low threshold slows the forward: see
+    :data:`MALLOC_SETTINGS`). Returns whether every nonzero setting was applied."""
+    import sys
+
+    settings = malloc_settings() if settings is None else settings
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return all(bool(libc.mallopt(_MALLOPT[k], int(v))) for k, v in settings.items() if v)
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False

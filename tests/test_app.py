@@ -519,15 +519,26 @@ def test_a_finished_requests_figure_is_freed_by_the_next_request(
 
 
 def test_malloc_tuning_applies_on_glibc() -> None:
+    """In a child process: the settings would otherwise stay with the test process."""
     import platform
+    import subprocess
 
-    import app
+    code = "from structtoken.devices import tune_malloc; print(tune_malloc())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == str(expected)
 
-    applied = app.tune_malloc()
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert applied
-    else:
-        assert not applied
+
+def test_malloc_settings_parse_the_override() -> None:
+    from structtoken.devices import MALLOC_SETTINGS, malloc_settings
+
+    assert malloc_settings("") == MALLOC_SETTINGS
+    assert malloc_settings("mmap_threshold=0, arena_max=2") == {"mmap_threshold": 0, "arena_max": 2}
+    assert malloc_settings("arena_max=3") == {**MALLOC_SETTINGS, "arena_max": 3}
+    for bad in ("arena=2", "arena_max=-1", "mmap_threshold", "arena_max=two"):
+        with pytest.raises(ValueError, match="STRUCTTOKEN_MALLOC"):
+            malloc_settings(bad)
 
 
 def test_app_script_sets_the_library_thread_policy() -> None:
