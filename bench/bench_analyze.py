@@ -11,7 +11,7 @@ to the explicit path; ``as-loaded`` keeps what the Explorer loads, as in the app
 
 The process runs as ``python app.py`` does (:func:`structtoken.devices.tune_malloc`, OpenMP wait policy
 :data:`structtoken.devices.CPU_THREAD_POLICY`, both set before torch loads) unless told otherwise:
-``--malloc mmap_threshold=0`` leaves glibc's adaptive threshold (see
+``--malloc mmap_threshold=0,trim_threshold=0`` leaves glibc's adaptive thresholds (see
 :func:`structtoken.devices.malloc_settings`), ``--wait-policy default`` the runtime's spinning.
 """
 

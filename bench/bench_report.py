@@ -1,6 +1,7 @@
 """Per-image cost of the dataset report (``python -m analysis report``), by phase, three readouts vs one.
 
     python bench/bench_report.py [--model camvid] [--data DIR] [--images 5] [--workers 2] [--old-rev main]
+                                 [--malloc SPEC]
 
 On each of the first N images of the val split, alternating in one process (so both see the same
 load): "new" = :func:`analysis.report.evaluate_stages` of this tree (every head, three readouts,
@@ -9,7 +10,9 @@ per-stack metrics; read with ``git show``, run against this tree's other modules
 and the median: wall seconds and the phases (model = backbone + heads; readouts = the three readouts
 at grid resolution; upsample = bilinear to the label size + argmax; metrics = confusion, mask AP,
 boundary F1; upsample and metrics are summed over the worker threads), and the load average before
-and after (the machine may be shared: compare the rows of one run, not runs).
+and after (the machine may be shared: compare the rows of one run, not runs). ``--malloc app`` (or a spec,
+:func:`structtoken.devices.malloc_settings`) applies glibc malloc settings first; by default none, as the
+report runs.
 """
 
 from __future__ import annotations
@@ -71,10 +74,16 @@ def main() -> None:
     p.add_argument("--images", type=int, default=5)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--old-rev", default="main", help="git revision of the one-readout report ('' to skip)")
+    p.add_argument("--malloc", default="none", help="none (glibc's own, as the report runs), app (the app's) or a spec")
     args = p.parse_args()
 
     from analysis.report import evaluate_stages
+    from structtoken.devices import malloc_settings, tune_malloc
     from structtoken.evaluate import open_model_and_dataset
+
+    if args.malloc != "none":
+        malloc = malloc_settings("" if args.malloc == "app" else args.malloc)
+        print(f"glibc malloc {malloc}: {'applied' if tune_malloc(malloc) else 'not applied (not glibc)'}")
 
     model, dataset = open_model_and_dataset(args.model, args.data, args.split, "cpu")
     old = load_old(args.old_rev).evaluate_stages if args.old_rev else None

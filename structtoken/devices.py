@@ -78,17 +78,25 @@ def configure_cpu_threads(num_threads: int | None = None, interop_threads: int =
     }
 
 
-MALLOC_SETTINGS = {"mmap_threshold": 4 * 2**20, "arena_max": 2}
+MALLOC_SETTINGS = {"mmap_threshold": 4 * 2**20, "arena_max": 2, "trim_threshold": 64 * 2**20}
 """glibc malloc settings of the app (:func:`tune_malloc`): ``mmap_threshold`` = bytes above which an allocation
-gets its own mmap (0: glibc's adaptive threshold), ``arena_max`` = most malloc arenas (0: glibc's 8 per core).
+gets its own mmap (0: glibc's adaptive threshold), ``arena_max`` = most malloc arenas (0: glibc's 8 per core),
+``trim_threshold`` = free bytes at the top of a heap above which glibc returns them to the system (0: glibc's
+default, 128 KB, which stays fixed once ``mmap_threshold`` is set: glibc adapts both only while neither is set).
 
 Measured on one 2-core machine (2026-12-02), embedded set, 480x360: with 256 KB (the setting before) every
 activation of the forward was a fresh mmap, faulted in page by page: ``analyze()`` of a new image in a
 worker thread 0.85 s against 0.48 s with 4 MB / 2 arenas (0.44-0.53 s with glibc's adaptive threshold);
 ``bench/bench_app.py --total 200``: RSS growth from request 10 to 200 68 MB (256 KB), 139 MB (adaptive,
-2 arenas), 65 MB (4 MB, 2 arenas; flat from request 50 on); 8 clients x 5 requests 38.9 / 28.7 / 26.0 s."""
+2 arenas), 65 MB (4 MB, 2 arenas; flat from request 50 on); 8 clients x 5 requests 38.9 / 28.7 / 26.0 s.
+On another 2-core machine (2026-12-03, AMD EPYC) 4 MB / 2 arenas with the fixed 128 KB trim threshold was
+the slowest setting: each activation freed at the top of the heap went back to the system and was faulted
+in again by the next; ``bench/bench_analyze.py --repeats 6``, new image / control change, two runs each:
+glibc's defaults 0.487 / 0.411 s and 0.070 / 0.055 s, 4 MB / 2 arenas 0.531 / 0.527 s and 0.083 / 0.082 s,
+the same with a 64 MB trim threshold 0.449 / 0.379 s and 0.054 / 0.052 s (256 MB: 0.416 / 0.454 s)."""
 
-_MALLOPT = {"mmap_threshold": -3, "arena_max": -8}  # M_MMAP_THRESHOLD, M_ARENA_MAX in glibc's malloc.h
+# M_MMAP_THRESHOLD, M_ARENA_MAX, M_TRIM_THRESHOLD in glibc's malloc.h
+_MALLOPT = {"mmap_threshold": -3, "arena_max": -8, "trim_threshold": -1}
 
 
 def malloc_settings(spec: str | None = None) -> dict[str, int]:
@@ -112,7 +120,9 @@ def tune_malloc(settings: dict[str, int] | None = None) -> bool:
     ``mmap_threshold``: serve every allocation above it with its own mmap, returned to the system when
     freed. By default glibc raises that threshold as big buffers come and go, and the image-sized arrays
     of concurrent requests then fragment the heaps of the worker threads. ``arena_max``: fewer arenas, so
-    a buffer freed by one worker thread can serve the next request's. ``bench/bench_app.py`` measures the
+    a buffer freed by one worker thread can serve the next request's. ``trim_threshold``: keep up to that many
+    free bytes at the top of a heap rather than return them to the system (glibc's fixed default of 128 KB
+    returns each freed activation, and the next one is faulted in again). ``bench/bench_app.py`` measures the
     server's RSS over many requests, ``bench/bench_analyze.py`` the latency each setting costs (an mmap'd
     buffer is faulted in page by page on every use, so a low threshold slows the forward: see
     :data:`MALLOC_SETTINGS`). Returns whether every nonzero setting was applied."""

@@ -534,7 +534,8 @@ def test_malloc_settings_parse_the_override() -> None:
     from structtoken.devices import MALLOC_SETTINGS, malloc_settings
 
     assert malloc_settings("") == MALLOC_SETTINGS
-    assert malloc_settings("mmap_threshold=0, arena_max=2") == {"mmap_threshold": 0, "arena_max": 2}
+    assert malloc_settings("mmap_threshold=0, arena_max=2") == {**MALLOC_SETTINGS, "mmap_threshold": 0, "arena_max": 2}
+    assert malloc_settings("trim_threshold=0")["trim_threshold"] == 0
     assert malloc_settings("arena_max=3") == {**MALLOC_SETTINGS, "arena_max": 3}
     for bad in ("arena=2", "arena_max=-1", "mmap_threshold", "arena_max=two"):
         with pytest.raises(ValueError, match="STRUCTTOKEN_MALLOC"):
