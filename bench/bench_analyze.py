@@ -39,7 +39,9 @@ def main() -> int:
     p.add_argument(
         "--attention", default="as-loaded", choices=("as-loaded", "fast", "exact"), help="as-loaded: the app's"
     )
-    p.add_argument("--malloc", default=None, help="e.g. mmap_threshold=0,arena_max=2 (default: the app's settings)")
+    p.add_argument(
+        "--malloc", default=None, help="mmap_threshold=0,arena_max=0,trim_threshold=0: glibc's own (default: app's)"
+    )
     p.add_argument("--wait-policy", default="passive", choices=("passive", "default"))
     args = p.parse_args()
 

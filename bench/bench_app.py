@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace-every", type=int, default=50, help="also record the RSS every N requests (0 = off)")
     ap.add_argument("--port", type=int, default=0, help="0 = a free port")
     ap.add_argument("--startup-timeout", type=float, default=600, help="seconds to wait for the first 200")
-    ap.add_argument("--malloc", default=None, help="the server's STRUCTTOKEN_MALLOC, e.g. mmap_threshold=0,arena_max=2")
+    ap.add_argument("--malloc", default=None, help="the server's STRUCTTOKEN_MALLOC, e.g. trim_threshold=0")
     args = ap.parse_args(argv)
 
     port = args.port or free_port()

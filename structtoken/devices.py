@@ -79,10 +79,13 @@ def configure_cpu_threads(num_threads: int | None = None, interop_threads: int =
 
 
 MALLOC_SETTINGS = {"mmap_threshold": 4 * 2**20, "arena_max": 2, "trim_threshold": 64 * 2**20}
-"""glibc malloc settings of the app (:func:`tune_malloc`): ``mmap_threshold`` = bytes above which an allocation
-gets its own mmap (0: glibc's adaptive threshold), ``arena_max`` = most malloc arenas (0: glibc's 8 per core),
-``trim_threshold`` = free bytes at the top of a heap above which glibc returns them to the system (0: glibc's
-default, 128 KB, which stays fixed once ``mmap_threshold`` is set: glibc adapts both only while neither is set).
+"""glibc malloc settings of the app (:func:`tune_malloc`; ``STRUCTTOKEN_MALLOC`` overrides them, see
+:func:`malloc_settings`): ``mmap_threshold`` = bytes above which an allocation gets its own mmap,
+``arena_max`` = most malloc arenas (glibc: 8 per core), ``trim_threshold`` = free bytes at the top of a heap
+above which glibc returns them to the system. 0 leaves an entry to glibc; glibc adapts the mmap threshold
+(and the trim threshold with it, at twice that) only while neither is set, so
+``mmap_threshold=0,arena_max=0,trim_threshold=0`` is glibc's own behaviour, and with ``mmap_threshold`` set
+alone the trim threshold stays at glibc's 128 KB.
 
 Measured on one 2-core machine (2026-12-02), embedded set, 480x360: with 256 KB (the setting before) every
 activation of the forward was a fresh mmap, faulted in page by page: ``analyze()`` of a new image in a
