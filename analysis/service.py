@@ -32,7 +32,7 @@ from PIL import Image
 from structtoken.assets import EMBEDDED, available_models, load_any
 from structtoken.checkpoint import FORMAT_KEY, CheckpointError, read_metadata
 from structtoken.config import REGISTRY, ConfigError, ModelConfig
-from structtoken.devices import resolve_device
+from structtoken.devices import head_workers, resolve_device
 from structtoken.heads import build_head
 from structtoken.io import ImageReadError, read_image
 from structtoken.readouts import NO_FITTED_REASON, readout_unavailable, readouts_path
@@ -598,6 +598,11 @@ class Explorer:
             except (ValueError, OSError, RuntimeError) as e:
                 raise AnalysisError(f"could not load model {spec!r}: {e}") from None
             model.eval().set_exact_attention(False)  # the fast path (fused SDPA), same tolerance to the fixtures
+            if device.type == "cpu":  # the heads side by side, one thread each (Segmentor.set_head_workers)
+                try:
+                    model.set_head_workers(head_workers())
+                except ValueError as e:
+                    raise AnalysisError(str(e)) from None
             entry = _ModelEntry(spec=spec, key=key, model=model)
             for old in self._models.put(key, entry):
                 self._maps.drop(lambda k, old=old: k[0] != old)

@@ -1,7 +1,7 @@
 """Latency and memory of :meth:`analysis.service.Explorer.analyze` with the embedded set on this CPU.
 
     python bench/bench_analyze.py [--model camvid] [--repeats 10] [--threads 2] [--attention as-loaded|fast|exact]
-                                  [--malloc SPEC] [--wait-policy passive|default]
+                                  [--malloc SPEC] [--wait-policy passive|default] [--head-workers N]
 
 Measures, on 480x360 images: (a) warm analyze() of a new image (backbone + every head + figures,
 model already loaded), (b) analyze() when only the analysis, classes or normalisation change (cached
@@ -11,8 +11,9 @@ to the explicit path; ``as-loaded`` keeps what the Explorer loads, as in the app
 
 The process runs as ``python app.py`` does (:func:`structtoken.devices.tune_malloc`, OpenMP wait policy
 :data:`structtoken.devices.CPU_THREAD_POLICY`, both set before torch loads) unless told otherwise:
-``--malloc mmap_threshold=0,trim_threshold=0`` leaves glibc's adaptive thresholds (see
-:func:`structtoken.devices.malloc_settings`), ``--wait-policy default`` the runtime's spinning.
+``--malloc mmap_threshold=0,arena_max=0,trim_threshold=0`` leaves glibc's adaptive thresholds (see
+:func:`structtoken.devices.malloc_settings`), ``--wait-policy default`` the runtime's spinning, ``--head-workers 1``
+the heads in turn (:meth:`structtoken.Segmentor.set_head_workers`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> int:
         "--malloc", default=None, help="mmap_threshold=0,arena_max=0,trim_threshold=0: glibc's own (default: app's)"
     )
     p.add_argument("--wait-policy", default="passive", choices=("passive", "default"))
+    p.add_argument("--head-workers", type=int, default=None, help="Segmentor.set_head_workers (default: the app's)")
     args = p.parse_args()
 
     import os
@@ -66,6 +68,8 @@ def main() -> int:
     explorer = Explorer()
     if args.attention != "as-loaded":
         explorer.model(args.model).set_exact_attention(args.attention == "exact")
+    if args.head_workers is not None:
+        explorer.model(args.model).set_head_workers(args.head_workers)
 
     def analyze(image: np.ndarray, model: str, analysis: str, normalize: str = "shared") -> None:
         explorer.analyze(AnalysisRequest(image, model, analysis, normalize=normalize))
@@ -100,6 +104,7 @@ def main() -> int:
         "attention": args.attention,
         "malloc": malloc,
         "wait_policy": args.wait_policy,
+        "head_workers": explorer.model(args.model).head_workers,
         "first_call_s": round(first, 3),
         "new_image_median_s": round(statistics.median(new_image), 3),
         "switch_median_s": round(statistics.median(switch), 3),

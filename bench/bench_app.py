@@ -8,7 +8,9 @@ Measures, against ``python app.py`` started as a subprocess on 127.0.0.1:
 * ``startup_s``: from spawning ``python app.py`` to the first HTTP 200 on ``/`` (target <= 15 s);
 * ``first_request_s``: the first ``/analyze`` call (model load + first forward pass);
 * ``latency_s``: ``/analyze`` latency over ``--requests`` sequential calls via gradio_client (Paper comparison
-  of a 480x360 image; median target <= 1.5 s with the embedded set);
+  of a 480x360 image; median target <= 1.5 s with the embedded set), the same image each time (the server
+  reuses its backbone pass: figures and downloads only); ``latency_new_image_s``: the same with a new image
+  each time (backbone and heads too);
 * ``concurrency``: ``--clients`` concurrent clients x ``--per-client`` requests each (target: 0 failures);
 * ``memory_mb``: the server's resident memory after 10 and after ``--total`` requests (target: grows by
   <= 100 MB), with requests cycling through analyses, normalisations, blocks and a few images; ``trace``
@@ -129,6 +131,21 @@ def make_images(base: Path, out_dir: Path, n: int = 4) -> list[Path]:
     return paths
 
 
+def fresh_images(base: Path, out_dir: Path, n: int) -> list[Path]:
+    """``n`` distinct images (the base rolled sideways by 3 px more each), so every request misses the
+    server's per-image cache and runs the backbone and heads."""
+    import numpy as np
+    from PIL import Image
+
+    im = np.asarray(Image.open(base).convert("RGB"))
+    paths = []
+    for i in range(n):
+        p = out_dir / f"fresh_{i}.png"
+        Image.fromarray(np.roll(im, 3 * (i + 1), axis=1)).save(p)
+        paths.append(p)
+    return paths
+
+
 def make_client(port: int) -> Any:
     from gradio_client import Client
 
@@ -230,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         result["latency_s"] = summary_stats(lat)
         if c0 is not None and c1 is not None:
             result["latency_s"]["server_cpu_per_request"] = round((c1 - c0) / max(1, args.requests), 4)
+
+        # the same, a new image each time (backbone + every head + figures)
+        lat = []
+        for im in fresh_images(args.image, tmp, args.requests):
+            lat.append(call(client, im, model))
+            tick()
+        result["latency_new_image_s"] = summary_stats(lat)
 
         # concurrency: N clients x M requests, each client its own connection
         failures: list[str] = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -141,3 +143,59 @@ def tune_malloc(settings: dict[str, int] | None = None) -> bool:
         return all(bool(libc.mallopt(_MALLOPT[k], int(v))) for k, v in settings.items() if v)
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_IN_POOL = threading.local()
+
+
+def _single_threaded_worker() -> None:
+    torch.set_num_threads(1)
+    # torch sets a thread up on its first op from the *process-wide* count, which the creator restores
+    # below: take this thread's count now, while it reads 1
+    torch.get_num_threads()
+    _IN_POOL.active = True
+
+
+def in_single_threaded_pool() -> bool:
+    """Whether the calling thread is a worker of a :func:`single_threaded_pool` (which must not wait on its own
+    pool: a caller there runs the work itself)."""
+    return getattr(_IN_POOL, "active", False)
+
+
+def single_threaded_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` threads that each run torch with one intra-op thread (one pool per size,
+    created on first use, all its threads started before it is returned).
+
+    For independent pieces of CPU work that parallelise poorly inside (the heads of a set on a small feature
+    grid, the report's metrics): two single-threaded workers keep both cores busy where two-thread ops on small
+    tensors mostly wait. ``torch.set_num_threads`` is process-wide for threads that have not run an op yet, so
+    the workers set theirs first and the caller's count is then restored for every thread started later.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            before = torch.get_num_threads()
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="torch-1-thread", initializer=_single_threaded_worker)
+            barrier = threading.Barrier(workers)
+            list(pool.map(lambda _: barrier.wait(), range(workers)))  # every worker started and set up
+            torch.set_num_threads(before)
+            _POOLS[workers] = pool
+    return pool
+
+
+def head_workers() -> int:
+    """Workers for a set's heads in an interactive CPU process (:meth:`structtoken.Segmentor.set_head_workers`):
+    ``STRUCTTOKEN_HEAD_WORKERS`` if set (1 = the heads in turn), else ``min(2, torch.get_num_threads())`` (measured
+    on 2 cores; with many cores one head on all of them may beat several heads on one each)."""
+    import os
+
+    value = os.environ.get("STRUCTTOKEN_HEAD_WORKERS", "").strip()
+    if not value:
+        return min(2, torch.get_num_threads())
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"STRUCTTOKEN_HEAD_WORKERS: expected a count >= 1, got {value!r}")
+    return int(value)

@@ -21,6 +21,7 @@ from torch import nn
 
 from .backbone import ViTBlocks, split_backbone, tokens_to_map
 from .config import ModelConfig
+from .devices import in_single_threaded_pool, single_threaded_pool
 from .heads import BlockMaps, HeadOutput, build_head
 from .metrics import running_argmax
 
@@ -138,6 +139,7 @@ class Segmentor(nn.Module):
         self.head_vit = nn.ModuleDict({name: ViTBlocks(copy.deepcopy(last)) for name in cfg.heads} if last else {})
         self.heads = nn.ModuleDict({name: build_head(name, cfg) for name in cfg.heads})
         self.fitted_readouts: FittedReadouts | None = None  # set by checkpoint.load_model (structtoken.readouts)
+        self.head_workers = 1  # see set_head_workers
 
     @property
     def device(self) -> torch.device:
@@ -150,6 +152,47 @@ class Segmentor(nn.Module):
         self.set_vit_attention(exact)
         self.cfg = self.cfg.replace(exact_attention=bool(exact))
         return self
+
+    def set_head_workers(self, workers: int) -> Segmentor:
+        """Run the heads of a CPU inference pass (no autograd) side by side on ``workers`` single-threaded
+        workers (:func:`structtoken.devices.single_threaded_pool`) instead of one after another on torch's
+        threads; 1 (the default) runs them in turn. Each head then computes with one thread, so its maps
+        differ from the default's by float32 rounding (summation order), the same on every call. Measured on
+        2 cores (2026-12-03, embedded set, 368x480): the five heads 0.150 s with two workers against 0.225 s
+        in turn, logits and block maps within 8e-7 of their scale. Returns self."""
+        if int(workers) < 1:
+            raise ValueError(f"head workers must be >= 1, got {workers}")
+        self.head_workers = int(workers)
+        return self
+
+    def _run_heads(
+        self, names: list[str], features: torch.Tensor, head_features: Mapping[str, torch.Tensor] | None
+    ) -> dict[str, HeadOutput]:
+        """Head name -> its output on ``head_features[name]`` (or ``features``), in turn or on the head workers."""
+
+        def run(name: str) -> HeadOutput:
+            return self.heads[name](head_features[name] if head_features is not None else features)
+
+        side_by_side = (
+            self.head_workers > 1
+            and len(names) > 1
+            and features.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not in_single_threaded_pool()  # a worker waiting on its own pool could deadlock it
+        )
+        if not side_by_side:
+            return {n: run(n) for n in names}
+        inference = torch.is_inference_mode_enabled()  # grad and inference modes are per thread
+
+        def job(name: str) -> HeadOutput:
+            with torch.inference_mode(inference), torch.no_grad():
+                return run(name)
+
+        pool = single_threaded_pool(self.head_workers)
+        # the biggest heads first, so the small ones fill in behind them
+        order = sorted(names, key=lambda n: -sum(p.numel() for p in self.head_parameters(n)))
+        futures = {n: pool.submit(job, n) for n in order}
+        return {n: futures[n].result() for n in names}
 
     def set_vit_attention(self, exact: bool) -> None:
         """The attention path of every ViT block, shared and per head (see :meth:`set_exact_attention`),
@@ -190,7 +233,7 @@ class Segmentor(nn.Module):
         names = list(heads) if heads is not None else list(self.heads)
         if self.head_vit and head_features is None:
             raise ValueError("the heads of this set have ViT blocks of their own: pass head_features (see forward)")
-        outs = {n: self.heads[n](head_features[n] if head_features is not None else features) for n in names}
+        outs = self._run_heads(names, features, head_features)
         size = out_size or (
             features.shape[-2] * self.cfg.patch_size,
             features.shape[-1] * self.cfg.patch_size,

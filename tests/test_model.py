@@ -468,3 +468,62 @@ def test_output_upsamples_only_what_is_read():
         assert torch.equal(out.labels(), out.logits.argmax(1))
         assert set(lazy._full) == set(cfg.heads)
         assert sorted(lazy) == sorted(cfg.heads) and len(lazy) == 3
+
+
+# ----------------------------------------------------------------------------- heads side by side
+def test_single_threaded_pool_workers_run_one_thread_and_leave_the_rest_alone():
+    import threading
+
+    from structtoken.devices import in_single_threaded_pool, single_threaded_pool
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not 1, or the workers' setting could not be told from ours
+    try:
+        pool = single_threaded_pool(3)
+        assert single_threaded_pool(3) is pool
+        seen = list(pool.map(lambda _: (torch.get_num_threads(), in_single_threaded_pool()), range(6)))
+        assert seen == [(1, True)] * 6
+        later: list[int] = []  # a thread started afterwards takes the caller's count, not the workers'
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert torch.get_num_threads() == 2 and later == [2] and not in_single_threaded_pool()
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="workers"):
+        single_threaded_pool(0)
+
+
+@pytest.mark.parametrize("mode", ["inference", "no_grad"])
+def test_heads_side_by_side_equal_the_heads_in_turn(mode):
+    cfg = ModelConfig(head="cse", extra_heads=("sse", "pwe", "per_pixel"), **{**TINY, "num_classes": 7})
+    model = build_model(cfg).eval()
+    x = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    ctx = torch.inference_mode if mode == "inference" else torch.no_grad
+    import threading
+
+    ran_on: list[str] = []
+    for head in model.heads.values():
+        head.register_forward_pre_hook(lambda *_: ran_on.append(threading.current_thread().name))
+    with ctx():
+        in_turn = model(x)
+        assert ran_on == [threading.current_thread().name] * 4
+        ran_on.clear()
+        assert model.set_head_workers(2) is model and model.head_workers == 2
+        side = model(x)
+        assert len(ran_on) == 4 and all(n.startswith("torch-1-thread") for n in ran_on)
+    for name in cfg.heads:
+        a, b = in_turn.heads[name], side.heads[name]
+        close(b.logits, a.logits)
+        assert len(a.blocks) == len(b.blocks)
+        for ba, bb in zip(a.blocks, b.blocks, strict=True):
+            close(bb.tokens, ba.tokens)
+        assert b.logits.is_inference() == (mode == "inference")  # the caller's mode, carried into the workers
+        # one thread per head: float32 rounding apart, so a near-tie may flip, but hardly ever
+        assert (side.labels(name) == in_turn.labels(name)).float().mean() >= 0.999
+    # with autograd on (training) the heads run in turn, on the caller's thread
+    ran_on.clear()
+    y = model(x)
+    assert y.logits.requires_grad and ran_on == [threading.current_thread().name] * 4
+    with pytest.raises(ValueError, match="head workers"):
+        model.set_head_workers(0)

@@ -146,6 +146,25 @@ def test_cache_does_not_rerun_the_backbone(fresh: Explorer, set_path: str, image
     assert calls == [1]
 
 
+def test_loaded_sets_run_the_fast_path_with_their_heads_side_by_side(fresh: Explorer, set_path: str) -> None:
+    model = fresh.model(set_path)
+    assert not model.cfg.exact_attention
+    assert model.head_workers == min(2, torch.get_num_threads())
+
+
+def test_head_workers_follow_the_environment(monkeypatch: pytest.MonkeyPatch, set_path: str) -> None:
+    from structtoken.devices import head_workers
+
+    monkeypatch.setenv("STRUCTTOKEN_HEAD_WORKERS", "1")
+    assert head_workers() == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("STRUCTTOKEN_HEAD_WORKERS", bad)
+        with pytest.raises(ValueError, match="STRUCTTOKEN_HEAD_WORKERS"):
+            head_workers()
+    with pytest.raises(AnalysisError, match="STRUCTTOKEN_HEAD_WORKERS"):  # a readable error, not a crash
+        Explorer().model(set_path)
+
+
 def test_concurrent_calls_share_one_pass(fresh: Explorer, set_path: str, image: np.ndarray) -> None:
     analyze(np.zeros((32, 32, 3), np.uint8), set_path, "prediction", fresh)  # load the model
     calls = _count_backbone(fresh, set_path)
