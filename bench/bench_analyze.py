@@ -5,9 +5,11 @@
 
 Measures, on 480x360 images: (a) warm analyze() of a new image (backbone + every head + figures,
 model already loaded), (b) analyze() when only the analysis, classes or normalisation change (cached
-backbone pass), both as medians, and the peak resident memory of the process. ``--attention fast``
-switches the loaded set to fused attention (:meth:`structtoken.Segmentor.set_exact_attention`), ``exact``
-to the explicit path; ``as-loaded`` keeps what the Explorer loads, as in the app (fused attention).
+backbone pass), both as medians, the peak resident memory of the process, and (c) the set's heads alone
+in turn and side by side (:meth:`structtoken.Segmentor.set_head_workers`), with how far their maps differ.
+``--attention fast`` switches the loaded set to fused attention
+(:meth:`structtoken.Segmentor.set_exact_attention`), ``exact`` to the explicit path; ``as-loaded`` keeps
+what the Explorer loads, as in the app (fused attention).
 
 The process runs as ``python app.py`` does (:func:`structtoken.devices.tune_malloc`, OpenMP wait policy
 :data:`structtoken.devices.CPU_THREAD_POLICY`, both set before torch loads) unless told otherwise:
@@ -30,6 +32,48 @@ import statistics
 import time
 
 import numpy as np
+
+
+def heads_in_turn_vs_side_by_side(model, image: np.ndarray, repeats: int) -> dict:
+    """The set's heads alone on one image's backbone features, in turn (1 worker) and side by side (2), alternating
+    call by call: median seconds, and how far the side-by-side maps are from the in-turn ones (max |difference| /
+    max |in turn| over every head's logits and block maps) and the share of equal labels."""
+    import torch
+
+    from structtoken.segmentor import tokens_to_map
+
+    kept = model.head_workers
+    with torch.inference_mode():
+        x = model.preprocess(image, scale=None)
+        tokens, grid = model.backbone.forward_tokens(x)
+        feats = tokens_to_map(tokens, grid)
+        hf = model.head_features(tokens, grid)
+        size = tuple(x.shape[-2:])
+
+        def run(workers: int):
+            model.set_head_workers(workers)
+            return model.forward_heads(feats, size, head_features=hf if model.head_vit else None)
+
+        times: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(repeats + 1):
+            for w in times:
+                t0 = time.perf_counter()
+                run(w)
+                times[w].append(time.perf_counter() - t0)
+        a, b = run(1), run(2)
+        rel, agree = 0.0, 1.0
+        for name in a.heads:
+            pairs = [(a.heads[name].logits, b.heads[name].logits)]
+            pairs += [(p.tokens, q.tokens) for p, q in zip(a.heads[name].blocks, b.heads[name].blocks, strict=True)]
+            rel = max(rel, max(((u - v).abs().max() / u.abs().max()).item() for u, v in pairs))
+            agree = min(agree, (a.labels(name) == b.labels(name)).float().mean().item())
+    model.set_head_workers(kept)
+    return {
+        "in_turn_median_s": round(statistics.median(times[1][1:]), 3),
+        "side_by_side_median_s": round(statistics.median(times[2][1:]), 3),
+        "max_rel_diff": float(f"{rel:.2g}"),
+        "min_label_agreement": round(agree, 6),
+    }
 
 
 def main() -> int:
@@ -98,6 +142,7 @@ def main() -> int:
             t0 = time.perf_counter()
             analyze(im, model=args.model, analysis=analysis, normalize=normalize)
             switch.append(time.perf_counter() - t0)
+    heads = heads_in_turn_vs_side_by_side(explorer.model(args.model), images[0], args.repeats)
     out = {
         "model": args.model,
         "threads": args.threads,
@@ -110,6 +155,7 @@ def main() -> int:
         "switch_median_s": round(statistics.median(switch), 3),
         "switch_max_s": round(max(switch), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "heads": heads,
     }
     print(json.dumps(out, indent=1))
     return 0

@@ -158,8 +158,9 @@ class Segmentor(nn.Module):
         workers (:func:`structtoken.devices.single_threaded_pool`) instead of one after another on torch's
         threads; 1 (the default) runs them in turn. Each head then computes with one thread, so its maps
         differ from the default's by float32 rounding (summation order), the same on every call. Measured on
-        2 cores (2026-12-03, embedded set, 368x480): the five heads 0.150 s with two workers against 0.225 s
-        in turn, logits and block maps within 8e-7 of their scale. Returns self."""
+        2 cores (2026-12-03, embedded set, 360x480, ``bench/bench_analyze.py``): the five heads 0.136-0.170 s
+        with two workers against 0.218-0.231 s in turn, logits and block maps within 9.2e-7 of their scale.
+        Returns self."""
         if int(workers) < 1:
             raise ValueError(f"head workers must be >= 1, got {workers}")
         self.head_workers = int(workers)
