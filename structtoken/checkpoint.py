@@ -18,33 +18,75 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import struct
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 
-from .config import REGISTRY, ConfigError, ModelConfig, get_config
+from .config import REGISTRY, ModelConfig, get_config, parse_config_json
+from .devices import release_memory
+from .errors import StructTokenError, base_name, clean, names
 from .readouts import READOUTS_SUFFIX, FittedReadouts, ReadoutError, readouts_path
 from .segmentor import Segmentor, build_model
 
 FORMAT_KEY = "structtoken_config"
 FORMAT_VERSION = "1"
 
+DEFAULT_MAX_MODEL_BYTES = 4 * 2**30
+"""Default of :func:`max_model_bytes`: 4 GiB, three times the largest released set (ViT-L, 1.2 GB in float32)."""
+MAX_HEADER_BYTES = 16 * 2**20
+"""Longest safetensors header accepted (the 150-class ViT-L set's is under 100 KB)."""
+MAX_PICKLE_BYTES = 64 * 2**20
+"""Longest pickle (``data.pkl``) accepted in a ``.pth`` archive (a state dict's is a few hundred KB)."""
+MAX_RECORDS = 100_000
+"""Most records accepted in a ``.pth`` archive (ViT-L has about 500 tensors)."""
+MAX_INFLATE_RATIO = 64
+"""A compressed ``.pth`` record may declare at most this many times its stored size (deflate of float
+weights gains ~1.1x; ``torch.save`` stores records uncompressed): more is a zip bomb."""
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""Dtypes a file may store a floating tensor of the model in (read as float32)."""
 
-class CheckpointError(ValueError):
+
+class CheckpointError(StructTokenError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def max_model_bytes() -> int:
+    """The memory budget of one loaded set, in bytes: ``STRUCTTOKEN_MAX_MODEL_BYTES`` (e.g. ``8e9``) or
+    :data:`DEFAULT_MAX_MODEL_BYTES`. A file whose tensors, or whose model in float32, need more is
+    refused before anything of that size is allocated (the ``.pth`` archive's declared record sizes,
+    the model built on the ``meta`` device)."""
+    value = os.environ.get("STRUCTTOKEN_MAX_MODEL_BYTES", "").strip()
+    if not value:
+        return DEFAULT_MAX_MODEL_BYTES
+    try:
+        out = int(float(value))
+    except ValueError:
+        out = 0
+    if out < 1:
+        raise CheckpointError(f"STRUCTTOKEN_MAX_MODEL_BYTES: expected a number of bytes > 0, got {clean(value, 30)!r}")
+    return out
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e6:.2f} MB"
 
 
 class CheckpointUnavailable(CheckpointError):
     """A released checkpoint that is not cached and cannot be downloaded (e.g. offline)."""
+
+    limit = 500  # the URL and the destination must arrive whole to be of use
 
 
 # --------------------------------------------------------------------------- official -> ours
@@ -93,8 +135,10 @@ def _unwrap(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         sd = sd["state_dict"]
     out = {}
     for k, v in sd.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"a state dict key is a {type(k).__name__}, not a name: not a state dict")
         if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"entry {k!r} is a {type(v).__name__}, not a tensor: not a state dict")
+            raise CheckpointError(f"entry {clean(k)!r} is a {type(v).__name__}, not a tensor: not a state dict")
         out[k.removeprefix("module.")] = v
     return out
 
@@ -104,8 +148,7 @@ def detect_official_head(sd: Mapping[str, Any]) -> str:
     keys = _unwrap(sd).keys()
     if not any(k.startswith("decode_head.") for k in keys):
         raise CheckpointError(
-            "not an official StructToken checkpoint: no 'decode_head.*' keys "
-            f"(first keys: {', '.join(list(keys)[:5]) or 'none'})"
+            f"not an official StructToken checkpoint: no 'decode_head.*' keys (first keys: {names(keys) or 'none'})"
         )
     if any(".attn.attn_pw_conv." in k for k in keys):
         return "pwe"
@@ -149,7 +192,7 @@ def convert_official_state_dict(sd: Mapping[str, Any], head_name: str | None = N
             unknown.append(key)
     if unknown:
         raise CheckpointError(
-            f"{len(unknown)} key(s) of this {kind.upper()} checkpoint have no counterpart: " + ", ".join(unknown[:20])
+            f"{len(unknown)} key(s) of this {kind.upper()} checkpoint have no counterpart: {names(unknown)}"
         )
     return out
 
@@ -167,9 +210,17 @@ def infer_official_config(sd: Mapping[str, Any]) -> ModelConfig:
         tokens = sd["decode_head.kernels"]
     except KeyError as e:
         raise CheckpointError(f"official checkpoint lacks {e.args[0]!r}") from None
+    if pos.ndim != 3 or tokens.ndim != 4:
+        raise CheckpointError(
+            f"official checkpoint has a pos_embed of shape {tuple(pos.shape)} and kernels of shape "
+            f"{tuple(tokens.shape)}; expected [1, N, C] and [1, K, h, w]"
+        )
     embed_dim = pos.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"backbone\.layers\.(\d+)\.", k)))
-    blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"decode_head\.layers\.(\d+)\.", k)))
+    layers = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.layers\.(\d{1,9})\.", k))}
+    head_layers = {int(m.group(1)) for k in sd if (m := re.match(r"decode_head\.layers\.(\d{1,9})\.", k))}
+    if not layers or not head_layers:
+        raise CheckpointError(f"official checkpoint has no {'backbone' if not layers else 'decode_head'}.layers.* keys")
+    depth, blocks = 1 + max(layers), 1 + max(head_layers)
     num_classes, gh, gw = tokens.shape[1:]
     arch = dict(
         head=kind,
@@ -185,24 +236,112 @@ def infer_official_config(sd: Mapping[str, Any]) -> ModelConfig:
     return ModelConfig(num_heads=max(1, embed_dim // 64), **arch, name=f"{kind}_custom")
 
 
-def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy ``sd`` into ``model``; :class:`CheckpointError` names every missing, unexpected and mis-shaped key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
+def _fit_problems(
+    own: Mapping[str, tuple[tuple[int, ...], torch.dtype]], got: Mapping[str, tuple[tuple[int, ...], Any]]
+) -> list[str]:
+    """Missing, unexpected and mis-shaped names of ``got`` against ``own`` (name -> (shape, dtype)), each
+    group as ``N kind: at most 3 names (+M more)``; names are cleaned and shortened."""
+    missing = [k for k in own if k not in got]
+    unexpected = [k for k in got if k not in own]
     shape = [
-        f"{k}: {tuple(sd[k].shape)} in {source}, {tuple(own[k].shape)} in model"
+        f"{clean(k)}: {tuple(got[k][0])} in file, {tuple(own[k][0])} in model"
         for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+        if k in got and tuple(got[k][0]) != tuple(own[k][0])
     ]
-    if missing or unexpected or shape:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shape)):
-            if items:
-                more = f" (+{len(items) - 15} more)" if len(items) > 15 else ""
-                parts.append(f"{len(items)} {title}: " + "; ".join(items[:15]) + more)
-        raise CheckpointError(f"{source} does not fit this model — " + " | ".join(parts))
+    parts = []
+    for title, items in (("missing", missing), ("unexpected", unexpected)):
+        if items:
+            parts.append(f"{len(items)} {title}: {names(items)}")
+    if shape:
+        parts.append(
+            f"{len(shape)} mis-shaped: "
+            + "; ".join(shape[:2])
+            + (f" (+{len(shape) - 2} more)" if len(shape) > 2 else "")
+        )
+    return parts
+
+
+def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``sd`` into ``model``; :class:`CheckpointError` names the missing, unexpected and mis-shaped keys
+    (how many of each, at most three names each, shortened)."""
+    own = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    parts = _fit_problems(own, {k: (tuple(v.shape), v.dtype) for k, v in sd.items()})
+    if parts:
+        raise CheckpointError(f"{clean(source, 60)} does not fit this model: " + " | ".join(parts))
     model.load_state_dict(dict(sd), strict=True)
+
+
+def _check_weights(
+    expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    found: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    name: str,
+) -> None:
+    """Refuse a file whose tensors (name -> (shape, dtype)) do not fit the model's (built on ``meta``): names,
+    shapes, then dtypes (a floating tensor may be stored as float32 / float16 / bfloat16, others as they are)."""
+    parts = _fit_problems(expected, found)
+    if parts:
+        raise CheckpointError(
+            f"{name} does not fit its own config: " + " | ".join(parts) + "; the file is damaged or was edited"
+        )
+    odd = [
+        (k, dt)
+        for k, (_, dt) in found.items()
+        if not ((dt in WEIGHT_DTYPES) if expected[k][1].is_floating_point else dt == expected[k][1])
+    ]
+    if odd:
+        kinds = sorted({str(dt).removeprefix("torch.") for _, dt in odd})
+        raise CheckpointError(
+            f"{name}: {len(odd)} tensor(s) of a dtype the model does not use ({', '.join(kinds[:3])}): "
+            f"{names(k for k, _ in odd)}; store weights as float32, float16 or bfloat16"
+        )
+
+
+def _check_finite(sd: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse NaN or infinite values, naming how many tensors hold them and at most three."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{name}: {len(bad)} tensor(s) hold NaN or infinite values: {names(bad)}; "
+            "the weights are broken (a diverged training run?): use another checkpoint"
+        )
+
+
+def _meta_model(cfg: ModelConfig, name: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of the set ``cfg`` describes, built on the ``meta`` device (no memory); refuses
+    a set whose float32 weights exceed :func:`max_model_bytes`."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    own = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    need = sum(math.prod(shape) * 4 for shape, _ in own.values())
+    budget = max_model_bytes()
+    if need > budget:
+        raise CheckpointError(
+            f"{name}: its model needs {_gb(need)}, over the memory budget of {_gb(budget)}; "
+            "raise STRUCTTOKEN_MAX_MODEL_BYTES if this machine has the memory"
+        )
+    return own
+
+
+def _guarded(name: str, load: Callable[[], Segmentor]) -> Segmentor:
+    """Run ``load``; every exception becomes a :class:`CheckpointError` naming the file once (a refusal of
+    our own keeps its words, with the file name put first), and memory is handed back on failure."""
+    try:
+        return load()
+    except StructTokenError as e:
+        msg = str(e)
+        err = CheckpointError(msg if msg.startswith(name) else f"{name}: {msg}")
+    except (MemoryError, RuntimeError) as e:  # the allocator (alloc_cpu.cpp ...) or torch refusing a tensor
+        what = "not enough memory" if isinstance(e, MemoryError) or "alloc" in str(e).lower() else "torch refused it"
+        err = CheckpointError(f"{name}: cannot load ({what}: {type(e).__name__}); the file is corrupt or too large")
+    except RecursionError:
+        err = CheckpointError(f"{name}: cannot load: its contents are nested too deeply; not a checkpoint")
+    except Exception as e:  # IndexError, KeyError, TypeError, ... from a malformed file
+        err = CheckpointError(
+            f"{name}: cannot load: malformed contents ({type(e).__name__}: {clean(e, 60)}); "
+            "use an intact .safetensors set or an official .pth"
+        )
+    release_memory()
+    raise err from None
 
 
 # --------------------------------------------------------------------------- safe reading
@@ -220,27 +359,88 @@ def _numpy_scalar_globals() -> list[Any]:
     return out
 
 
+def check_archive(path: str | Path) -> int:
+    """Check a ``.pth`` (torch's zip format) from its central directory before anything is inflated: at most
+    :data:`MAX_RECORDS` records, a pickle of at most :data:`MAX_PICKLE_BYTES`, no compressed record declaring
+    more than :data:`MAX_INFLATE_RATIO` times its stored size (a zip bomb), and declared sizes summing to
+    at most :func:`max_model_bytes`. Returns the declared total. Raises :class:`CheckpointError`.
+
+    Torch's legacy (pre-1.6) format is refused: its storages declare their sizes inside the pickle, so
+    they cannot be checked before allocation."""
+    path = Path(path)
+    name = base_name(path)
+    budget = max_model_bytes()
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            start = f.read(4)
+        if start == b"PK\x03\x04":
+            raise CheckpointError(
+                f"{name}: cannot read checkpoint: the archive's directory is missing (truncated?); send the file again"
+            )
+        raise CheckpointError(
+            f"{name}: not a zip-format torch checkpoint (a legacy pre-1.6 file, or not a checkpoint at all); "
+            "re-save it with torch.save in torch >= 1.6, or convert it to .safetensors"
+        )
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(
+            f"{name}: cannot read the checkpoint archive ({clean(e, 60)}): truncated or corrupt?"
+        ) from None
+    if len(infos) > MAX_RECORDS:
+        raise CheckpointError(
+            f"{name}: the archive holds {len(infos):,} records (at most {MAX_RECORDS:,}); not a checkpoint"
+        )
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATE_RATIO * info.compress_size + 4096:
+            raise CheckpointError(
+                f"{name}: record {clean(info.filename)!r} inflates {info.compress_size:,} stored bytes to "
+                f"{info.file_size:,} (a zip bomb?); save checkpoints with torch.save, which does not compress"
+            )
+        if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{name}: its pickle declares {_gb(info.file_size)} (at most {_gb(MAX_PICKLE_BYTES)}); not a checkpoint"
+            )
+        total += info.file_size
+    if total > budget:
+        raise CheckpointError(
+            f"{name}: its records declare {_gb(total)}, over the memory budget of {_gb(budget)}; "
+            "raise STRUCTTOKEN_MAX_MODEL_BYTES if this is a genuine checkpoint"
+        )
+    return total
+
+
 def torch_load_safe(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` that also accepts numpy scalars (mmcv ``meta``) and refuses
-    anything else, with an error saying what the pickle wanted to import."""
+    anything else, with an error saying what the pickle wanted to import. The archive is checked first
+    (:func:`check_archive`: sizes, zip bombs, the memory budget)."""
     path = Path(path)
+    name = base_name(path)
+    if not path.is_file():
+        raise CheckpointError(f"{name}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{name} is empty (0 bytes): the upload or download did not complete; send the file again"
+        )
+    check_archive(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError ...
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, RecursionError, IndexError ...
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg:
-            found = re.findall(r"(?:GLOBAL|global) ([\w\.]+(?: [\w\.]+)?)", msg)
-            what = f" (it asks for {found[0]})" if found else ""
+            found = re.findall(r"(?:GLOBAL|global):? ([\w\.]+)", msg)
+            what = f" (it asks for {clean(found[0], 40)})" if found else ""
             raise CheckpointError(
-                f"{path}: refusing to unpickle this file: it contains code or objects other than weights{what}. "
-                "Only tensors and plain containers are loaded (torch.load(weights_only=True)); "
-                "convert trusted files to .safetensors first."
+                f"{name}: refusing to unpickle: it holds code or objects other than weights{what}. "
+                "Only tensors and plain containers are loaded; convert trusted files to .safetensors"
             ) from None
+        first = clean(msg.splitlines()[0] if msg.strip() else "", 60)
         raise CheckpointError(
-            f"{path}: cannot read checkpoint (truncated or corrupt file?): {msg.splitlines()[0]}"
+            f"{name}: cannot read checkpoint ({type(e).__name__}{': ' + first if first else ''}): "
+            "truncated or corrupt? Send the file again"
         ) from None
 
 
@@ -266,13 +466,70 @@ def save_model(
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of one of our safetensors files."""
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], torch.dtype]]]:
+    """(metadata, name -> (shape, dtype)) of a safetensors file, from its header alone (nothing else is read):
+    the header's length, JSON depth and entries are checked first. Raises :class:`CheckpointError`."""
+    path = Path(path)
+    name = base_name(path)
+    bad = f"{name}: not a readable safetensors file"
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        size = path.stat().st_size
+        if size == 0:
+            raise CheckpointError(f"{name} is empty (0 bytes): the upload or download did not complete; send it again")
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{bad} (only {len(head)} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(
+                    f"{bad} (its header declares {n:,} bytes, the file has {size:,}): truncated or corrupt?"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot read the file ({type(e).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{bad} (its header is not UTF-8 JSON)") from None
+    from .config import json_depth
+
+    if json_depth(text) > 6:
+        raise CheckpointError(f"{bad} (its header JSON is nested {json_depth(text)} levels deep)")
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{bad} (header: {clean(e, 60)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{bad} (its header is not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{bad} (its metadata is not a map of strings)")
+    tensors: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for key, entry in header.items():
+        try:
+            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+            shape = tuple(int(d) for d in entry["shape"])
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{bad} (entry {clean(key)!r} has no dtype / shape)") from None
+        if dtype is None:
+            raise CheckpointError(
+                f"{name}: tensor {clean(key)!r} has dtype {clean(entry['dtype'], 10)}, which no model uses"
+            )
+        tensors[key] = (shape, dtype)
+    return meta, tensors
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of one of our safetensors files (from its checked header, :func:`read_header`)."""
+    return read_header(path)[0]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -312,26 +569,40 @@ def load_fitted_readouts(model: Segmentor, set_path: str | Path) -> FittedReadou
 def load_model(path: str | Path, device: str | torch.device = "cpu", readouts: bool = True) -> Segmentor:
     """Rebuild a model set from one of our safetensors files (config from its metadata), in eval mode.
 
+    Nothing is allocated before the file is known to fit: the config is parsed with size and depth limits
+    and checked against :data:`structtoken.config.BOUNDS`, the set is built on the ``meta`` device and
+    every tensor's name, shape and dtype in the header is compared with it, the model must fit
+    :func:`max_model_bytes`; then the tensors are read, refused if any holds NaN or infinity, and
+    copied into the set. Every failure is a :class:`CheckpointError` naming the file's base name, and
+    hands the memory back (:func:`structtoken.devices.release_memory`).
+
     With ``readouts``, fitted readouts beside the file (:func:`structtoken.readouts.readouts_path`) are
     loaded into ``model.fitted_readouts`` (None when there are none)."""
     path = Path(path)
+    name = base_name(path)
+    return _guarded(name, lambda: _load_model(path, name, device, readouts))
+
+
+def _load_model(path: Path, name: str, device: str | torch.device, readouts: bool) -> Segmentor:
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{name}: no such file")
     if path.name.endswith(READOUTS_SUFFIX):
-        raise CheckpointError(f"{path}: a fitted-readout file, not a model set; load the set file beside it")
-    meta = read_metadata(path)
+        raise CheckpointError(f"{name}: a fitted-readout file, not a model set; load the set file beside it")
+    meta, header = read_header(path)
     if FORMAT_KEY not in meta:
-        raise CheckpointError(f"{path}: safetensors file without a StructToken config in its metadata")
-    try:
-        cfg = ModelConfig.from_dict(json.loads(meta[FORMAT_KEY]))
-    except (ConfigError, json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"{path}: invalid model config in metadata: {e}") from None
+        raise CheckpointError(
+            f"{name}: a safetensors file without a StructToken config in its metadata; save sets with save_model"
+        )
+    cfg = parse_config_json(meta[FORMAT_KEY], source=name)
+    _check_weights(_meta_model(cfg, name), header, name)
     try:
         sd = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read tensors (truncated or corrupt?): {e}") from None
+        raise CheckpointError(f"{name}: cannot read its tensors ({clean(e, 60)}): truncated or corrupt?") from None
+    _check_finite(sd, name)
     model = build_model(cfg)
-    load_state_dict_strict(model, {k: v.float() for k, v in sd.items()}, source=str(path))
+    load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, source=name)
+    del sd
     model.eval()
     if readouts:
         model.fitted_readouts = load_fitted_readouts(model, path)
@@ -339,17 +610,35 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", readouts: b
 
 
 def load_official(path: str | Path, cfg: ModelConfig | None = None, device: str | torch.device = "cpu") -> Segmentor:
-    """Build and load a model from an authors' mmseg ``.pth`` (read with weights_only=True)."""
+    """Build and load a model from an authors' mmseg ``.pth`` (read with weights_only=True, after
+    :func:`check_archive`); the tensors are checked against the set built on the ``meta`` device (names,
+    shapes, dtypes, finite values) before the set is allocated. Raises :class:`CheckpointError`."""
+    path = Path(path)
+    name = base_name(path)
+    return _guarded(name, lambda: _load_official(path, name, cfg, device))
+
+
+def _load_official(path: Path, name: str, cfg: ModelConfig | None, device: str | torch.device) -> Segmentor:
     raw = torch_load_safe(path)
     if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path}: expected a dict with a state_dict, got {type(raw).__name__}")
-    try:
-        sd = _unwrap(raw)
-        cfg = cfg or infer_official_config(sd)
-        model = build_model(cfg)
-        load_state_dict_strict(model, convert_official_state_dict(sd, cfg.head), source=str(path))
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise CheckpointError(f"{name}: expected a dict with a state_dict, got a {type(raw).__name__}")
+    sd = _unwrap(raw)
+    del raw
+    odd = [k for k, v in sd.items() if v.dtype not in WEIGHT_DTYPES]
+    if odd:
+        kinds = sorted({str(sd[k].dtype).removeprefix("torch.") for k in odd})
+        raise CheckpointError(
+            f"{name}: {len(odd)} tensor(s) of a dtype the model does not use ({', '.join(kinds[:3])}): "
+            f"{names(odd)}; store weights as float32, float16 or bfloat16"
+        )
+    cfg = cfg or infer_official_config(sd)
+    own = _meta_model(cfg, name)
+    converted = convert_official_state_dict(sd, cfg.head)
+    del sd
+    _check_weights(own, {k: (tuple(v.shape), torch.float32) for k, v in converted.items()}, name)
+    _check_finite(converted, name)
+    model = build_model(cfg)
+    load_state_dict_strict(model, converted, source=name)
     return model.eval().to(device)
 
 
@@ -405,8 +694,8 @@ def fetch_checkpoint(
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise CheckpointUnavailable(
             f"could not download {url} ({getattr(e, 'reason', e)}). If this machine is offline, fetch that file "
-            f"elsewhere and put it at {target} (or pass its path as the model); a partial download in {part} "
-            "resumes on the next try."
+            f"elsewhere and put it at {target} (or pass its path as the model); a partial download "
+            "(.part beside it) resumes on the next try."
         ) from None
     part.replace(target)
     return target
@@ -428,9 +717,11 @@ def resolve_model(
         return load_official(path, cfg, device)
     p = Path(s)
     if not p.exists():
-        raise CheckpointError(f"unknown model {s!r}: neither a file nor one of: {', '.join(REGISTRY)}")
+        raise CheckpointError(f"unknown model {clean(s)!r}: neither a file nor one of: {', '.join(REGISTRY)}")
     if p.suffix == ".safetensors":
         return load_model(p, device)
     if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return load_official(p, device=device)
-    raise CheckpointError(f"{p}: unknown checkpoint type {p.suffix!r} (use .safetensors or an official .pth)")
+    raise CheckpointError(
+        f"{base_name(p)}: unknown checkpoint type {clean(p.suffix, 12)!r} (use .safetensors or an official .pth)"
+    )

@@ -10,10 +10,14 @@ checkpoints carry it.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from .errors import StructTokenError, clean, names
 
 HEAD_KINDS = ("cse", "sse", "pwe", "per_pixel", "linear", "fcn", "segmenter")
 """Head architectures. New kinds go at the end: a kind's index seeds its heads' initialisation
@@ -51,14 +55,124 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-class ConfigError(ValueError):
+IMAGE_MAX_SIDE = 4096
+"""The longest image side the app analyses (``analysis.service.MAX_SIDE``); ``test_scale`` may not enlarge past it."""
+
+BOUNDS: dict[str, tuple[int, int]] = {
+    "embed_dim": (1, 4096),
+    "depth": (1, 64),
+    "num_heads": (1, 64),
+    "num_blocks": (1, 32),
+    "num_classes": (1, 1024),
+    "patch_size": (4, 64),
+    "mlp_ratio": (1, 16),
+    "image_size": (16, IMAGE_MAX_SIDE),
+    "crop_size": (16, IMAGE_MAX_SIDE),
+    "stride": (1, IMAGE_MAX_SIDE),
+    "test_scale": (16, IMAGE_MAX_SIDE),
+}
+"""Inclusive range of every integer field (both sides of a pair), checked before anything is allocated.
+
+They cover every released configuration (ViT-T..L: embed_dim 192..1024, depth 12..24, 3..16 heads, 4 blocks,
+150 classes, 512..640 px, test_scale up to 2560x640) and the sets trained here (CamVid: 192 wide, depth 8,
+5 heads, 11-12 classes, 256 px) with a wide margin (ViT-g is 1536 wide, 40 deep, 24 heads; COCO-stuff has
+171 classes), while keeping a config's model small enough to describe before it is built: the largest
+allowed backbone (4096 wide, 64 deep) is 13 G parameters, which the load-time memory budget
+(:data:`structtoken.checkpoint.MAX_MODEL_BYTES`) then refuses. Sides are at most the image cap,
+:data:`IMAGE_MAX_SIDE`, so a checkpoint's ``test_scale`` cannot enlarge an image past it."""
+
+MAX_TEXT = {"name": 200, "description": 2000, "url": 2000, "class name": 200}
+"""Longest strings (characters) in a config: they reach the page and the log."""
+
+MAX_CONFIG_JSON = 1 << 20
+"""Longest config JSON accepted (bytes; the 150-class ADE20K config is about 9 KB)."""
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of lists / objects accepted in config JSON (a config needs 3)."""
+
+
+class ConfigError(StructTokenError):
     """A model configuration that cannot be built; the message says which field and why."""
 
 
-def _pair(v: Any) -> tuple[int, int]:
+def _pair(v: Any, name: str = "value") -> tuple[int, int]:
+    if isinstance(v, bool):
+        raise ConfigError(f"{name} must be an integer or a pair of integers, got {v!r}")
     if isinstance(v, int):
         return (v, v)
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_is_int(x) for x in v):
+        raise ConfigError(f"{name} must be an integer or a pair of integers, got {clean(repr(v), 60)}")
     return (int(v[0]), int(v[1]))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _floats(v: Any, name: str, n: int | None = None) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or (n is not None and len(v) != n):
+        raise ConfigError(f"{name} must be a list of {n or 'some'} numbers, got {clean(repr(v), 60)}")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        raise ConfigError(f"{name} must hold finite numbers, got {clean(repr(v), 60)}")
+    return tuple(float(x) for x in v)
+
+
+def _texts(v: Any, name: str, limit: int, max_items: int) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)) or len(v) > max_items:
+        raise ConfigError(f"{name} must be a list of at most {max_items} strings")
+    for x in v:
+        if not isinstance(x, str) or len(x) > limit:
+            raise ConfigError(f"{name} must hold strings of at most {limit} characters, got {clean(repr(x), 40)}")
+    return tuple(v)
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` / ``{`` in JSON ``text`` (brackets inside strings do not count), without
+    recursion, so that a 100,000-deep document is measured instead of overflowing the parser's stack."""
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(_STRINGS.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_config_json(text: str | bytes, source: str = "the config") -> ModelConfig:
+    """A :class:`ModelConfig` from JSON, refusing documents over :data:`MAX_CONFIG_JSON` bytes or nested deeper
+    than :data:`MAX_JSON_DEPTH` before parsing them. Raises :class:`ConfigError`."""
+    if len(text) > MAX_CONFIG_JSON:
+        raise ConfigError(
+            f"{source}: config JSON of {len(text):,} bytes is over the limit of {MAX_CONFIG_JSON:,}; "
+            "a model config is a few KB: re-save the set with structtoken.save_model"
+        )
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{source}: config is not UTF-8 text; re-save the set with structtoken.save_model"
+            ) from None
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ConfigError(
+            f"{source}: config JSON is nested {depth} levels deep (a config needs 3, at most {MAX_JSON_DEPTH} "
+            "accepted); re-save the set with structtoken.save_model"
+        )
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise ConfigError(f"{source}: config is not valid JSON ({clean(e, 80)}); re-save the set") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: config JSON must be an object, got {type(d).__name__}")
+    try:
+        return ModelConfig.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: invalid model config: {e}") from None
 
 
 @dataclass
@@ -123,18 +237,25 @@ class ModelConfig:
     description: str = ""
 
     def __post_init__(self) -> None:
-        self.image_size = _pair(self.image_size)
-        self.extra_heads = tuple(self.extra_heads)
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
-        self.classes = tuple(self.classes)
+        self.image_size = _pair(self.image_size, "image_size")
+        if not isinstance(self.head, str):
+            raise ConfigError(f"head must be a head name, got {clean(repr(self.head), 40)}")
+        self.extra_heads = _texts(self.extra_heads, "extra_heads", 32, len(HEAD_NAMES))
+        self.mean = _floats(self.mean, "mean", 3)
+        self.std = _floats(self.std, "std", 3)
+        self.classes = _texts(self.classes, "classes", MAX_TEXT["class name"], BOUNDS["num_classes"][1])
+        if not isinstance(self.palette, (list, tuple)) or len(self.palette) > BOUNDS["num_classes"][1]:
+            raise ConfigError(f"palette must be a list of at most {BOUNDS['num_classes'][1]} RGB triples")
+        for p in self.palette:
+            if not isinstance(p, (list, tuple)) or len(p) != 3 or not all(_is_int(c) and 0 <= c <= 255 for c in p):
+                raise ConfigError(f"palette colours must be [r, g, b] in 0..255, got {clean(repr(p), 40)}")
         self.palette = tuple(tuple(int(c) for c in p) for p in self.palette)
         for name in ("crop_size", "stride", "test_scale"):
             v = getattr(self, name)
             if v is not None:
-                setattr(self, name, _pair(v))
+                setattr(self, name, _pair(v, name))
         if self.reported_miou is not None:
-            self.reported_miou = tuple(float(v) for v in self.reported_miou)
+            self.reported_miou = _floats(self.reported_miou, "reported_miou", 2)
         self.validate()
 
     # ------------------------------------------------------------------ derived
@@ -158,15 +279,20 @@ class ModelConfig:
         heads = self.heads
         for h in heads:
             if h not in HEAD_NAMES:
-                raise ConfigError(f"unknown head {h!r}; choose from {', '.join(HEAD_NAMES)}")
+                raise ConfigError(f"unknown head {clean(repr(h), 40)}; choose from {', '.join(HEAD_NAMES)}")
         if len(set(heads)) != len(heads):
-            raise ConfigError(f"head names must be unique within a set, got {heads}")
-        for name in ("embed_dim", "depth", "num_heads", "num_classes", "patch_size", "mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_blocks < 1:
-            raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        if not 0 <= self.head_vit_blocks <= self.depth:
+            raise ConfigError(f"head names must be unique within a set, got {', '.join(heads)}")
+        for name in ("embed_dim", "depth", "num_heads", "num_blocks", "num_classes", "patch_size", "mlp_ratio"):
+            v = getattr(self, name)
+            lo, hi = BOUNDS[name]
+            if not _is_int(v) or not lo <= v <= hi:
+                raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {clean(repr(v), 30)}")
+        for name in ("image_size", "crop_size", "stride", "test_scale"):
+            v = getattr(self, name)
+            lo, hi = BOUNDS[name]
+            if v is not None and not (lo <= v[0] <= hi and lo <= v[1] <= hi):
+                raise ConfigError(f"{name} sides must be in {lo}..{hi} px, got {v[0]}x{v[1]}")
+        if not _is_int(self.head_vit_blocks) or not 0 <= self.head_vit_blocks <= self.depth:
             raise ConfigError(f"head_vit_blocks must be in 0..depth ({self.depth}), got {self.head_vit_blocks}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
@@ -193,6 +319,18 @@ class ModelConfig:
             raise ConfigError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
         if self.palette and len(self.palette) != self.num_classes:
             raise ConfigError(f"{len(self.palette)} palette colours given for num_classes={self.num_classes}")
+        for name in ("drop_path_rate", "head_drop_path_rate"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v < 1.0:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {clean(repr(v), 30)}")
+        if not isinstance(self.exact_attention, bool):
+            raise ConfigError(f"exact_attention must be true or false, got {clean(repr(self.exact_attention), 30)}")
+        for name in ("name", "description", "url"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or len(v) > MAX_TEXT[name]):
+                raise ConfigError(f"{name} must be a string of at most {MAX_TEXT[name]} characters")
+        if not isinstance(self.stem, str) or not isinstance(self.test_mode, str):
+            raise ConfigError("stem and test_mode must be strings")
 
     # -------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -202,11 +340,18 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Build from :meth:`to_dict` output; unknown keys are an error (they would be silently dropped)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
-        return cls(**d)
+            raise ConfigError(f"unknown config field(s): {names(unknown)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong kind
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"a config field has a value of the wrong type ({clean(e, 80)})") from None
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with some fields changed."""

@@ -145,6 +145,27 @@ def tune_malloc(settings: dict[str, int] | None = None) -> bool:
         return False
 
 
+def release_memory() -> bool:
+    """Collect garbage and hand the allocator's free pages back to the system (glibc ``malloc_trim(0)``).
+
+    Why: a refused or evicted model set is freed by the garbage collector, but glibc keeps the freed pages in
+    its heaps (measured, issue 24: RSS 3.35 GB after a refused ``depth: 3000`` upload, 0.76 GB only after
+    ``malloc_trim(0)``). Called after every failed load and every eviction from the Explorer's model cache.
+    Returns whether the pages were trimmed (False off glibc: musl, macOS, Windows, where this only collects)."""
+    import gc
+    import sys
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 _IN_POOL = threading.local()

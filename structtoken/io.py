@@ -34,12 +34,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import StructTokenError
+
 __all__ = ["ImageReadError", "read_image", "read_label"]
 
 _FORMATS = "PNG, JPEG, BMP, TIFF, WebP, GIF ..."
 
 
-class ImageReadError(ValueError):
+class ImageReadError(StructTokenError):
     """An input that is not a readable image; the message says why (file base name only)."""
 
 
@@ -56,12 +58,6 @@ def _pil_to_array(
     im: Image.Image, notices: list[str], max_side: int | None, max_pixels: int | None
 ) -> tuple[np.ndarray, int | None]:
     """Decode a PIL image into an array and its bit depth (8, 16, or None when the mode does not say)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and im.width * im.height > limit:
-        raise ImageReadError(
-            f"the image is {im.width}x{im.height} px ({im.width * im.height / 1e6:.0f} MP), over the decoder's "
-            f"safety limit of {limit / 1e6:.0f} MP (decompression-bomb guard); downscale it before uploading"
-        )
     with contextlib.suppress(EOFError, AttributeError):
         im.seek(0)
     if getattr(im, "n_frames", 1) > 1:
@@ -72,11 +68,19 @@ def _pil_to_array(
             math.sqrt(max_pixels / (im.width * im.height)) if max_pixels else 1.0,
         )
         if f < 1.0:
-            # decode big JPEGs at a reduced scale (a power of 2 that stays above the final size)
+            # decode big JPEGs at a reduced scale (a power of 2, down to 1/8, that stays above the final size):
+            # done before the size guard, which then judges the pixels that are really decoded
             size0 = im.size
             im.draft("RGB", (math.ceil(im.width * f), math.ceil(im.height * f)))
             if im.size != size0:
                 notices.append(f"JPEG of {size0[0]}x{size0[1]} px decoded at reduced scale ({im.width}x{im.height})")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        raise ImageReadError(
+            f"the image is {im.width}x{im.height} px ({im.width * im.height / 1e6:.0f} MP), over the decoder's "
+            f"safety limit of {limit / 1e6:.0f} MP (decompression-bomb guard; JPEGs up to {2 * limit / 1e6:.0f} MP "
+            "are decoded at reduced scale); downscale it before uploading"
+        )
     im.load()
     transposed = ImageOps.exif_transpose(im)
     if transposed is not None and transposed is not im:
@@ -121,8 +125,12 @@ def _open_file(
             return _pil_to_array(im, notices, max_side, max_pixels)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{name} is too large to decode safely ({e}); downscale it before uploading") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ImageReadError(
+            f"{name} is too large to decode safely (over {limit:.0f} MP, decompression-bomb guard); "
+            "downscale it before uploading"
+        ) from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{name} is not an image in a format that can be read ({_FORMATS})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
