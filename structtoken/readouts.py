@@ -5,23 +5,25 @@ N + 1 is the output); :func:`stage_maps` gives their maps, [B, Cs, h, w] each. A
 stage's maps into class scores [B, K, h, w]:
 
 ``raw``
-    The maps as they are, channel k = class k (the paper's view of structure tokens). Defined where
-    a stage is a K-channel class map: StructToken (the tokens), ``per_pixel`` / ``per_pixel_ds`` (the
-    residual blocks' outputs), ``linear``. ``segmenter`` defines it as the cosine similarity of each
-    patch token with each class embedding of that layer (its own tokens, without the learned
-    norm / projections / mask norm). ``fcn`` has none: its stages carry C feature channels, of which
-    none is a class (:func:`readout_unavailable` says so).
+    The maps as they are, channel k = class k (the paper's view of structure tokens). Defined only where
+    a stage is a K-channel class map by construction: StructToken (the tokens; its output block is
+    residual, so token k stays class k), ``per_pixel_ds`` (every residual block's output is trained as
+    class logits), ``linear``. ``per_pixel`` (its final 1x1 classifier mixes the K channels densely),
+    ``fcn`` (C feature channels) and ``segmenter`` (d-channel patch tokens) have none:
+    :func:`readout_unavailable` says why, and no claim uses it for them.
 ``head``
     The head's own remaining output layers applied to the stage (the "logit lens"): the final
     ``residual`` block for StructToken, the 1x1 ``classifier`` for the per-pixel heads and ``fcn``,
     decoder norm + projections + L2 norm + patch·class product + mask norm for ``segmenter``.
     At stage N it equals the logits (eval mode), at stage N + 1 it is the identity.
 ``fitted``
-    A per-stage affine map Cs -> K fitted on the train split with the model frozen (the "tuned lens",
+    A per-stage affine map Ws -> K fitted on the train split with the model frozen (the "tuned lens",
     Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with the Tuned Lens"), by
-    :func:`fit_readouts`. Kept beside the set as ``<set stem>.readouts.safetensors`` (no pickle; the
-    fit's settings as JSON in the file's metadata); :func:`structtoken.checkpoint.load_model` attaches
-    it as ``model.fitted_readouts``.
+    :func:`fit_readouts`, reading every per-pixel channel the stage hands to the next block
+    (:meth:`structtoken.heads.Head.fitted_maps`): StructToken the tokens and features (K + C; K after
+    the last block), ``per_pixel`` K, ``fcn`` C, ``segmenter`` the patch tokens (d). Kept beside the set as
+    ``<set stem>.readouts.safetensors`` (no pickle; the fit's settings as JSON in the file's metadata);
+    :func:`structtoken.checkpoint.load_model` attaches it as ``model.fitted_readouts``.
 
 The fit (:func:`fit_readouts`): ``pixels_per_image`` labelled (non-ignore) pixels per train image,
 drawn uniformly without replacement from ``numpy.random.default_rng([seed, image index])``; each
@@ -70,7 +72,8 @@ READOUTS = ("raw", "head", "fitted")
 
 READOUTS_SUFFIX = ".readouts.safetensors"
 FORMAT_KEY = "structtoken_readouts"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+"""2: ``fitted`` reads :meth:`Head.fitted_maps` (StructToken: tokens and features); 1 read the stage maps only."""
 FIT_COMMAND = "python -m structtoken.fit_readouts --model SET --data DATA_DIR --split train"
 NO_FITTED_REASON = f"no fitted readout file beside the set; fit one with {FIT_COMMAND}"
 
@@ -89,6 +92,28 @@ def readouts_path(set_path: str | Path) -> Path:
 def stage_maps(out: HeadOutput) -> tuple[torch.Tensor, ...]:
     """The S = N + 2 stage maps of a head output, [B, Cs, h, w] each (see :meth:`HeadOutput.stage_maps`)."""
     return out.stage_maps()
+
+
+def fitted_input_channels(head: nn.Module, out: HeadOutput) -> list[int]:
+    """The width Ws of what the ``fitted`` readout reads at each stage of ``out`` (input, blocks, output)."""
+    return [int(m.shape[1]) for m in head.fitted_maps(out)]
+
+
+def readout_definitions(head_name: str, head: nn.Module) -> dict[str, str]:
+    """One sentence per readout saying what it reads for this head (for reports and result files)."""
+    raw_reason = head.raw_unavailable() if isinstance(head, Head) else "no readout contract"
+    return {
+        "raw": (
+            "not applicable: " + raw_reason
+            if raw_reason
+            else "each stage's K channels as they are, channel k as class k (true by construction for this head)"
+        ),
+        "head": f"{getattr(head, 'head_readout_text', 'the head output layers')} (the logit lens)",
+        "fitted": (
+            f"a per-stage affine map to the K classes, fitted on the train split with the model frozen, reading "
+            f"{getattr(head, 'fitted_input_text', 'the stage maps')} (the tuned lens)"
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------- fitted lenses
@@ -201,6 +226,14 @@ class FittedReadouts:
         if extra:
             raise ReadoutError(f"{path}: unexpected tensors {', '.join(extra[:5])}")
         out = cls(lenses=lenses, metadata=meta, path=path)
+        version = str(meta.get("format_version", "1"))
+        if version != FORMAT_VERSION:
+            out.problem = (
+                f"{path.name} was fitted under readout definition {version} (the stage maps only), "
+                f"not {FORMAT_VERSION} "
+                f"(every channel a stage hands on); refit it with {FIT_COMMAND}"
+            )
+            return out
         if model is not None:
             out.check(model)
         return out
@@ -220,7 +253,8 @@ class FittedReadouts:
                 if name not in model.heads:
                     problems.append(f"head {name!r} is not in the set (heads: {', '.join(model.heads)})")
                     continue
-                shapes = [(cfg.num_classes, m.shape[1]) for m in model.heads[name](features).stage_maps()]
+                head = model.heads[name]
+                shapes = [(cfg.num_classes, m.shape[1]) for m in head.fitted_maps(head(features))]
                 if len(shapes) != len(lenses):
                     problems.append(f"{name} has {len(shapes)} stages, the file {len(lenses)}")
                     continue
@@ -279,17 +313,19 @@ def stage_scores(
     reason = readout_unavailable(head_name, head, readout, fitted)
     if reason is not None:
         raise ReadoutError(f"{readout} readout of {head_name}: {reason}")
+    if readout == "fitted":
+        maps = head.fitted_maps(out)
+        assert fitted is not None
+        if len(fitted.lenses[head_name]) != len(maps):
+            raise ReadoutError(
+                f"{fitted._where()}: {head_name} has {len(fitted.lenses[head_name])} fitted stages, "
+                f"the output {len(maps)}"
+            )
+        return tuple(fitted.apply(head_name, s, m) for s, m in enumerate(maps))
     maps = stage_maps(out)
     if readout == "raw":
         return tuple(head.raw_readout(s, m, out) for s, m in enumerate(maps))
-    if readout == "head":
-        return tuple(head.readout(s, m, out) for s, m in enumerate(maps))
-    assert fitted is not None
-    if len(fitted.lenses[head_name]) != len(maps):
-        raise ReadoutError(
-            f"{fitted._where()}: {head_name} has {len(fitted.lenses[head_name])} fitted stages, the output {len(maps)}"
-        )
-    return tuple(fitted.apply(head_name, s, m) for s, m in enumerate(maps))
+    return tuple(head.readout(s, m, out) for s, m in enumerate(maps))
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -415,7 +451,7 @@ def fit_readouts(
             labels.append(torch.from_numpy(label.ravel()[flat].astype(np.int64)))
             out = model(model.preprocess(image), heads=names)  # every head on the features it reads
             for name in names:
-                maps = out.heads[name].stage_maps()
+                maps = model.heads[name].fitted_maps(out.heads[name])
                 per = [sample_maps(m.float(), rows, cols, label.shape).cpu() for m in maps]
                 if not samples[name]:
                     samples[name] = [[] for _ in per]
@@ -443,6 +479,7 @@ def fit_readouts(
         lenses[name] = tuple(row)
         results[name] = {
             "kind": HEAD_NAMES.get(name, (name, False))[0],
+            "definitions": readout_definitions(name, model.heads[name]),
             "channels": chans,
             "train_accuracy": accs,
             "train_loss": losses,

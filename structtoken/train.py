@@ -29,13 +29,15 @@ and RNG state; ``--resume`` continues bit-exactly. Logs are JSON lines in ``OUT/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ class TrainConfig:
     eval_interval: int = 0
     num_workers: int = 1
     fused_attention: bool = True
+    recipe: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -94,9 +97,32 @@ class TrainConfig:
         return json.loads(json.dumps(d))
 
 
+def describe_set(cfg: ModelConfig, what: str = "") -> str:
+    """A set's description generated from its config (never fixed text): dataset and classes, the ViT, the
+    heads with their block count, and ``what`` (e.g. "block-count ablation") when given."""
+    names = {
+        "cse": "CSE",
+        "sse": "SSE",
+        "pwe": "PWE",
+        "per_pixel": "per-pixel",
+        "per_pixel_ds": "per-pixel + deep supervision",
+        "fcn": "FCN",
+        "segmenter": "Segmenter",
+        "linear": "linear",
+    }
+    heads = ", ".join(names.get(h, h) for h in cfg.heads)
+    stem = "conv stem" if cfg.stem == "conv" else f"{cfg.patch_size}x{cfg.patch_size} patchify"
+    own = f"; each head with its own copy of the last {cfg.head_vit_blocks} ViT blocks" if cfg.head_vit_blocks else ""
+    text = (
+        f"{cfg.name or 'set'} ({cfg.num_classes} classes){': ' + what if what else ''}: ViT {cfg.embed_dim} wide, "
+        f"depth {cfg.depth}, {cfg.num_heads} heads, {stem}; heads {heads} ({cfg.num_blocks} blocks){own}"
+    )
+    return text
+
+
 def _camvid_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
     info = load_dataset_info(default_camvid_root()) if default_camvid_root().is_dir() else None
-    return ModelConfig(
+    cfg = ModelConfig(
         head=head,
         extra_heads=extra,
         embed_dim=192,
@@ -113,18 +139,14 @@ def _camvid_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
         name="camvid",
         classes=info.classes if info else (),
         palette=info.palette if info else (),
-        description="CamVid (11 classes) set trained here from scratch: ViT 192 wide, depth 8, conv stem; "
-        "heads CSE, SSE, PWE, per-pixel, per-pixel + deep supervision on one frozen backbone",
     )
+    return cfg.replace(description=describe_set(cfg))
 
 
-def _camvid_v2_model(head: str, extra: tuple[str, ...] = ()) -> ModelConfig:
-    """The v2 set: v1's backbone architecture, trained 2.5x longer (fixed text: resume compares configs)."""
-    return _camvid_model(head, extra).replace(
-        name="camvid",
-        description="CamVid (11 classes) set v2 trained here from scratch: ViT 192 wide, depth 8, conv stem, "
-        "12,500 stage-1 iterations; heads of the three paradigms on one frozen backbone",
-    )
+def _camvid_v2_model(head: str, extra: tuple[str, ...] = (), what: str = "set v2") -> ModelConfig:
+    """The v2 set: v1's backbone architecture; its description says what it holds (from the config)."""
+    cfg = _camvid_model(head, extra)
+    return cfg.replace(description=describe_set(cfg, what))
 
 
 RECIPES = (
@@ -150,7 +172,22 @@ V2_PROBE_FT_VIT_BLOCKS = 2
 """ViT blocks (the last ones) each head of ``camvid_v2_probe_ft`` has a trainable copy of."""
 
 
+RECIPE_SETS = {
+    "camvid_v2_stage2": "set v2",
+    "camvid_v2_blocks": "set v2, block-count ablation",
+    "camvid_v2_probe_ft": "set v2, probe with trainable features",
+}
+"""Recipe -> what its set is, in the set's generated description (:func:`describe_set`)."""
+
+
 def recipe(name: str, model: str | None = None) -> TrainConfig:
+    """The named recipe (:func:`_recipe`), its name recorded in ``TrainConfig.recipe``."""
+    tc = _recipe(name, model)
+    tc.recipe = name
+    return tc
+
+
+def _recipe(name: str, model: str | None = None) -> TrainConfig:
     """Named recipes: ``camvid_stage1`` (backbone + linear head from scratch), ``camvid_stage2`` (five
     heads on the frozen stage-1 backbone), ``camvid_v2_stage1`` (the v2 backbone: v1's recipe for
     12,500 iterations, 2.5x), ``camvid_v2_stage2`` (``camvid_stage2`` with the seven heads of
@@ -163,18 +200,14 @@ def recipe(name: str, model: str | None = None) -> TrainConfig:
     one seed every head sees the same data in the same order."""
     if name == "camvid_v2_blocks":
         tc = recipe("camvid_v2_stage2")
-        tc.model = _camvid_v2_model(V2_BLOCKS_HEADS[0], V2_BLOCKS_HEADS[1:]).replace(
-            description="CamVid (11 classes) set v2, block-count ablation: CSE and PWE (num_blocks blocks) on the "
-            "frozen v2 backbone",
-        )
+        tc.model = _camvid_v2_model(V2_BLOCKS_HEADS[0], V2_BLOCKS_HEADS[1:], "set v2, block-count ablation")
         return tc
     if name == "camvid_v2_probe_ft":
         tc = recipe("camvid_v2_stage2")
-        tc.model = _camvid_v2_model(V2_PROBE_FT_HEADS[0], V2_PROBE_FT_HEADS[1:]).replace(
-            head_vit_blocks=V2_PROBE_FT_VIT_BLOCKS,
-            description="CamVid (11 classes) set v2, probe with features that can move: per-pixel and per-pixel "
-            "+ deep supervision, each with its own trainable copy of the v2 backbone's last two ViT blocks",
+        model = _camvid_v2_model(V2_PROBE_FT_HEADS[0], V2_PROBE_FT_HEADS[1:]).replace(
+            head_vit_blocks=V2_PROBE_FT_VIT_BLOCKS
         )
+        tc.model = model.replace(description=describe_set(model, "set v2, probe with trainable features"))
         return tc
     if name == "camvid_v2_stage2":
         tc = recipe("camvid_stage2")
@@ -304,17 +337,39 @@ def head_losses(
     weight: torch.Tensor | None,
     tc: TrainConfig,
     ignore_index: int = 255,
+    rng_seeds: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss per head (deep-supervision terms included) for one batch of backbone features [B, C, h, w]: one map
-    for every head, or head name -> that head's map (:meth:`Segmentor.head_features`); labels [B, H, W]."""
+    for every head, or head name -> that head's map (:meth:`Segmentor.head_features`); labels [B, H, W].
+    With ``rng_seeds`` (head name -> seed, :func:`head_rng_seed`) each head's forward draws its random numbers
+    (drop-path masks, dropout) from a stream of its own, so a head trains the same whichever heads share the run."""
     losses = {}
     for name, head in model.heads.items():
-        out = head(features if isinstance(features, torch.Tensor) else features[name])
+        with head_rng(rng_seeds.get(name) if rng_seeds else None, next(head.parameters()).device):
+            out = head(features if isinstance(features, torch.Tensor) else features[name])
         loss = seg_loss(out.logits, label, weight, ignore_index)
         for aux in out.aux_logits:
             loss = loss + tc.ds_weight * seg_loss(aux, label, weight, ignore_index)
         losses[name] = loss
     return losses
+
+
+def head_rng_seed(seed: int, head: str, iteration: int) -> int:
+    """The seed of head ``head``'s random stream at ``iteration`` of a run seeded ``seed``: a function of the
+    three only (CRC-32 of the name), so it does not depend on the other heads of the run nor on resuming."""
+    return (seed * 1_000_003 + zlib.crc32(head.encode()) * 100_003 + iteration) % (2**63 - 1)
+
+
+@contextlib.contextmanager
+def head_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block under torch's RNG seeded with ``seed`` (CPU, and ``device`` when it is a GPU), restoring
+    the global RNG state afterwards; nothing when ``seed`` is None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_head_inits(model: Segmentor, seed: int) -> None:
@@ -358,6 +413,91 @@ def init_source_key(key: str, cfg: ModelConfig) -> str | None:
     return None
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a shipped file may name it: relative to the repository when inside it, else its base name
+    (no machine paths in results)."""
+    p = Path(path).expanduser().resolve()
+    try:
+        return p.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return p.name
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding the code (dirty: uncommitted
+    changes under ``structtoken/`` or ``scripts/``, what a run executes)."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "structtoken", "scripts"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def run_provenance(tc: TrainConfig, init_from: str | None) -> dict[str, Any]:
+    """Where a run comes from: recipe, seed, the ``--init-from`` file (repository-relative or base name) with its
+    sha256 and the backbone origin it carries, git commit, torch and Python versions."""
+    import platform
+
+    prov: dict[str, Any] = {
+        "recipe": tc.recipe,
+        "seed": tc.seed,
+        "heads": list(tc.model.heads),
+        "git": git_state(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "init_from": None,
+        "backbone": {"origin": "trained in this run"},
+    }
+    if init_from:
+        from .checkpoint import file_sha256, read_metadata
+
+        digest = file_sha256(init_from)
+        prov["init_from"] = {"file": display_path(init_from), "sha256": digest}
+        try:
+            carried = json.loads(read_metadata(init_from).get("provenance", "{}")).get("backbone")
+        except (ValueError, AttributeError):
+            carried = None
+        prov["backbone"] = carried or {"origin": "copied from init_from", **prov["init_from"]}
+        prov["backbone"].setdefault("copied_from", prov["init_from"])
+    return prov
+
+
+def run_timing(log_path: Path) -> dict[str, Any]:
+    """Wall time of the training loop and median seconds per iteration from a run's ``log.jsonl`` (the
+    ``interval_s`` / ``interval_iters`` of its records; summed over resumed processes)."""
+    wall, rates = 0.0, []
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if "interval_s" in rec and rec.get("interval_iters"):
+                wall += rec["interval_s"]
+                rates.append(rec["interval_s"] / rec["interval_iters"])
+    rates.sort()
+    median = (
+        (rates[len(rates) // 2] if len(rates) % 2 else sum(rates[len(rates) // 2 - 1 : len(rates) // 2 + 1]) / 2)
+        if rates
+        else None
+    )
+    return {"train_wall_s": round(wall, 3), "median_s_per_iter": round(median, 4) if median else None}
+
+
 def sync_from_rank0(tensors: Iterable[torch.Tensor]) -> None:
     """Overwrite ``tensors`` (parameters, buffers) on every rank with rank 0's (torch.distributed)."""
     for t in tensors:
@@ -397,6 +537,7 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.tc, self.out, self.device, self.progress = tc, out_dir, device, progress
+        self.init_from = init_from
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -511,7 +652,8 @@ class Trainer:
                 model.train()
                 tokens, grid = model.backbone.forward_tokens(image)
             features = model.head_features(tokens, grid)  # head -> [B, C, h, w]
-            losses = head_losses(model, features, label, self.weight, tc, self.ignore_index)
+            seeds = {name: head_rng_seed(tc.seed, name, self.it) for name in model.heads}
+            losses = head_losses(model, features, label, self.weight, tc, self.ignore_index, seeds)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -543,10 +685,13 @@ class Trainer:
         if resume and ckpt.is_file():
             self.resume(ckpt)
             print(f"resumed from {ckpt} at iteration {self.it}", file=sys.stderr)
-        (self.out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+        prov = run_provenance(tc, self.init_from)
+        config_file = self.out / "train_config.json"
+        config_file.write_text(json.dumps({**tc.to_dict(), "provenance": prov}, indent=1))
         log = open(self.out / "log.jsonl", "a")  # noqa: SIM115 - closed on every exit path below
         bar = tqdm(total=tc.iters, initial=self.it, desc="train", disable=not self.progress or self.rank != 0)
         t0, seen0 = time.perf_counter(), self.it
+        t_last, it_last = t0, self.it
         while self.it < stop:
             epoch, start = divmod(self.it, self.iters_per_epoch)
             for batch in self._loader(epoch, start):
@@ -560,7 +705,10 @@ class Trainer:
                         **{k: round(v, 5) for k, v in stats.items()},
                         "images_per_s": round(rate, 2),
                         "elapsed_s": round(time.perf_counter() - t0, 1),
+                        "interval_s": round(time.perf_counter() - t_last, 3),
+                        "interval_iters": self.it - it_last,
                     }
+                    t_last, it_last = time.perf_counter(), self.it
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{sum(v for k, v in stats.items() if k.startswith('loss')):.3f}")
@@ -577,7 +725,10 @@ class Trainer:
             return None
         final = self.out / "final.safetensors"
         if self.rank == 0:
-            save_model(self.model, final, metadata={"train_config": json.dumps(tc.to_dict())})
+            prov |= {"iterations": self.it, **run_timing(self.out / "log.jsonl")}
+            config_file.write_text(json.dumps({**tc.to_dict(), "provenance": prov}, indent=1))
+            meta = {"train_config": json.dumps(tc.to_dict()), "provenance": json.dumps(prov)}
+            save_model(self.model, final, metadata=meta)
             if self.val is not None:
                 log.write(json.dumps({"iter": self.it, "final": True, **self.evaluate()}) + "\n")
         log.close()
@@ -632,6 +783,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         tc.model = tc.model.replace(head=args.heads[0], extra_heads=tuple(args.heads[1:]))
     if args.num_blocks is not None:
         tc.model = tc.model.replace(num_blocks=args.num_blocks)
+    if tc.model.name == "camvid" and (args.heads or args.num_blocks is not None):
+        tc.model = tc.model.replace(description=describe_set(tc.model, RECIPE_SETS.get(args.recipe, "")))
     if tc.warmup_iters > tc.iters:
         tc.warmup_iters = max(1, tc.iters // 20)
     tc.ckpt_interval = min(tc.ckpt_interval, tc.iters)

@@ -14,7 +14,7 @@ from test_train import tiny_recipe, write_dataset
 from structtoken import ModelConfig, build_model, load_model, save_model
 from structtoken.config import COMPARED_HEADS, HEAD_KINDS, HEAD_NAMES, PARADIGMS, STRUCTTOKEN_HEADS
 from structtoken.heads import STRUCTTOKEN_BLOCKS, FCNHead, SegmenterHead, StructTokenHead, build_head
-from structtoken.readouts import readout_unavailable, stage_maps, stage_scores
+from structtoken.readouts import readout_unavailable, stage_maps
 from structtoken.train import V2_STAGE2_HEADS, Trainer, recipe, seed_head_inits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,13 +70,14 @@ def test_fcn_blocks_are_its_layers_read_through_the_classifier():
     assert "32 feature channels" in reason and "K = 4" in reason
 
 
-def test_segmenter_masks_after_every_layer_and_raw_cosines():
+def test_segmenter_masks_after_every_layer_and_cosines():
     model = tiny_all()
     head = model.heads["segmenter"]
     assert isinstance(head, SegmenterHead)
     with torch.no_grad():
         out = head(torch.randn(2, 32, 3, 4))
-        raw = stage_scores("segmenter", head, out, "raw")
+        raw = [head.cosine_readout(s, m, out) for s, m in enumerate(stage_maps(out))]
+    assert readout_unavailable("segmenter", head, "raw") is not None  # no channel is a class
     assert out.classes_init.shape == (2, 4, 32)
     for b in out.blocks:
         assert b.features.shape == (2, 32, 3, 4) and b.classes.shape == (2, 4, 32)
@@ -158,11 +159,11 @@ def test_new_heads_round_trip_through_our_checkpoint(tmp_path):
 def test_v2_stage2_recipe_is_stage2_with_seven_heads_on_the_v2_set():
     v1, v2 = recipe("camvid_stage2"), recipe("camvid_v2_stage2")
     assert v2.model.heads == V2_STAGE2_HEADS
-    assert v2.model.replace(head="cse", extra_heads=()) == recipe("camvid_v2_stage1").model.replace(
-        head="cse", extra_heads=()
+    assert v2.model.replace(head="cse", extra_heads=(), description="") == recipe("camvid_v2_stage1").model.replace(
+        head="cse", extra_heads=(), description=""
     )
     d1, d2 = v1.to_dict(), v2.to_dict()
-    d1.pop("model"), d2.pop("model")
+    d1.pop("model"), d2.pop("model"), d1.pop("recipe"), d2.pop("recipe")
     assert d1 == d2 and v2.freeze_backbone and v2.class_weights
 
 
@@ -202,3 +203,43 @@ def test_init_from_a_trained_set_copies_the_backbone_only(tmp_path):
             assert torch.equal(v, ref[k]), k
         elif k.startswith("heads."):
             assert torch.equal(v, fresh[k]), k
+
+
+@pytest.mark.parametrize("kind", STRUCTTOKEN_HEADS)
+def test_structtoken_heads_start_as_the_official_init_weights(kind):
+    """The official ``init_weights`` rules, one by one: tokens truncated normal std 0.02; Conv2d Kaiming normal
+    fan-in (ReLU gain), zero bias; LayerNorm weight 1, bias 0; Linear truncated normal std 0.02, zero bias."""
+    cfg = recipe("camvid_v2_stage2").model
+    head = build_head(kind, cfg)
+    head.linear_probe = torch.nn.Linear(256, 64)  # the Linear rule (the official heads hold none themselves)
+    with torch.no_grad():  # disturb everything so that init_weights must set it
+        for p in head.parameters():
+            p.fill_(0.7)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        head.init_weights()
+    head.requires_grad_(False)
+    assert float(head.tokens.std()) == pytest.approx(0.02, rel=0.05)
+    assert float(head.tokens.abs().max()) <= 2.0
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) > 10
+    for m in convs:
+        fan_in = m.weight[0].numel()
+        if m.weight.numel() >= 4096:
+            assert float(m.weight.std()) == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.1), m
+        assert float(m.weight.mean().abs()) < 5 * (2.0 / fan_in / m.weight.numel()) ** 0.5  # centred
+        assert torch.count_nonzero(m.bias) == 0
+    norms = [m for m in head.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(torch.all(m.weight == 1) and torch.count_nonzero(m.bias) == 0 for m in norms)
+    assert float(head.linear_probe.weight.std()) == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(head.linear_probe.bias) == 0
+
+
+def test_seed_head_inits_uses_the_official_rules_for_structtoken_heads():
+    model = tiny_all()
+    seed_head_inits(model, 3)
+    for kind in STRUCTTOKEN_HEADS:
+        head = model.heads[kind]
+        assert all(torch.count_nonzero(m.bias) == 0 for m in head.modules() if isinstance(m, torch.nn.Conv2d))
+        conv = head.proj
+        assert float(conv.weight.detach().std()) == pytest.approx((2.0 / conv.weight[0].numel()) ** 0.5, rel=0.15)

@@ -61,6 +61,8 @@ def test_raw_readout_is_the_class_maps_or_says_why_not(name):
     with torch.no_grad():
         out = head(torch.randn(1, 32, 4, 4))
     reason = readout_unavailable(name, head, "raw", None)
+    # raw exists exactly where channel k is class k by construction
+    assert (reason is None) == (name in ("cse", "sse", "pwe", "per_pixel_ds", "linear")), (name, reason)
     if reason is not None:
         assert "channel" in reason
         with pytest.raises(ReadoutError, match=name):
@@ -141,7 +143,10 @@ def accuracy_and_miou(model, dataset, name, readout, stage, fitted=None):
         image, label = dataset.load_pair(i)
         with torch.no_grad():
             out = head(model.backbone(model.preprocess(image, scale=None)))
-            s = stage_scores(name, head, out, readout, fitted)[stage]
+            if readout == "channels":  # channel k as class k, whether or not the head makes it so
+                s = stage_maps(out)[stage]
+            else:
+                s = stage_scores(name, head, out, readout, fitted)[stage]
         pred = upsample(s, label.shape)[0].argmax(0).numpy()
         m = label != 255
         np.add.at(conf, (label[m], pred[m]), 1)
@@ -156,8 +161,10 @@ def test_permutation_head_raw_wrong_head_right_fitted_recovers_it(tmp_path):
     labels = np.concatenate([train.load_pair(i)[1].ravel() for i in range(len(train))])
     assert len(set(labels.tolist()) - {255}) == 4, "the synthetic split must hold every class"
     n = model.cfg.num_blocks
-    acc, miou = accuracy_and_miou(model, train, "per_pixel", "raw", n)
-    assert acc < 0.02 and miou < 0.02
+    acc, miou = accuracy_and_miou(model, train, "per_pixel", "channels", n)
+    assert acc < 0.02 and miou < 0.02  # why raw is not applicable to per_pixel: channel k is not class k
+    with pytest.raises(ReadoutError, match="not class maps by construction"):
+        accuracy_and_miou(model, train, "per_pixel", "raw", n)
     acc, miou = accuracy_and_miou(model, train, "per_pixel", "head", n)
     assert acc == 1.0 and miou == 1.0
 
@@ -195,7 +202,7 @@ def lenses_for(model, scale: float = 1.0) -> FittedReadouts:
         for name, head in model.heads.items():
             lenses[name] = tuple(
                 StageLens(scale * torch.randn(k, m.shape[1], generator=gen), torch.randn(k, generator=gen))
-                for m in head(feats).stage_maps()
+                for m in head.fitted_maps(head(feats))
             )
     return FittedReadouts(lenses=lenses, metadata={"split": "train", "num_images": 0})
 
@@ -217,8 +224,15 @@ def test_fitted_file_round_trip_beside_the_set(tmp_path):
         out = loaded.heads["cse"](torch.randn(1, 32, 4, 4))
         scores = stage_scores("cse", loaded.heads["cse"], out, "fitted", fr)
     lens = fr.lenses["cse"][1]
-    expected = torch.einsum("kc,bchw->bkhw", lens.weight, out.blocks[0].tokens) + lens.bias.view(1, -1, 1, 1)
+    # fitted reads what block 1 hands to block 2: its tokens and its features (K + C channels)
+    state = torch.cat((out.blocks[0].tokens, out.blocks[0].features), dim=1)
+    assert lens.weight.shape == (4, 4 + 32)
+    expected = torch.einsum("kc,bchw->bkhw", lens.weight, state) + lens.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(scores[1], expected)
+    last = fr.lenses["cse"][len(out.blocks)]  # after the last block only the tokens go on (to the residual block)
+    assert last.weight.shape == (4, 4)
+    expected = torch.einsum("kc,bchw->bkhw", last.weight, out.blocks[-1].tokens) + last.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(scores[len(out.blocks)], expected)
     with pytest.raises(CheckpointError, match="fitted-readout file"):
         load_model(path)
 

@@ -158,12 +158,22 @@ def test_resume_continues_bit_exactly(tmp_path):
 
 
 def test_deep_supervision_pair_starts_identical_and_differs_only_by_loss(tmp_path):
+    """Same start, same batches: with the deep-supervision weight at 0 the pair ends identical, weight for
+    weight; with mmseg's 0.4 it differs. So the loss is the only difference."""
     data = write_dataset(tmp_path / "data")
-    trainer = Trainer(tiny_tc(iters=1), data, tmp_path / "run", torch.device("cpu"), progress=False)
-    a, b = trainer.model.heads["per_pixel"], trainer.model.heads["per_pixel_ds"]
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-    trainer.run()
-    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    ends = {}
+    for ds_weight in (0.0, 0.4):
+        tc = tiny_tc(iters=3, freeze_backbone=True, ds_weight=ds_weight)
+        trainer = Trainer(tc, data, tmp_path / f"run{ds_weight}", torch.device("cpu"), progress=False)
+        a, b = trainer.model.heads["per_pixel"], trainer.model.heads["per_pixel_ds"]
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+        start = {k: v.clone() for k, v in a.state_dict().items()}
+        trainer.run()
+        assert any(not torch.equal(start[k], v) for k, v in a.state_dict().items())
+        ends[ds_weight] = all(
+            torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        )
+    assert ends == {0.0: True, 0.4: False}
 
 
 def test_frozen_backbone_stays_unchanged(tmp_path):
@@ -172,8 +182,13 @@ def test_frozen_backbone_stays_unchanged(tmp_path):
         tiny_tc(freeze_backbone=True, iters=3), data, tmp_path / "run", torch.device("cpu"), progress=False
     )
     before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    heads_before = {k: v.clone() for k, v in trainer.model.heads.state_dict().items()}
     trainer.run()
     assert all(torch.equal(before[k], v) for k, v in trainer.model.backbone.state_dict().items())
+    for name in trainer.model.heads:  # while every head trained
+        prefix = f"{name}."
+        moved = [k for k, v in trainer.model.heads.state_dict().items() if k.startswith(prefix)]
+        assert any(not torch.equal(heads_before[k], trainer.model.heads.state_dict()[k]) for k in moved), name
 
 
 def test_cli_reports_missing_data_folder(tmp_path, capsys):
@@ -336,12 +351,13 @@ def _cli_config(*argv: str) -> TrainConfig:
 
 def test_v2_recipes_share_stage2_schedule_and_batches():
     v2 = recipe("camvid_v2_stage2").to_dict()
-    v2.pop("model")
+    v2.pop("model"), v2.pop("recipe")
     for name, heads in (("camvid_v2_blocks", V2_BLOCKS_HEADS), ("camvid_v2_probe_ft", V2_PROBE_FT_HEADS)):
         tc = recipe(name)
         assert tc.model.heads == heads and tc.freeze_backbone
         d = tc.to_dict()
         d.pop("model")
+        assert d.pop("recipe") == name
         assert d == v2, name  # same seed -> same data order, crops, schedule as stage 2
     assert V2_BLOCKS_HEADS == ("cse", "pwe") and V2_PROBE_FT_HEADS == ("per_pixel", "per_pixel_ds")
     assert recipe("camvid_v2_probe_ft").model.head_vit_blocks == 2 and recipe("camvid_v2_blocks").model.num_blocks == 4
@@ -550,7 +566,8 @@ sys.path[:0] = [sys.argv[3], os.path.join(sys.argv[3], "tests")]
 from test_train import ddp_tc
 from structtoken.train import Trainer
 torch.set_num_threads(1)
-torch.distributed.init_process_group("gloo")
+rank = int(os.environ["RANK"])
+torch.distributed.init_process_group("gloo", init_method="file://" + sys.argv[4], rank=rank, world_size=2)
 trainer = Trainer(ddp_tc(), Path(sys.argv[1]), Path(sys.argv[2]), torch.device("cpu"), progress=False)
 trainer.run(stop_at=3)
 params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
@@ -567,16 +584,13 @@ def ddp_tc() -> TrainConfig:  # the worker script imports it by name
 def test_two_ranks_train_one_model(tmp_path):
     """Under torchrun every rank reads its own share of the data; after each backward the gradients
     are averaged, so the ranks' weights stay identical (two gloo processes on the CPU)."""
-    import socket
     import subprocess
     import sys
 
     data = write_dataset(tmp_path / "data", n_train=8)
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    rendezvous = tmp_path / "rendezvous"  # a file, not a port another process could take in between
     root = str(Path(__file__).resolve().parent.parent)
     procs = []
     for rank in range(2):
@@ -585,21 +599,25 @@ def test_two_ranks_train_one_model(tmp_path):
             RANK=str(rank),
             WORLD_SIZE="2",
             LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
             OMP_NUM_THREADS="1",
         )
         out = tmp_path / f"run{rank}"
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(data), str(out), root],
+                [sys.executable, str(script), str(data), str(out), root, str(rendezvous)],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
         )
-    logs = [p.communicate(timeout=240)[0] for p in procs]
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:  # never leave a rank running (a timeout, a failed rank whose partner waits forever)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert all(p.returncode == 0 for p in procs), logs
     a = torch.load(tmp_path / "run0" / "params_rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "run1" / "params_rank1.pt", weights_only=True)
@@ -618,3 +636,61 @@ def test_cli_refuses_cuda_without_a_gpu_in_one_line(tmp_path, capsys):
         main(["--recipe", "camvid_v2_stage1", "--out", str(tmp_path / "run"), "--device", "cuda"])
     assert e.value.code == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_heads_train_the_same_in_any_grouping(tmp_path):
+    """Heads are independent (own parameters, loss, clipping and random stream; same batches), so a run of
+    every head equals runs of groups of them, weight for weight (with drop path active)."""
+    data = write_dataset(tmp_path / "data")
+    every = tiny_tc(freeze_backbone=True, iters=4)
+    every.model = every.model.replace(extra_heads=("per_pixel", "per_pixel_ds", "pwe"), head_drop_path_rate=0.3)
+    together = Trainer(every, data, tmp_path / "all", torch.device("cpu"), progress=False)
+    together.run()
+    for group in (("cse", "per_pixel"), ("per_pixel_ds", "pwe")):
+        tc = tiny_tc(freeze_backbone=True, iters=4)
+        tc.model = every.model.replace(head=group[0], extra_heads=group[1:])
+        alone = Trainer(tc, data, tmp_path / "_".join(group), torch.device("cpu"), progress=False)
+        alone.run()
+        for name in group:
+            ours, theirs = together.model.heads[name].state_dict(), alone.model.heads[name].state_dict()
+            start = build_model(tc.model).heads[name].state_dict()
+            for k, v in ours.items():
+                assert torch.equal(v, theirs[k]), (name, k)
+            assert any(not torch.equal(v, start[k]) for k, v in ours.items() if k in start), name
+
+
+def test_a_run_records_its_provenance(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    src = tmp_path / "src.safetensors"
+    save_model(build_model(tiny_tc().model), src)
+    tc = tiny_tc(freeze_backbone=True, iters=2, log_interval=1)
+    tc.recipe = "tiny"
+    final = Trainer(tc, data, tmp_path / "run", torch.device("cpu"), init_from=str(src), progress=False).run()
+    cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    prov = cfg["provenance"]
+    import hashlib
+
+    assert prov["recipe"] == "tiny" and prov["seed"] == 0 and prov["torch"] == torch.__version__
+    assert prov["init_from"] == {"file": "src.safetensors", "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    assert prov["backbone"]["sha256"] == prov["init_from"]["sha256"]
+    assert prov["iterations"] == 2 and prov["train_wall_s"] > 0 and prov["median_s_per_iter"] > 0
+    assert prov["git"]["commit"] is None or len(prov["git"]["commit"]) == 40
+    assert str(tmp_path) not in json.dumps(cfg)
+    from structtoken.checkpoint import read_metadata
+
+    assert json.loads(read_metadata(final)["provenance"]) == prov
+    # a set trained from that set carries the backbone's origin on, not the intermediate file's
+    tc2 = tiny_tc(freeze_backbone=True, iters=1, log_interval=1)
+    Trainer(tc2, data, tmp_path / "run2", torch.device("cpu"), init_from=str(final), progress=False).run()
+    prov2 = json.loads((tmp_path / "run2" / "train_config.json").read_text())["provenance"]
+    assert prov2["backbone"]["sha256"] == prov["init_from"]["sha256"]
+    assert prov2["init_from"]["file"] == "final.safetensors"
+
+
+def test_set_descriptions_are_generated_from_the_config():
+    assert "12,500" not in recipe("camvid_v2_stage2").model.description
+    args = build_parser().parse_args(
+        ["--recipe", "camvid_v2_blocks", "--out", "x", "--num-blocks", "6", "--heads", "cse", "pwe"]
+    )
+    desc = train_config_from_args(args).model.description
+    assert "(6 blocks)" in desc and "CSE, PWE" in desc and "block-count ablation" in desc

@@ -106,6 +106,16 @@ class Head(nn.Module):
     """
 
     num_classes: int
+    head_readout_text: str = "the head's remaining output layers applied to the stage"
+    """What the ``head`` readout applies to a stage (one phrase, for the report's definitions)."""
+    fitted_input_text: str = "the stage's maps"
+    """What the ``fitted`` readout reads at a stage (one phrase, for the report's definitions)."""
+
+    def fitted_maps(self, out: HeadOutput) -> tuple[torch.Tensor, ...]:
+        """The S = N + 2 maps the ``fitted`` readout reads, stage 0 .. N + 1: every per-pixel channel a stage
+        hands to the next block, [B, Ws, h, w] each (the last being the logits [B, K, h, w]). By default the
+        stage maps (:meth:`HeadOutput.stage_maps`); a head that hands on more overrides it."""
+        return out.stage_maps()
 
     def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """``head`` readout ("logit lens"): the head's remaining output layers applied to ``maps``
@@ -119,8 +129,8 @@ class Head(nn.Module):
         return None
 
     def raw_caveat(self) -> str | None:
-        """A one-line warning to show beside the ``raw`` readout when this head's stage channels are
-        not trained to be class maps (channel k need not be class k), else None."""
+        """Kept for callers of the earlier API: ``raw`` now exists only where channel k is class k by
+        construction (:meth:`raw_unavailable` says why not elsewhere), so there is nothing to caveat."""
         return None
 
     def raw_readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:

@@ -63,6 +63,9 @@ class FCNHead(Head):
             stage_field="features",
         )
 
+    head_readout_text = "the final 1x1 classifier applied to the stage's feature maps"
+    fitted_input_text = "the C-channel feature maps a stage hands to the next conv pair"
+
     def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """``classifier(maps)`` for stages 0 .. N (features [B, C, h, w]); identity at the output stage."""
         if self.check_stage(stage, out) == out.num_stages - 1:

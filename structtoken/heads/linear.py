@@ -27,6 +27,9 @@ class LinearHead(Head):
         logits = self.classifier(self.norm(features))
         return HeadOutput(logits=logits, tokens_init=logits, blocks=())
 
+    head_readout_text = "the identity (both stages are the logits)"
+    fitted_input_text = "the logits"
+
     def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """Identity: both stages already are the logits [B, K, h, w]."""
         self.check_stage(stage, out)

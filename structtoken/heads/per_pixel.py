@@ -40,14 +40,17 @@ class PerPixelHead(Head):
         aux = tuple(m.tokens for m in maps) if self.deep_supervision else ()
         return HeadOutput(logits=self.classifier(x), tokens_init=tokens_init, blocks=tuple(maps), aux_logits=aux)
 
-    def raw_caveat(self) -> str | None:
+    head_readout_text = "the final 1x1 classifier applied to the stage's K-channel map"
+    fitted_input_text = "the K-channel map a stage hands to the next residual block"
+
+    def raw_unavailable(self) -> str | None:
         """Without deep supervision nothing ties channel k of a block's map to class k: the final 1x1
         ``classifier`` is a dense K x K mix. With it, every block's map is trained as class logits."""
         if self.deep_supervision:
             return None
         return (
-            "its block maps are not class-aligned: the final 1x1 classifier mixes all K channels, so under "
-            "raw channel k need not be class k (compare with the head or fitted readout)"
+            "its block maps are not class maps by construction: the final 1x1 classifier mixes all K channels, "
+            "so channel k need not be class k (use the head or fitted readout)"
         )
 
     def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:

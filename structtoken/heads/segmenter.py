@@ -28,9 +28,9 @@ class SegmenterHead(Head):
     ``proj_dec`` (stage 0), then after each layer; the class embeddings of each stage are
     ``classes_init`` / ``BlockMaps.classes`` [B, K, d]. A layer's ``tokens`` are the masks the
     output layers (decoder norm, projections, L2 norm, product, mask norm) make of that layer's
-    tokens: the ``head`` readout; the last layer's are the logits. ``raw`` is the cosine similarity
-    of each patch token with each class embedding of the same stage, without the learned output
-    layers (in [-1, 1]).
+    tokens: the ``head`` readout; the last layer's are the logits. It has no ``raw`` readout (no
+    channel is a class); :meth:`cosine_readout` gives the cosine of each patch token with each class
+    embedding of the same stage, without the learned output layers (in [-1, 1]).
     """
 
     def __init__(
@@ -119,7 +119,19 @@ class SegmenterHead(Head):
         h, w = maps.shape[-2:]
         return self.masks(maps.flatten(2).transpose(1, 2), self._stage_classes(stage, out), h, w)
 
-    def raw_readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
+    head_readout_text = (
+        "decoder norm, patch and class projections, L2 normalisation, the patch-class product and the mask norm "
+        "applied to the stage's patch tokens and class embeddings"
+    )
+    fitted_input_text = "the d-channel patch tokens a stage hands to the next layer"
+
+    def raw_unavailable(self) -> str | None:
+        return (
+            f"segmenter's stages are {self.embed_dim}-channel patch tokens, not K = {self.num_classes} class maps: "
+            "no channel is a class (its classes come from class embeddings; use the head or fitted readout)"
+        )
+
+    def cosine_readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """Cosine of every patch token (maps [B, d, h, w]) with every class embedding of the stage ->
         [B, K, h, w]; the logits themselves at the output stage."""
         stage = self.check_stage(stage, out)

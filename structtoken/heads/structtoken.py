@@ -66,6 +66,28 @@ class StructTokenHead(Head):
             block(in_channels, num_classes, mlp_ratio, dpr[i], i == num_blocks - 1) for i in range(num_blocks)
         )
 
+    def init_weights(self) -> None:
+        """The official ``init_weights`` of the ``*StructTokenHead`` modules: structure tokens from a truncated
+        normal (std 0.02, cut at +-2); Linear layers truncated normal (std 0.02), zero bias; Conv2d layers
+        Kaiming normal, fan-in, ReLU gain (mmcv ``kaiming_init(m, mode='fan_in', bias=0.)``), zero bias;
+        norms weight 1, bias 0. The blocks' own ``init_weights`` in the official code are mmcv's
+        ``BaseModule`` defaults without an ``init_cfg``, which change nothing. Draws from torch's global RNG."""
+        nn.init.trunc_normal_(self.tokens, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+                if m.weight is not None:
+                    nn.init.ones_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
     def forward(self, features: torch.Tensor) -> HeadOutput:
         b, _, h, w = features.shape
         feats = self.proj(features)
@@ -81,6 +103,23 @@ class StructTokenHead(Head):
             blocks=tuple(maps),
             features_init=features_init,
         )
+
+    head_readout_text = "the final residual conv block applied to the stage's structure tokens"
+    fitted_input_text = (
+        "the structure tokens and the feature maps a stage hands to the next block (K + C channels); "
+        "the tokens alone (K) after the last block, whose features no later layer reads"
+    )
+
+    def fitted_maps(self, out: HeadOutput) -> tuple[torch.Tensor, ...]:
+        """Stages 0 .. N - 1: tokens and features concatenated [B, K + C, h, w] (both enter the next block);
+        stage N: the tokens [B, K, h, w] (the residual block reads only them); then the logits."""
+        feats = [out.features_init, *(b.features for b in out.blocks)]
+        tokens = [out.tokens_init, *(b.tokens for b in out.blocks)]
+        n = len(out.blocks)
+        maps = [
+            torch.cat((t, f), dim=1) if s < n and f is not None else t for s, (t, f) in enumerate(zip(tokens, feats))
+        ]
+        return (*maps, out.logits)
 
     def readout(self, stage: int, maps: torch.Tensor, out: HeadOutput) -> torch.Tensor:
         """``residual(maps)`` for stages 0 .. N (tokens [B, K, h, w]); identity at the output stage."""
