@@ -452,15 +452,21 @@ def clear_for_new_image(image: Any) -> tuple[Any, ...]:
     return (None, None, None, None, None, summary, None, None, None, None, None, None, error_box(None))
 
 
-def _progress_adapter(progress: Any) -> Callable[[float, str], None] | None:
-    if progress is None:
-        return None
+class ProgressReport:
+    """The service's ``progress(fraction, description)`` over gradio's tracker. A module-level class, not a
+    closure: ``spaces.GPU`` (ZeroGPU) pickles the arguments into its GPU worker, which relays the steps
+    back to the page, so the steps ("loading model", "running the backbone and heads", ...) show there too."""
 
-    def report(frac: float | None, desc: str | None = None) -> None:
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+
+    def __call__(self, frac: float | None, desc: str | None = None) -> None:
         with contextlib.suppress(Exception):  # progress is cosmetic; never fail a request over it
-            progress(frac, desc=desc)
+            self.progress(frac, desc=desc)
 
-    return report
+
+def _progress_adapter(progress: Any) -> Callable[[float, str], None] | None:
+    return None if progress is None else ProgressReport(progress)
 
 
 # --------------------------------------------------------------------------- events
@@ -574,7 +580,7 @@ class ExplorerUI:
         self.tidy_memory()
         t_gc = time.perf_counter() - t_gc
         try:
-            result = self._run(request, None if _on_spaces() else _progress_adapter(progress))
+            result = self._run(request, _progress_adapter(progress))
         except AnalysisError as e:
             raise _refuse(str(e)) from None
         t1 = time.perf_counter()

@@ -141,3 +141,54 @@ def test_deploy_creates_a_gradio_space_and_uploads_the_dry_run_set(monkeypatch: 
     assert upload["repo_type"] == "space" and Path(upload["folder_path"]) == ROOT
     assert upload["allow_patterns"] == [p for p, _ in deploy_space.space_files(ROOT)]
     assert not any(set(p) & set("*?[") for p in upload["allow_patterns"])  # exact paths, no wildcard
+
+
+# ------------------------------------------------------------------------------ ZeroGPU's progress
+STEPS: list[tuple[float | None, str | None]] = []
+
+
+class RecordingProgress:
+    """A stand-in for ``gr.Progress`` that survives pickling (as gradio's does) and records the steps."""
+
+    def __call__(self, frac: float | None, desc: str | None = None) -> None:
+        STEPS.append((frac, desc))
+
+
+def test_progress_steps_survive_zerogpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``spaces`` installed, ``spaces.GPU`` pickles the function's arguments into a GPU worker; the
+    progress callback must go with them, so the page still shows the steps, not a bare "processing"."""
+    import pickle
+    import types
+
+    import numpy as np
+
+    pytest.importorskip("gradio")
+    import app
+    from analysis.service import Explorer
+    from tests.helpers import save_tiny_set
+
+    wrapped: list[str] = []
+
+    def gpu(duration: int = 60) -> Any:
+        def decorate(fn: Any) -> Any:
+            wrapped.append(fn.__name__)
+
+            def in_worker(*args: Any, **kwargs: Any) -> Any:  # ZeroGPU: args cross a process boundary
+                args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+                return fn(*args, **kwargs)
+
+            return in_worker
+
+        return decorate
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    tiny = save_tiny_set(tmp_path / "tiny.safetensors", classes=("road", "sky", "car", "tree"), palette=())
+    ui = app.ExplorerUI(Explorer())
+    assert wrapped == ["_analyze"]  # the service call runs under spaces.GPU
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    STEPS.clear()
+    out = ui.analyze_image(image, None, "prediction", checkpoint=str(tiny), progress=RecordingProgress(), pdf=False)
+    assert out[5]  # the summary
+    descs = [d for _, d in STEPS]
+    assert any(d and d.startswith("loading model") for d in descs), descs
+    assert "running the backbone and heads" in descs and "drawing figures" in descs, descs
