@@ -49,6 +49,7 @@ from analysis.service import (
     save_downloads,
     save_pdf,
 )
+from structtoken.errors import StructTokenError
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
@@ -538,6 +539,10 @@ class ExplorerUI:
             e.message = scrub_paths(str(e.message), _payload_path(checkpoint) or "")
             log.warning("request refused: %s", e.message)
             raise
+        except StructTokenError as e:  # a library refusal that reached the boundary: one line, its own words
+            msg = scrub_paths(str(e), _payload_path(checkpoint) or "")
+            log.warning("request refused: %s", msg)
+            raise _refuse(msg) from None
         except Exception as e:  # the event boundary: report, keep serving
             log.exception("analysis failed")
             msg = scrub_paths(str(e).splitlines()[0] if str(e) else "", _payload_path(checkpoint) or "")

@@ -30,9 +30,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from structtoken.assets import EMBEDDED, available_models, load_any
-from structtoken.checkpoint import FORMAT_KEY, CheckpointError, read_metadata
-from structtoken.config import REGISTRY, ConfigError, ModelConfig
-from structtoken.devices import head_workers, resolve_device
+from structtoken.checkpoint import FORMAT_KEY, read_metadata
+from structtoken.checkpoint import max_model_bytes as max_model_bytes_budget
+from structtoken.config import REGISTRY, ModelConfig, parse_config_json
+from structtoken.devices import head_workers, release_memory, resolve_device
+from structtoken.errors import StructTokenError, base_name, clean
 from structtoken.heads import build_head
 from structtoken.io import ImageReadError, read_image
 from structtoken.readouts import NO_FITTED_REASON, readout_unavailable, readouts_path
@@ -291,11 +293,14 @@ V = TypeVar("V")
 
 
 class _LRU(Generic[K, V]):
-    """A thread-safe least-recently-used mapping of at most ``size`` entries."""
+    """A thread-safe least-recently-used mapping of at most ``size`` entries and, when ``max_bytes`` is
+    given, at most that many bytes (each entry's as given to :meth:`put`; the newest entry is always kept)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self._items: OrderedDict[K, V] = OrderedDict()
+        self._bytes: dict[K, int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -305,21 +310,32 @@ class _LRU(Generic[K, V]):
                 self._items.move_to_end(key)
             return hit
 
-    def put(self, key: K, value: V) -> list[K]:
-        """Store ``value``; returns the keys evicted to make room."""
+    def put(self, key: K, value: V, nbytes: int = 0) -> list[K]:
+        """Store ``value`` (``nbytes`` large); returns the keys evicted to make room."""
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
+            self._bytes[key] = int(nbytes)
             evicted = []
-            while len(self._items) > self.size:
-                evicted.append(self._items.popitem(last=False)[0])
+            while len(self._items) > self.size or (
+                self.max_bytes is not None and len(self._items) > 1 and sum(self._bytes.values()) > self.max_bytes
+            ):
+                old = self._items.popitem(last=False)[0]
+                self._bytes.pop(old, None)
+                evicted.append(old)
             return evicted
+
+    def nbytes(self) -> int:
+        """Bytes held, as given to :meth:`put`."""
+        with self._lock:
+            return sum(self._bytes.values())
 
     def drop(self, keep: Callable[[K], bool]) -> None:
         """Forget every entry whose key ``keep`` rejects."""
         with self._lock:
             for k in [k for k in self._items if not keep(k)]:
                 del self._items[k]
+                self._bytes.pop(k, None)
 
     def values(self) -> list[V]:
         with self._lock:
@@ -328,6 +344,7 @@ class _LRU(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes.clear()
 
     def __len__(self) -> int:
         with self._lock:
@@ -388,7 +405,7 @@ def _cheap_config(spec: str) -> tuple[str, ModelConfig | None]:
         return "official", None
     try:
         meta = read_metadata(path)
-        return "ours", ModelConfig.from_dict(json.loads(meta[FORMAT_KEY])) if FORMAT_KEY in meta else None
+        return "ours", parse_config_json(meta[FORMAT_KEY], path.name) if FORMAT_KEY in meta else None
     except Exception:  # a cheap hint only; analysing the set reports the real problem
         return "unknown", None
 
@@ -400,10 +417,17 @@ class Explorer:
     Args:
         max_models: model sets kept loaded (evicting one forgets its images' maps).
         max_maps: (set, image) backbone passes kept.
+        max_model_bytes: bytes of weights the loaded sets may hold together (the newest set is always
+            kept); default ``STRUCTTOKEN_MODEL_CACHE_BYTES``, else the one-set budget
+            :func:`structtoken.checkpoint.max_model_bytes` (4 GiB). Evicted sets' memory is handed back to
+            the system (:func:`structtoken.devices.release_memory`).
     """
 
-    def __init__(self, max_models: int = 2, max_maps: int = 8) -> None:
-        self._models: _LRU[tuple[Any, ...], _ModelEntry] = _LRU(max_models)
+    def __init__(self, max_models: int = 2, max_maps: int = 8, max_model_bytes: int | None = None) -> None:
+        if max_model_bytes is None:
+            env = os.environ.get("STRUCTTOKEN_MODEL_CACHE_BYTES", "").strip()
+            max_model_bytes = int(float(env)) if env else max_model_bytes_budget()
+        self._models: _LRU[tuple[Any, ...], _ModelEntry] = _LRU(max_models, max_bytes=max_model_bytes)
         self._maps: _LRU[tuple[tuple[Any, ...], str], ImageMaps] = _LRU(max_maps)
         self._reports: dict[tuple[str, str], tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
         self._reports_lock = threading.Lock()
@@ -571,6 +595,7 @@ class Explorer:
         self._maps.clear()
         with self._reports_lock:
             self._reports.clear()
+        release_memory()
 
     def _model_entry(
         self, spec: str, device: torch.device, progress: Callable[..., Any] | None
@@ -593,10 +618,14 @@ class Explorer:
 
             try:
                 model = load_any(spec, device=device, progress=False, progress_callback=on_bytes)
-            except (CheckpointError, ConfigError) as e:
+            except StructTokenError as e:
                 raise AnalysisError(str(e)) from None
-            except (ValueError, OSError, RuntimeError) as e:
-                raise AnalysisError(f"could not load model {spec!r}: {e}") from None
+            except Exception as e:  # e.g. CUDA out of memory moving the set: say so in the project's words
+                release_memory()
+                raise AnalysisError(
+                    f"could not load model {base_name(spec)} ({type(e).__name__}: {clean(e, 80)}); "
+                    "try another model or device 'cpu'"
+                ) from None
             model.eval().set_exact_attention(False)  # the fast path (fused SDPA), same tolerance to the fixtures
             if device.type == "cpu":  # the heads side by side, one thread each (Segmentor.set_head_workers)
                 try:
@@ -604,8 +633,12 @@ class Explorer:
                 except ValueError as e:
                     raise AnalysisError(str(e)) from None
             entry = _ModelEntry(spec=spec, key=key, model=model)
-            for old in self._models.put(key, entry):
+            nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            evicted = self._models.put(key, entry, nbytes)
+            for old in evicted:
                 self._maps.drop(lambda k, old=old: k[0] != old)
+            if evicted:
+                release_memory()  # the evicted sets' pages back to the system, not kept by the allocator
             return entry, time.perf_counter() - t0
 
     def _image_maps(

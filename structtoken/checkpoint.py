@@ -49,8 +49,8 @@ MAX_HEADER_BYTES = 16 * 2**20
 """Longest safetensors header accepted (the 150-class ViT-L set's is under 100 KB)."""
 MAX_PICKLE_BYTES = 64 * 2**20
 """Longest pickle (``data.pkl``) accepted in a ``.pth`` archive (a state dict's is a few hundred KB)."""
-MAX_RECORDS = 100_000
-"""Most records accepted in a ``.pth`` archive (ViT-L has about 500 tensors)."""
+MAX_RECORDS = 10_000
+"""Most records accepted in a ``.pth`` archive (ViT-L has about 500 tensors, 1,500 with Adam's state)."""
 MAX_INFLATE_RATIO = 64
 """A compressed ``.pth`` record may declare at most this many times its stored size (deflate of float
 weights gains ~1.1x; ``torch.save`` stores records uncompressed): more is a zip bomb."""
@@ -340,7 +340,7 @@ def _guarded(name: str, load: Callable[[], Segmentor]) -> Segmentor:
             f"{name}: cannot load: malformed contents ({type(e).__name__}: {clean(e, 60)}); "
             "use an intact .safetensors set or an official .pth"
         )
-    release_memory()
+    release_memory(full_collect=False)
     raise err from None
 
 

@@ -125,7 +125,7 @@ def _texts(v: Any, name: str, limit: int, max_items: int) -> tuple[str, ...]:
     return tuple(v)
 
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # one JSON string (unrolled: no backtracking stack)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 

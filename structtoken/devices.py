@@ -145,17 +145,19 @@ def tune_malloc(settings: dict[str, int] | None = None) -> bool:
         return False
 
 
-def release_memory() -> bool:
+def release_memory(full_collect: bool = True) -> bool:
     """Collect garbage and hand the allocator's free pages back to the system (glibc ``malloc_trim(0)``).
 
     Why: a refused or evicted model set is freed by the garbage collector, but glibc keeps the freed pages in
     its heaps (measured, issue 24: RSS 3.35 GB after a refused ``depth: 3000`` upload, 0.76 GB only after
     ``malloc_trim(0)``). Called after every failed load and every eviction from the Explorer's model cache.
+    ``full_collect=False`` collects only the youngest generation (a full collection costs ~0.2 s with torch
+    and gradio loaded; a refused load frees its tensors by reference counting, with no cycle to break).
     Returns whether the pages were trimmed (False off glibc: musl, macOS, Windows, where this only collects)."""
     import gc
     import sys
 
-    gc.collect()
+    gc.collect() if full_collect else gc.collect(0)
     if not sys.platform.startswith("linux"):
         return False
     try:
