@@ -113,8 +113,59 @@ def test_wheel_holds_every_module_resource_and_the_embedded_set(tmp_path: Path) 
     assert "structtoken_assets/camvid/camvid_set.safetensors" in data
     assert data - names == set()
     assert not any(n.startswith(("tests/", "bench/", "app.py", "assets/")) for n in names)
+    assert "structtoken_app.py" in names  # app.py, for the structtoken-app command
     assert _tree_state() == before, "building the wheel left files in the tree"
     assert before[1] == []
+
+    # the console commands, installed from the wheel (dependencies from this environment), outside the checkout
+    site = tmp_path / "site"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(site),
+            str(wheels[0]),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    scripts = _console_scripts()
+    assert sorted((site / "bin").iterdir()) == sorted(site / "bin" / name for name in scripts)
+    clean = {**env, "PYTHONPATH": str(site)}
+    for name in scripts:
+        argv = [sys.executable, "-c", "import structtoken_app; print(structtoken_app.main.__module__)"]
+        if name != "structtoken-app":  # that one would serve: its module is imported instead
+            argv = [str(site / "bin" / name), "--help"]
+        out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=clean, timeout=300)
+        assert out.returncode == 0 and out.stdout.strip(), (name, out.stderr[-2000:])
+
+
+def _console_scripts() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+
+
+def test_console_commands_point_at_the_command_lines() -> None:
+    """predict, evaluate, report, the dataset tool and the app, each a ``main`` of the checkout."""
+    import importlib
+
+    scripts = _console_scripts()
+    assert {"structtoken-predict", "structtoken-evaluate", "structtoken-report", "structtoken-app"} <= set(scripts)
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        if module == "structtoken_app":  # installed from app.py (setup.py)
+            pytest.importorskip("gradio")
+            module = "app"
+        assert callable(getattr(importlib.import_module(module), func)), name
 
 
 def test_embedded_sets_are_found_in_the_checkout_then_in_an_install(tmp_path: Path, monkeypatch) -> None:
