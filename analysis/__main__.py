@@ -9,7 +9,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-COMMANDS = {"report": "per-block metrics of every head over a dataset split, figures and report.md"}
+COMMANDS = {
+    "report": "per-block metrics of every head over a dataset split, figures and report.md",
+    "run-result": "the result file of one finished training run (fit, evaluate, per-stage metrics)",
+    "claims": "claim tables over the committed run results (paired over seeds)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(args[1:])
+    if args[0] == "run-result":
+        from .runs import main as runs_main
+
+        return runs_main(args[1:])
+    if args[0] == "claims":
+        from .claims import main as claims_main
+
+        return claims_main(args[1:])
     print(f"error: unknown command {args[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 

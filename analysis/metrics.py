@@ -54,6 +54,7 @@ __all__ = [
     "iou_per_class",
     "mask_ap_batch",
     "mask_ap_per_image",
+    "mask_ap_quantized",
     "mean_iou",
     "pixel_accuracy",
     "upsample_scores",
@@ -268,6 +269,61 @@ def mask_ap_batch(scores: Any, label: Any, ignore_index: int | None = 255) -> np
                 raise ValueError("scores contain NaN")
             x = x[ignored.size :]
             out[i, c] = _ap_from_sorted(x, xp)
+    return out
+
+
+AP_LEVELS = 65536
+"""Levels of the quantised mask AP (:func:`mask_ap_quantized`): each (stack, class) channel of an image is
+mapped linearly from its own [min, max] over the valid pixels onto 0 .. AP_LEVELS - 1."""
+
+
+def mask_ap_quantized(scores: Any, label: Any, ignore_index: int | None = 255, levels: int = AP_LEVELS) -> np.ndarray:
+    """Per-class mask AP of ``S`` score stacks of one image with the scores quantised → ``[S, K]`` float64.
+
+    ``scores`` ``[S, K, H, W]``, ``label`` ``[H, W]``. Each channel's valid pixels are mapped linearly from
+    the channel's own [min, max] onto ``levels`` integer levels (floor; a constant channel is one level);
+    the AP is then *exactly* :func:`average_precision` of the quantised scores (pixels on one level tie and
+    form one threshold), computed from two histograms per channel (all pixels, positives) instead of a
+    sort: ``AP = Σ_b pos_b / P · TP(≥b) / N(≥b)``. A monotone map of a channel moves the value only
+    through which pixels share a level. ``NaN`` where class ``c`` is absent; ``NaN`` scores raise.
+    """
+    s, g = _prepare_scores_label(scores, label, 4)
+    n_stacks, k = s.shape[:2]
+    valid = _valid_mask(g, ignore_index)
+    _check_label_range(g, valid, k)
+    out = np.full((n_stacks, k), np.nan)
+    gv = g.ravel()[valid.ravel()]  # [N]
+    present = np.flatnonzero(np.bincount(gv, minlength=k))
+    if present.size == 0 or n_stacks == 0:
+        return out
+    x = s.reshape(n_stacks, k, -1)[:, present][:, :, valid.ravel()]  # [S, C, N]
+    lo, hi = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        raise ValueError("scores contain NaN")
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # +-inf: rank them at the ends
+        x = np.nan_to_num(x.astype(np.float64), posinf=np.finfo(np.float64).max, neginf=np.finfo(np.float64).min)
+        x = np.clip(x, -1e300, 1e300)
+        lo, hi = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    span = (hi - lo).astype(np.float64)
+    scale = np.where(span > 0, (levels - 1) / np.where(span > 0, span, 1.0), 0.0)
+    q = (x - lo) * scale  # [S, C, N] float64 in [0, levels - 1] (up to rounding)
+    np.clip(q, 0, levels - 1, out=q)
+    n_ch = n_stacks * present.size
+    np.floor(q, out=q)
+    q += (np.arange(n_ch, dtype=np.float64) * levels).reshape(n_stacks, present.size, 1)  # exact integers
+    q = q.astype(np.intp)
+    hist_all = np.bincount(q.ravel(), minlength=n_ch * levels).reshape(n_stacks, present.size, levels)
+    slot = np.full(k, -1, dtype=np.int64)
+    slot[present] = np.arange(present.size)
+    own = slot[gv]  # [N] each pixel's class among the present ones: its positives' channel
+    pos_q = np.take_along_axis(q, np.broadcast_to(own[None, None, :], (n_stacks, 1, own.size)), axis=1)
+    hist_pos = np.bincount(pos_q.ravel(), minlength=n_ch * levels).reshape(n_stacks, present.size, levels)
+    n_ge = np.cumsum(hist_all[..., ::-1], axis=-1)[..., ::-1]
+    tp_ge = np.cumsum(hist_pos[..., ::-1], axis=-1)[..., ::-1]
+    n_pos = hist_pos.sum(-1)  # [S, C]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (hist_pos * (tp_ge / np.maximum(n_ge, 1))).sum(-1) / n_pos
+    out[:, present] = ap
     return out
 
 

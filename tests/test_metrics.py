@@ -24,6 +24,7 @@ from analysis.metrics import (
     iou_per_class,
     mask_ap_batch,
     mask_ap_per_image,
+    mask_ap_quantized,
     mean_iou,
     pixel_accuracy,
     upsample_scores,
@@ -744,3 +745,54 @@ def test_running_argmax_over_lazy_planes():
     np.testing.assert_array_equal(got, stack.argmax(axis=0))
     with pytest.raises(ValueError, match="at least one"):
         running_argmax(iter(()))
+
+
+# ----------------------------------------------------------------------------- quantised mask AP
+def test_mask_ap_quantized_known_answer():
+    # one image 1x4, class 1 at pixels 0 and 2; class-1 scores 0.9, 0.8, 0.7, 0.1 -> ranks P N P N
+    # AP = (1/1 + 2/3) / 2 = 5/6 exactly, at any number of levels that keeps the four scores apart
+    label = np.array([[1, 0, 1, 0]])
+    scores = np.zeros((1, 2, 1, 4), np.float32)
+    scores[0, 1, 0] = [0.9, 0.8, 0.7, 0.1]
+    scores[0, 0, 0] = [0.1, 0.2, 0.3, 0.4]
+    ap = mask_ap_quantized(scores, label, levels=1024)
+    assert ap[0, 1] == pytest.approx(5 / 6, abs=1e-12)
+    assert ap[0, 0] == pytest.approx(average_precision(scores[0, 0, 0], label[0] == 0), abs=1e-12)
+    # two levels: floor((s - 0.1) / 0.8): only 0.9 reaches the top level; 0.8, 0.7, 0.1 tie on the bottom one
+    # (one threshold): AP = 1/2 * 1/1 + 1/2 * 2/4
+    ap2 = mask_ap_quantized(scores, label, levels=2)
+    assert ap2[0, 1] == pytest.approx(1 / 2 + 1 / 2 * 2 / 4, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mask_ap_quantized_is_exact_on_scores_already_on_the_levels(seed):
+    """Scores that are integers 0 .. L-1 with both ends present are their own levels: equal to the exact AP."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 50, (3, 4, 20, 30)).astype(np.float32)
+    scores[..., 0, 0], scores[..., 0, 1] = 0, 49
+    label = rng.integers(0, 4, (20, 30))
+    label[5, :7] = 255
+    np.testing.assert_allclose(
+        mask_ap_quantized(scores, label, levels=50), mask_ap_batch(scores, label), rtol=0, atol=1e-12
+    )
+
+
+def test_mask_ap_quantized_close_to_exact_on_continuous_scores_and_handles_edges():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(2, 5, 40, 60)).astype(np.float32)
+    label = rng.integers(0, 5, (40, 60))
+    label[label == 4] = 3  # class 4 absent -> NaN
+    label[:3] = 255
+    q, e = mask_ap_quantized(scores, label), mask_ap_batch(scores, label)
+    assert np.isnan(q[:, 4]).all() and np.isnan(e[:, 4]).all()
+    np.testing.assert_allclose(q[:, :4], e[:, :4], atol=1e-4)
+    const = np.zeros((1, 5, 40, 60), np.float32)  # one level: AP = share of positives
+    share = [(label == c).sum() / (label != 255).sum() for c in range(4)]
+    np.testing.assert_allclose(mask_ap_quantized(const, label)[0, :4], share, atol=1e-12)
+    bad = scores.copy()
+    bad[0, 1, 10, 10] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        mask_ap_quantized(bad, label)
+    inf = scores.copy()
+    inf[0, 2, 10, 10] = np.inf
+    assert np.isfinite(mask_ap_quantized(inf, label)[0, 2])

@@ -183,9 +183,11 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     # a tiny random set has no fitted file: fitted is absent, with its reason in meta
     assert list(m["readouts"]) == ["raw", "head", "fitted"] and m["readouts"]["fitted"] == {}
     assert set(m["meta"]["unavailable"]["fitted"]) == set(heads) and m["meta"]["fitted"] is None
+    # raw only where channel k is class k by construction: not per_pixel (its reason in meta)
+    assert list(m["readouts"]["raw"]) == [h for h in heads if h != "per_pixel"]
+    assert "not class maps by construction" in m["meta"]["unavailable"]["raw"]["per_pixel"]
     for r in ("raw", "head"):
-        assert list(m["readouts"][r]) == heads
-        for head in heads:
+        for head in m["readouts"][r]:
             entry = m["readouts"][r][head]
             assert set(entry) == {"input", "blocks", "final"}
             assert len(entry["blocks"]) == 2
@@ -194,7 +196,8 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
                 for key in ("miou", "mask_ap", "boundary_f1", "pixel_accuracy"):
                     assert stage[key] is not None and 0.0 <= stage[key] <= 100.0
                 assert len(stage["iou_per_class"]) == 4
-    for head in heads:  # the head readout's last block and output are the output; raw's output too
+    assert list(m["readouts"]["head"]) == heads
+    for head in m["readouts"]["raw"]:  # the head readout's last block and output are the output; raw's output too
         h, raw = m["readouts"]["head"][head], m["readouts"]["raw"][head]
         assert h["blocks"][-1] == h["final"] == raw["final"]
     assert m["meta"]["n_images"] == 3 and m["meta"]["split"] == "val" and m["meta"]["unit"] == "percent (0-100)"
@@ -375,7 +378,7 @@ def test_batched_scoring_equals_the_per_stack_accumulators(tmp_path: Path, tiny_
     model = load_model(tiny_set)
     acc = evaluate_stages(model, ds, progress=False)[0]
     for r in ("raw", "head"):
-        for head in ("cse", "per_pixel"):
+        for head in ("cse", "per_pixel" if r == "head" else "per_pixel_ds"):
             ref = None
             for i in range(len(ds)):
                 image, label = ds.load_pair(i)

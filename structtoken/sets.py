@@ -1,0 +1,158 @@
+"""Model sets from parts: the heads of a training run saved on their own, and a set assembled from a backbone
+file and such head files.
+
+A stage-2 run trains heads on a frozen backbone, so what it adds is its heads. :func:`save_heads` writes them
+(every ``heads.<name>.*`` and ``head_vit.<name>.*`` tensor, float16 by default) as safetensors with the run's
+config and provenance in the metadata; :func:`assemble_set` builds one set from a backbone file (any of our sets,
+e.g. the shipped one) and several head files trained on that very backbone (checked by its sha256), in the order
+given, with the fitted readouts of every part merged beside it.
+
+    python -m structtoken.sets assemble --backbone assets/camvid/camvid_set.safetensors \
+        --heads assets/camvid/v2/heads/A.safetensors assets/camvid/v2/heads/B.safetensors \
+        --out assets/camvid/camvid_set_v2.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import file_sha256, load_model, read_metadata, save_model
+from .config import ModelConfig
+from .readouts import FittedReadouts, readouts_path
+from .segmentor import Segmentor, build_model
+
+HEADS_KEY = "structtoken_heads"
+"""Metadata key of a head file: JSON ``{"config", "heads", "provenance"}``."""
+
+
+class SetAssemblyError(ValueError):
+    """Parts that do not make one set; the message says which file and why."""
+
+
+def _own_keys(key: str, heads: Sequence[str]) -> bool:
+    return any(key.startswith(f"heads.{h}.") or key.startswith(f"head_vit.{h}.") for h in heads)
+
+
+def save_heads(
+    model: Segmentor, path: str | Path, provenance: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Write the heads of ``model`` (no backbone) to ``path``: floating tensors as ``dtype``, the set's config
+    and ``provenance`` (where the run and its backbone came from) in the metadata. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    heads = list(model.cfg.heads)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        if _own_keys(k, heads):
+            v = v.detach().cpu()
+            tensors[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
+    meta = {"config": model.cfg.to_dict(), "heads": heads, "provenance": provenance or {}}
+    save_file(tensors, str(path), metadata={HEADS_KEY: json.dumps(meta)})
+    return path
+
+
+def read_heads(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the metadata (``config``, ``heads``, ``provenance``) of a file written by :func:`save_heads`."""
+    meta_raw = read_metadata(path)
+    if HEADS_KEY not in meta_raw:
+        raise SetAssemblyError(f"{Path(path).name}: not a head file (no {HEADS_KEY!r} metadata)")
+    return load_file(str(path)), json.loads(meta_raw[HEADS_KEY])
+
+
+def assemble_set(
+    backbone: str | Path,
+    head_files: Sequence[str | Path],
+    out: str | Path,
+    dtype: torch.dtype = torch.float16,
+    description: str | None = None,
+) -> Segmentor:
+    """One set: the backbone of the set file ``backbone`` and the heads of ``head_files`` (in that order),
+    written to ``out`` (``dtype`` storage) with the parts' fitted readouts merged beside it
+    (``<out stem>.readouts.safetensors``) when every part has one. Every head file must record, in its
+    provenance, a backbone with ``backbone``'s sha256 (it was trained on it); configs must agree on everything but
+    the heads. Returns the assembled model."""
+    digest = file_sha256(backbone)
+    base = load_model(backbone)
+    cfgs: list[ModelConfig] = []
+    states: list[dict[str, torch.Tensor]] = []
+    provs = []
+    for f in head_files:
+        tensors, meta = read_heads(f)
+        prov = meta.get("provenance") or {}
+        origin = (prov.get("backbone") or {}).get("sha256")
+        if origin != digest:
+            raise SetAssemblyError(
+                f"{Path(f).name}: its heads were trained on backbone {str(origin)[:12]}, not on "
+                f"{Path(backbone).name} ({digest[:12]})"
+            )
+        cfgs.append(ModelConfig.from_dict(meta["config"]))
+        states.append(tensors)
+        provs.append({"file": Path(f).name, "sha256": file_sha256(f), "heads": meta["heads"], **prov})
+    names = [h for c in cfgs for h in c.heads]
+    if len(set(names)) != len(names):
+        raise SetAssemblyError(f"a head is given twice among {names}")
+    first = cfgs[0]
+    for f, c in zip(head_files, cfgs, strict=True):
+        if c.replace(head=first.head, extra_heads=first.extra_heads, description="") != first.replace(description=""):
+            raise SetAssemblyError(f"{Path(f).name}: its set config differs from the first head file's beyond heads")
+    cfg = first.replace(head=names[0], extra_heads=tuple(names[1:]))
+    if description is not None:
+        cfg = cfg.replace(description=description)
+    model = build_model(cfg)
+    state = model.state_dict()
+    for k in state:
+        if k.startswith("backbone."):
+            state[k] = base.state_dict()[k].to(state[k].dtype)
+    for tensors in states:
+        for k, v in tensors.items():
+            state[k] = v.to(state[k].dtype)
+    model.load_state_dict(state)
+    backbone_origin = {"file": Path(backbone).name, "sha256": digest}
+    meta = {"provenance": json.dumps({"backbone": backbone_origin, "parts": provs})}
+    save_model(model, out, dtype=dtype, metadata=meta)
+    parts = []
+    for f in head_files:
+        rp = readouts_path(f)
+        if not rp.is_file():
+            parts = []
+            break
+        parts.append(FittedReadouts.load(rp))
+    if parts:
+        lenses = {h: v for p in parts for h, v in p.lenses.items()}
+        merged_meta = dict(parts[0].metadata)
+        merged_meta["heads"] = {h: v for p in parts for h, v in (p.metadata.get("heads") or {}).items()}
+        merged_meta["set_file"] = Path(out).name
+        merged_meta["merged_from"] = [p.path.name for p in parts if p.path is not None]
+        FittedReadouts(lenses=lenses, metadata=merged_meta).save(readouts_path(out))
+    return load_model(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m structtoken.sets assemble ...``; returns the exit code."""
+    p = argparse.ArgumentParser(prog="python -m structtoken.sets", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("assemble", help="a set from a backbone set file and head files")
+    a.add_argument("--backbone", required=True)
+    a.add_argument("--heads", nargs="+", required=True)
+    a.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        model = assemble_set(args.backbone, args.heads, args.out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = Path(args.out).stat().st_size / 1e6
+    print(f"wrote {args.out} ({size:.1f} MB): heads {', '.join(model.cfg.heads)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Run result files (``python -m analysis run-result``) and sets assembled from head files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train import tiny_tc, write_dataset
+
+from analysis.runs import main as run_result_main
+from structtoken import load_model, save_model
+from structtoken.segmentor import build_model
+from structtoken.sets import SetAssemblyError, assemble_set
+from structtoken.train import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """A backbone set and two stage-2 runs on it (head groups of one seed), tiny and finished."""
+    tmp = tmp_path_factory.mktemp("runs")
+    data = write_dataset(tmp / "data")
+    src = save_model(build_model(tiny_tc().model), tmp / "backbone_set.safetensors")
+    runs = {}
+    for name, heads in (("st", ("cse", "pwe")), ("base", ("per_pixel", "per_pixel_ds"))):
+        tc = tiny_tc(freeze_backbone=True, iters=2, log_interval=1)
+        tc.model = tc.model.replace(head=heads[0], extra_heads=heads[1:])
+        tc.recipe = "tiny_stage2"
+        Trainer(tc, data, tmp / name, torch.device("cpu"), init_from=str(src), progress=False).run()
+        runs[name] = tmp / name
+    return tmp, data, src, runs
+
+
+def test_run_result_holds_provenance_finals_and_every_readout(finished_runs, capsys):
+    tmp, data, _src, runs = finished_runs
+    out = tmp / "results" / "st.json"
+    heads_out = tmp / "heads" / "st.safetensors"
+    code = run_result_main(
+        [
+            str(runs["st"]),
+            "--name",
+            "st",
+            "--out",
+            str(out),
+            "--data",
+            str(data),
+            "--heads-out",
+            str(heads_out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert str(tmp) not in out.read_text()  # no machine paths
+    prov = res["train_config"]["provenance"]
+    assert prov["recipe"] == "tiny_stage2" and prov["init_from"]["file"] == "backbone_set.safetensors"
+    assert prov["iterations"] == 2 and prov["median_s_per_iter"] > 0
+    assert set(res["final"]["whole"]) == set(res["final"]["slide"]) == {"cse", "pwe"}
+    assert 0 <= res["final"]["whole"]["cse"]["miou"] <= 1
+    stages = res["stages"]["readouts"]
+    for r in ("raw", "head", "fitted"):
+        for h in ("cse", "pwe"):
+            entry = stages[r][h]
+            assert entry["applicable"] and len(entry["blocks"]) == 2, (r, h)
+            assert 0 <= entry["blocks"][0]["miou"] <= 100
+    assert stages["fitted"]["cse"]["input_channels"] == [3 + 32, 3 + 32, 3, 3]  # K + C, K after the last block
+    assert "not applicable" not in res["readout_definitions"]["cse"]["raw"]
+    assert res["costs"]["cse"]["params_m"] > 0
+    assert heads_out.is_file() and heads_out.with_name("st.readouts.safetensors").is_file()
+
+
+def test_raw_is_not_applicable_to_per_pixel_in_a_run_result(finished_runs, capsys):
+    tmp, data, _src, runs = finished_runs
+    out = tmp / "results" / "base.json"
+    heads_out = tmp / "heads" / "base.safetensors"
+    args = [str(runs["base"]), "--name", "base", "--out", str(out), "--data", str(data), "--no-progress"]
+    assert run_result_main([*args, "--heads-out", str(heads_out)]) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    raw = res["stages"]["readouts"]["raw"]
+    assert raw["per_pixel"]["applicable"] is False and "not class maps" in raw["per_pixel"]["reason"]
+    assert raw["per_pixel_ds"]["applicable"] is True
+    assert res["readout_definitions"]["per_pixel"]["raw"].startswith("not applicable")
+
+
+def test_a_set_assembles_from_head_files_of_its_backbone(finished_runs):
+    tmp, _data, src, runs = finished_runs
+    files = [tmp / "heads" / "st.safetensors", tmp / "heads" / "base.safetensors"]
+    if not all(f.is_file() for f in files):
+        pytest.skip("needs the two run-result tests first (module order)")
+    out = tmp / "assembled.safetensors"
+    model = assemble_set(src, files, out)
+    assert model.cfg.heads == ("cse", "pwe", "per_pixel", "per_pixel_ds")
+    st = load_model(runs["st"] / "final.safetensors")
+    for k, v in st.state_dict().items():  # heads as trained (float16 storage), the backbone as the source's
+        if k.startswith("heads."):
+            torch.testing.assert_close(model.state_dict()[k], v, rtol=2e-3, atol=1e-4)
+    base = load_model(src)
+    for k, v in base.state_dict().items():
+        if k.startswith("backbone."):
+            torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-3, atol=1e-3)
+    assert model.fitted_readouts is not None and set(model.fitted_readouts.lenses) == set(model.cfg.heads)
+    other = save_model(build_model(tiny_tc().model), tmp / "other_backbone.safetensors")
+    with pytest.raises(SetAssemblyError, match="trained on backbone"):
+        assemble_set(other, files, tmp / "wrong.safetensors")
