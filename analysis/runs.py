@@ -15,8 +15,8 @@ For the run's ``final.safetensors`` (the set a ``python -m structtoken.train`` r
    sha256, git commit, torch, iterations, wall time, median seconds per iteration), parameters and GFLOPs per
    head, the above, and how long the evaluation took. No machine paths.
 
-With ``--heads-out`` it also writes the run's heads (float16, no backbone) and their fitted readouts beside
-them, for :func:`structtoken.sets.assemble_set`.
+With ``--heads-out`` it also writes the run's heads (all, or ``--ship-heads``; float16, no backbone) and their
+fitted readouts beside them, for :func:`structtoken.sets.assemble_set`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ import torch
 from structtoken.checkpoint import load_model
 from structtoken.data import DatasetError, SegmentationDataset, default_camvid_root
 from structtoken.evaluate import evaluate_model, head_costs
-from structtoken.readouts import READOUTS, fit_readouts, fitted_input_channels, readout_definitions, readouts_path
+from structtoken.readouts import (
+    READOUTS,
+    FittedReadouts,
+    fit_readouts,
+    fitted_input_channels,
+    readout_definitions,
+    readouts_path,
+)
 from structtoken.segmentor import Segmentor
 
 from .report import BOUNDARY_TOLERANCE, MASK_AP_NOTE, evaluate_stages
@@ -68,6 +75,7 @@ def run_result(
     progress: bool = True,
     limit: int | None = None,
     heads_out: str | Path | None = None,
+    ship_heads: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the finished run in ``run_dir`` as the module docstring says; return the JSON-ready result."""
     from structtoken.sets import save_heads
@@ -125,8 +133,12 @@ def run_result(
             stages[r][h] = entry
     costs = head_costs(model)
     if heads_out is not None:
-        save_heads(model, heads_out, provenance=tc.get("provenance"))
-        fitted.save(readouts_path(heads_out))
+        shipped = list(ship_heads or heads)
+        save_heads(model, heads_out, provenance=tc.get("provenance"), heads=shipped)
+        FittedReadouts(
+            lenses={h: fitted.lenses[h] for h in shipped},
+            metadata={**fitted.metadata, "heads": {h: fitted.metadata["heads"][h] for h in shipped}},
+        ).save(readouts_path(heads_out))
     m = fitted.metadata
     result = {
         "format": FORMAT,
@@ -183,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the JSON to write")
     p.add_argument("--data", default=None, help="dataset root (default: $STRUCTTOKEN_CAMVID or ../shared/data/camvid)")
     p.add_argument("--heads-out", default=None, help="also write the run's heads (float16) to this file")
+    p.add_argument("--ship-heads", nargs="+", default=None, help="with --heads-out: only these heads")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each split (tests)")
     p.add_argument("--no-progress", action="store_true")
@@ -191,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        res = run_result(args.run_dir, args.name, args.data, not args.no_progress, args.limit, args.heads_out)
+        res = run_result(
+            args.run_dir, args.name, args.data, not args.no_progress, args.limit, args.heads_out, args.ship_heads
+        )
     except (DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,36 +1,44 @@
 #!/usr/bin/env bash
-# Every training run of the CamVid set v2 (issue 10), one after another; resumable at every step.
+# Every training run of the CamVid set v2 (issue 23), one after another, each on the frozen backbone of the
+# shipped set; a run is done when its result file assets/camvid/v2/runs/NAME.json exists.
 #
-#   scripts/train_v2.sh                          # from anywhere; runs go to runs/ in the checkout
-#   THREADS=2 scripts/train_v2.sh                # more CPU threads
-#   DEVICE=cuda scripts/train_v2.sh              # a GPU (bf16 autocast)
-#   DRY_RUN=1 scripts/train_v2.sh                # print the training commands still to run, run nothing
+#   scripts/train_v2.sh                          # from anywhere; run folders under $STRUCTTOKEN_RUNS
+#   RUNS_ONLY="camvid_v2_stage2_baselines_seed0" scripts/train_v2.sh    # just these runs
+#   COMMIT=1 scripts/train_v2.sh                 # git-commit each result file the moment its run ends
+#   DRY_RUN=1 scripts/train_v2.sh                # print the commands still to run, run nothing
 #
-# Run it again after an interruption: a run with its final.safetensors is skipped, the interrupted one
-# continues from its ckpt_last.pt (every command has --resume). Environment: THREADS (torch CPU threads,
-# --threads, default 1), DEVICE (--device: cpu | cuda | auto, default cpu), RUNS (the run folders' parent,
-# relative to the checkout unless absolute; default runs), NICE (niceness, default 10), PYTHON (default python).
+# Per run: python -m structtoken.train (resumable: --resume continues from OUT/ckpt_last.pt; a run folder with its
+# final.safetensors is not trained again), then python -m analysis run-result, which fits the fitted readout on
+# train, evaluates on val (whole image, sliding window) and writes assets/camvid/v2/runs/NAME.json (config with
+# provenance, per-head final and per-stage metrics under every readout, wall time, seconds per iteration).
+# Runs that ship heads also write them (float16, no backbone) to assets/camvid/v2/heads/NAME.safetensors.
+# Environment: THREADS (torch CPU threads, default 1), DEVICE (cpu | cuda | auto, default cpu), RUNS (the run
+# folders' parent; default $STRUCTTOKEN_RUNS or ~/.cache/structtoken/runs: outside the checkout), NICE (default 10),
+# PYTHON (default python), COMMIT (1: commit each result), RUNS_ONLY (space-separated run names).
 #
-# Runs, each a folder $RUNS/NAME (log.jsonl, ckpt_last.pt, final.safetensors, console.log); progress lines
-# go to $RUNS/train_v2.log:
-#   camvid_v2_stage1                     the v2 backbone + linear head (12,500 iterations)
-#   camvid_v2_stage2_seed{0,1,2}         the seven heads (cse sse pwe per_pixel per_pixel_ds fcn segmenter)
-#   camvid_v2_ds_seed{3,4}               the deep-supervision pair only (per_pixel per_pixel_ds): seeds 3, 4
-#   camvid_v2_probe_ft_seed{0,1,2}       the pair, each head with its own trainable copy of the last 2 ViT blocks
-#   camvid_v2_blocks{1,2,4,6}_seed{0,1}  block-count ablation: cse and pwe with N blocks
-# Every stage-2 run starts from camvid_v2_stage1's backbone; for one seed all of them see the same batches.
-# The 4-block ablation runs train stage 2's cse and pwe of seeds 0 and 1 again (same data and initialisation;
-# not bit-for-bit copies: the heads of a run draw their drop-path masks from one random stream).
+# The runs (stage 2 split into two head groups per seed: heads are independent, so the groups train exactly as one
+# run of all seven would; tests/test_train.py checks it):
+#   camvid_v2_stage2_structtoken_seed{0,1,2}  cse sse pwe                              (seed 0 ships its heads)
+#   camvid_v2_stage2_baselines_seed{0,1,2}    per_pixel per_pixel_ds fcn segmenter     (seed 0 ships all four,
+#                                                                                      seeds 1-2 the pair)
+#   camvid_v2_ds_seed{3,4}                    the deep-supervision pair (ships its heads)
+#   camvid_v2_probe_ft_seed{0,1,2}            the pair, each with a trainable copy of the last two ViT blocks
+#   camvid_v2_blocks{1,2,6}_seed{0,1}         cse and pwe with N blocks (N = 4 is stage 2)
 set -euo pipefail
 
 THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
-RUNS=${RUNS:-runs}
+RUNS=${RUNS:-${STRUCTTOKEN_RUNS:-$HOME/.cache/structtoken/runs}}
 NICE=${NICE:-10}
 PYTHON=${PYTHON:-python}
 DRY_RUN=${DRY_RUN:-0}
+COMMIT=${COMMIT:-0}
+RUNS_ONLY=${RUNS_ONLY:-}
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BACKBONE=assets/camvid/camvid_set.safetensors
+RESULTS=assets/camvid/v2/runs
+HEADS=assets/camvid/v2/heads
 [[ $DRY_RUN == 1 ]] || mkdir -p "$RUNS"
 
 log() {
@@ -41,51 +49,76 @@ log() {
     fi
 }
 
-# train NAME ARGS...: python -m structtoken.train ARGS into $RUNS/NAME, unless that run has finished
-train() {
-    local name=$1
-    shift
-    local out=$RUNS/$name
-    if [[ -f $out/final.safetensors ]]; then
-        log "skip $name (finished: $out/final.safetensors)"
+# run NAME SHIP -- TRAIN_ARGS...: train into $RUNS/NAME unless finished, then write $RESULTS/NAME.json;
+# SHIP: "all" (ship every head), "pair" (ship per_pixel and per_pixel_ds), "none"
+run() {
+    local name=$1 ship=$2
+    shift 3
+    if [[ -n $RUNS_ONLY && " $RUNS_ONLY " != *" $name "* ]]; then
         return 0
     fi
-    local cmd=(nice -n "$NICE" "$PYTHON" -m structtoken.train "$@"
+    local out=$RUNS/$name result=$RESULTS/$name.json
+    if [[ -f $result ]]; then
+        log "skip $name (done: $result)"
+        return 0
+    fi
+    local train=(nice -n "$NICE" "$PYTHON" -m structtoken.train "$@" --init-from "$BACKBONE"
         --out "$out" --threads "$THREADS" --device "$DEVICE" --resume)
+    local evaluate=(nice -n "$NICE" "$PYTHON" -m analysis run-result "$out" --name "$name" --out "$result"
+        --threads "$THREADS" --no-progress)
+    local files=("$result")
+    if [[ $ship != none ]]; then
+        evaluate+=(--heads-out "$HEADS/$name.safetensors")
+        [[ $ship == pair ]] && evaluate+=(--ship-heads per_pixel per_pixel_ds)
+        files+=("$HEADS/$name.safetensors" "$HEADS/$name.readouts.safetensors")
+    fi
     if [[ $DRY_RUN == 1 ]]; then
-        echo "${cmd[*]}"
+        [[ -f $out/final.safetensors ]] || echo "${train[*]}"
+        echo "${evaluate[*]}"
         return 0
     fi
     mkdir -p "$out"
-    log "start $name: ${cmd[*]}"
-    if ! "${cmd[@]}" >>"$out/console.log" 2>&1; then
-        log "FAILED $name (see $out/console.log); run the script again to continue"
+    if [[ ! -f $out/final.safetensors ]]; then
+        log "start $name: ${train[*]}"
+        if ! "${train[@]}" >>"$out/console.log" 2>&1; then
+            log "FAILED $name (see $out/console.log); run the script again to continue"
+            exit 1
+        fi
+    fi
+    log "evaluate $name: ${evaluate[*]}"
+    if ! "${evaluate[@]}" >>"$out/console.log" 2>&1; then
+        log "FAILED evaluating $name (see $out/console.log); run the script again to continue"
         exit 1
     fi
-    log "done $name"
+    log "done $name: $result"
+    if [[ $COMMIT == 1 ]]; then
+        git add -- "${files[@]}" && git commit -q -m "set v2: result of run $name (python -m analysis run-result)" \
+            -- "${files[@]}" && log "committed $name"
+    fi
 }
 
-STAGE1=$RUNS/camvid_v2_stage1/final.safetensors
-
-train camvid_v2_stage1 --recipe camvid_v2_stage1
 for seed in 0 1 2; do
-    train "camvid_v2_stage2_seed$seed" --recipe camvid_v2_stage2 --init-from "$STAGE1" --seed "$seed"
+    st_ship=none base_ship=pair
+    [[ $seed == 0 ]] && st_ship=all base_ship=all
+    run "camvid_v2_stage2_structtoken_seed$seed" "$st_ship" -- --recipe camvid_v2_stage2 --seed "$seed" \
+        --heads cse sse pwe
+    run "camvid_v2_stage2_baselines_seed$seed" "$base_ship" -- --recipe camvid_v2_stage2 --seed "$seed" \
+        --heads per_pixel per_pixel_ds fcn segmenter
 done
 for seed in 3 4; do
-    train "camvid_v2_ds_seed$seed" --recipe camvid_v2_stage2 --init-from "$STAGE1" --seed "$seed" \
-        --heads per_pixel per_pixel_ds
+    run "camvid_v2_ds_seed$seed" all -- --recipe camvid_v2_stage2 --seed "$seed" --heads per_pixel per_pixel_ds
 done
 for seed in 0 1 2; do
-    train "camvid_v2_probe_ft_seed$seed" --recipe camvid_v2_probe_ft --init-from "$STAGE1" --seed "$seed"
+    run "camvid_v2_probe_ft_seed$seed" none -- --recipe camvid_v2_probe_ft --seed "$seed"
 done
-for blocks in 1 2 4 6; do
+for blocks in 1 2 6; do
     for seed in 0 1; do
-        train "camvid_v2_blocks${blocks}_seed$seed" --recipe camvid_v2_blocks --num-blocks "$blocks" \
-            --init-from "$STAGE1" --seed "$seed"
+        run "camvid_v2_blocks${blocks}_seed$seed" none -- --recipe camvid_v2_blocks --num-blocks "$blocks" \
+            --seed "$seed"
     done
 done
 if [[ $DRY_RUN == 1 ]]; then
     log "dry run: the commands above are the runs still to do"
 else
-    log "all v2 runs finished under $RUNS"
+    log "the v2 runs asked for are done (results in $RESULTS)"
 fi

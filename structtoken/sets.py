@@ -42,19 +42,28 @@ def _own_keys(key: str, heads: Sequence[str]) -> bool:
 
 
 def save_heads(
-    model: Segmentor, path: str | Path, provenance: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16
+    model: Segmentor,
+    path: str | Path,
+    provenance: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
+    heads: Sequence[str] | None = None,
 ) -> Path:
-    """Write the heads of ``model`` (no backbone) to ``path``: floating tensors as ``dtype``, the set's config
-    and ``provenance`` (where the run and its backbone came from) in the metadata. Returns the path."""
+    """Write the heads of ``model`` (all, or ``heads``; no backbone) to ``path``: floating tensors as ``dtype``,
+    the config of a set of just those heads and ``provenance`` (where the run and its backbone came from) in the
+    metadata. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    heads = list(model.cfg.heads)
+    heads = list(heads or model.cfg.heads)
+    unknown = [h for h in heads if h not in model.cfg.heads]
+    if unknown:
+        raise SetAssemblyError(f"heads {unknown} are not in the set ({', '.join(model.cfg.heads)})")
+    cfg = model.cfg.replace(head=heads[0], extra_heads=tuple(heads[1:]))
     tensors = {}
     for k, v in model.state_dict().items():
         if _own_keys(k, heads):
             v = v.detach().cpu()
             tensors[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
-    meta = {"config": model.cfg.to_dict(), "heads": heads, "provenance": provenance or {}}
+    meta = {"config": cfg.to_dict(), "heads": heads, "provenance": provenance or {}}
     save_file(tensors, str(path), metadata={HEADS_KEY: json.dumps(meta)})
     return path
 

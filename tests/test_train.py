@@ -490,12 +490,14 @@ def test_init_from_needs_the_full_depth_backbone_for_the_copies(tmp_path):
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_v2.sh"
 V2_RUNS = [
-    "camvid_v2_stage1",
-    *(f"camvid_v2_stage2_seed{s}" for s in (0, 1, 2)),
+    *(f"camvid_v2_stage2_{g}_seed{s}" for s in (0, 1, 2) for g in ("structtoken", "baselines")),
     *(f"camvid_v2_ds_seed{s}" for s in (3, 4)),
     *(f"camvid_v2_probe_ft_seed{s}" for s in (0, 1, 2)),
-    *(f"camvid_v2_blocks{n}_seed{s}" for n in (1, 2, 4, 6) for s in (0, 1)),
+    *(f"camvid_v2_blocks{n}_seed{s}" for n in (1, 2, 6) for s in (0, 1)),
 ]
+SHIPS_ALL = {"camvid_v2_stage2_structtoken_seed0", "camvid_v2_stage2_baselines_seed0", "camvid_v2_ds_seed3"}
+SHIPS_ALL |= {"camvid_v2_ds_seed4"}
+SHIPS_PAIR = {"camvid_v2_stage2_baselines_seed1", "camvid_v2_stage2_baselines_seed2"}
 
 
 def _script(runs: Path, **env: str) -> subprocess.CompletedProcess:
@@ -504,58 +506,111 @@ def _script(runs: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_train_v2_script_runs_every_v2_run_with_valid_arguments(tmp_path):
-    """DRY_RUN prints the commands; each parses into the intended training config (no training here)."""
+    """DRY_RUN prints the commands; each parses into the intended training config (no training here), every run
+    starts from the shipped set's backbone and is followed by its run-result command."""
+    from analysis.runs import main as _  # noqa: F401 - the evaluation command exists
+
     runs = tmp_path / "runs"
     res = _script(runs, DRY_RUN="1", THREADS="2", DEVICE="cuda")
     assert res.returncode == 0, res.stderr
-    configs = {}
+    configs, evaluations = {}, {}
     for line in res.stdout.splitlines():
         argv = shlex.split(line)
-        assert argv[:3] == ["nice", "-n", "10"] and argv[4:6] == ["-m", "structtoken.train"]
+        assert argv[:3] == ["nice", "-n", "10"] and argv[4] == "-m"
+        if argv[5] == "analysis":
+            assert argv[6] == "run-result" and Path(argv[7]).parent == runs
+            name = argv[argv.index("--name") + 1]
+            assert argv[argv.index("--out") + 1] == f"assets/camvid/v2/runs/{name}.json"
+            evaluations[name] = argv
+            continue
+        assert argv[5] == "structtoken.train"
         args = build_parser().parse_args(argv[6:])
         assert args.resume and args.threads == 2 and args.device == "cuda" and Path(args.out).parent == runs
-        if args.recipe != "camvid_v2_stage1":
-            assert args.init_from == str(runs / "camvid_v2_stage1" / "final.safetensors")
+        assert args.init_from == "assets/camvid/camvid_set.safetensors"
         configs[Path(args.out).name] = train_config_from_args(args)
-    assert list(configs) == V2_RUNS and not runs.exists()
+    assert list(configs) == list(evaluations) == V2_RUNS and not runs.exists()
     for name, tc in configs.items():
-        seed = int(name.rsplit("seed", 1)[1]) if "seed" in name else 0
-        assert tc.seed == seed, name
-        if name.startswith("camvid_v2_stage2_"):
-            assert tc.model.heads == V2_STAGE2_HEADS
+        assert tc.seed == int(name.rsplit("seed", 1)[1]), name
+        if name.startswith("camvid_v2_stage2_structtoken"):
+            assert tc.model.heads == ("cse", "sse", "pwe")
+        elif name.startswith("camvid_v2_stage2_baselines"):
+            assert tc.model.heads == ("per_pixel", "per_pixel_ds", "fcn", "segmenter")
         elif name.startswith(("camvid_v2_ds_", "camvid_v2_probe_ft_")):
             assert tc.model.heads == V2_PROBE_FT_HEADS
             assert tc.model.head_vit_blocks == (2 if "probe_ft" in name else 0)
         elif name.startswith("camvid_v2_blocks"):
             assert tc.model.heads == V2_BLOCKS_HEADS and f"blocks{tc.model.num_blocks}_" in name
-    assert all(tc.freeze_backbone for n, tc in configs.items() if n != "camvid_v2_stage1")
+        argv = evaluations[name]
+        ships = "--heads-out" in argv
+        assert ships == (name in SHIPS_ALL | SHIPS_PAIR), name
+        assert ("--ship-heads" in argv) == (name in SHIPS_PAIR), name
+    assert all(tc.freeze_backbone for tc in configs.values())
+    together = {h for n, tc in configs.items() if n.endswith("_seed0") and "stage2" in n for h in tc.model.heads}
+    assert together == set(V2_STAGE2_HEADS)
 
 
 def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
-    """A stand-in for python that records its arguments and writes OUT/final.safetensors."""
+    """A stand-in for python that records its arguments, writes OUT/final.safetensors when training and the
+    result file when evaluating."""
     fake = tmp_path / "fake_python"
     fake.write_text(
         "#!/usr/bin/env bash\n"
         'echo "$*" >> "$CALLS"\n'
-        'while [[ $# -gt 0 ]]; do [[ $1 == --out ]] && mkdir -p "$2" && touch "$2/final.safetensors"; shift; done\n'
+        "while [[ $# -gt 0 ]]; do\n"
+        '  [[ $1 == --out && $2 == *.json ]] && mkdir -p "$(dirname "$2")" && touch "$2"\n'
+        '  [[ $1 == --out && $2 != *.json ]] && mkdir -p "$2" && touch "$2/final.safetensors"\n'
+        "  shift\n"
+        "done\n"
     )
     fake.chmod(0o755)
+    import shutil
+
+    repo = tmp_path / "repo"  # a copy of the script's checkout layout, so results land in the copy
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, repo / "scripts" / "train_v2.sh")
     runs, calls = tmp_path / "runs", tmp_path / "calls.txt"
-    (runs / "camvid_v2_probe_ft_seed1").mkdir(parents=True)
-    (runs / "camvid_v2_probe_ft_seed1" / "final.safetensors").touch()  # finished before
-    res = _script(runs, PYTHON=str(fake), CALLS=str(calls), NICE="0")
+    results = repo / "assets" / "camvid" / "v2" / "runs"
+    results.mkdir(parents=True)
+    (results / "camvid_v2_probe_ft_seed1.json").touch()  # done before
+    (runs / "camvid_v2_ds_seed3").mkdir(parents=True)
+    (runs / "camvid_v2_ds_seed3" / "final.safetensors").touch()  # trained, not yet evaluated
+
+    def script(**env: str) -> subprocess.CompletedProcess:
+        full = {**os.environ, "RUNS": str(runs), "PYTHON": str(fake), "CALLS": str(calls), "NICE": "0", **env}
+        return subprocess.run(
+            ["bash", str(repo / "scripts" / "train_v2.sh")], env=full, capture_output=True, text=True, timeout=60
+        )
+
+    res = script()
     assert res.returncode == 0, res.stderr
     argvs = [shlex.split(line) for line in calls.read_text().splitlines()]
-    done = [Path(a[a.index("--out") + 1]).name for a in argvs]
-    assert done == [r for r in V2_RUNS if r != "camvid_v2_probe_ft_seed1"]
-    assert all(a[-1] == "--resume" for a in argvs)
+    trained = [Path(a[a.index("--out") + 1]).name for a in argvs if "structtoken.train" in a]
+    evaluated = [a[a.index("--name") + 1] for a in argvs if "run-result" in a]
+    assert trained == [r for r in V2_RUNS if r not in ("camvid_v2_probe_ft_seed1", "camvid_v2_ds_seed3")]
+    assert evaluated == [r for r in V2_RUNS if r != "camvid_v2_probe_ft_seed1"]
     log = (runs / "train_v2.log").read_text()
-    assert "skip camvid_v2_probe_ft_seed1" in log and "all v2 runs finished" in log
+    assert "skip camvid_v2_probe_ft_seed1" in log and "are done" in log
     calls.unlink()
-    assert _script(runs, PYTHON=str(fake), CALLS=str(calls), NICE="0").returncode == 0 and not calls.exists()
-    failing = _script(tmp_path / "other", PYTHON="false", NICE="0")
-    assert failing.returncode == 1 and "FAILED camvid_v2_stage1" in failing.stderr
-    assert not (tmp_path / "other" / "camvid_v2_stage2_seed0").exists()
+    assert script().returncode == 0 and not calls.exists()  # everything has its result: nothing runs
+    failing = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_v2.sh")],
+        env={**os.environ, "RUNS": str(tmp_path / "other"), "PYTHON": "false", "NICE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failing.returncode == 0  # every run already has its result in the copy
+    for f in results.glob("*.json"):
+        f.unlink()
+    failing = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_v2.sh")],
+        env={**os.environ, "RUNS": str(tmp_path / "other"), "PYTHON": "false", "NICE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failing.returncode == 1 and "FAILED camvid_v2_stage2_structtoken_seed0" in failing.stderr
+    assert not (tmp_path / "other" / "camvid_v2_stage2_baselines_seed0").exists()
 
 
 _DDP_WORKER = """
