@@ -25,7 +25,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning"),  # inside gradio's queue
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:Warning"),
 ]
-gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 

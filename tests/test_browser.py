@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:Warning"),
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not found (apt-get install -y chromium)"),
 ]
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+from playwright import sync_api  # noqa: E402 - in requirements-dev.txt: a broken install must fail
 
 from analysis.analyses import ANALYSES as REGISTRY  # noqa: E402
 from analysis.grid import display_size  # noqa: E402
