@@ -70,6 +70,11 @@ def test_a_block_is_refused_with_a_reason(explorer: Explorer, tiny: Path) -> Non
 
 
 def test_shared_normalisation_spans_every_head(explorer: Explorer, tiny: Path) -> None:
-    res = explorer.analyze(AnalysisRequest(EXAMPLE, model=str(tiny), analysis="focus", classes=["Sky"]))
-    cells = res.maps["focus/cells"]
-    assert cells.min() == pytest.approx(0.0) and cells.max() == pytest.approx(1.0)  # one scale for all rows
+    res = explorer.analyze(AnalysisRequest(EXAMPLE, model=str(tiny), analysis="focus", classes=["Sky"], readout="head"))
+    cells, raw = res.maps["focus/cells"], res.maps["focus/raw"]
+    assert cells.min() == pytest.approx(0.0) and cells.max() == pytest.approx(1.0)
+    # one min-max for all rows (heads) and columns (stages): per-row or per-map scaling would also give 0..1
+    lo, hi = np.nanmin(raw), np.nanmax(raw)
+    np.testing.assert_allclose(cells, (raw - lo) / (hi - lo), rtol=0, atol=1e-5)
+    spans = [(row.min(), row.max()) for row in cells]
+    assert any(a > 1e-3 or b < 1 - 1e-3 for a, b in spans), spans  # the rows differ: the check can tell

@@ -294,11 +294,36 @@ def test_head_vit_blocks_are_per_head_copies_of_the_last_vit_blocks(tmp_path):
 def test_predict_multiscale_flip_returns_probabilities():
     model = build_model(ModelConfig(head="sse", **TINY)).eval()
     import numpy as np
+    import torch.nn.functional as F
+
+    from structtoken.segmentor import test_resize_shape
 
     img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
-    probs = model.predict(img, scale=None, ratios=(0.75, 1.0, 1.5), flip=True)["sse"]
+    ratios = (0.75, 1.0, 1.5)
+    probs = model.predict(img, scale=None, ratios=ratios, flip=True)["sse"]
     assert probs.shape == (1, 5, 50, 70)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 50, 70))
+    # mmseg's aug-test written out: every ratio, each with its mirror, softmax averaged at the image's size
+    x0 = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - torch.tensor(model.cfg.mean).view(1, 3, 1, 1)) / (
+        torch.tensor(model.cfg.std).view(1, 3, 1, 1)
+    )
+    want = torch.zeros_like(probs)
+    with torch.no_grad():
+        for r in ratios:
+            size = test_resize_shape(50, 70, (round(70 * r), round(50 * r)))  # mmseg's keep-ratio rule
+            img_r = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=size, mode="bilinear")
+            x = (img_r.round().clamp(0, 255) - x0.new_tensor(model.cfg.mean).view(1, 3, 1, 1)) / x0.new_tensor(
+                model.cfg.std
+            ).view(1, 3, 1, 1)
+            for flip in (False, True):
+                xi = x.flip(-1) if flip else x
+                lg = model(xi).logits_by_head["sse"]
+                lg = lg.flip(-1) if flip else lg
+                want += F.interpolate(lg, size=(50, 70), mode="bilinear").softmax(1) / (2 * len(ratios))
+    torch.testing.assert_close(probs, want, rtol=1e-4, atol=1e-5)
+    # and the ratios and the flip each change the answer (the check above can tell them apart)
+    assert (probs - model.predict(img, scale=None, ratios=ratios, flip=False)["sse"]).abs().max() > 1e-4
+    assert (probs - model.predict(img, scale=None, ratios=(1.0,), flip=True)["sse"]).abs().max() > 1e-4
 
 
 def _old_preprocess(image, cfg, scale):
