@@ -114,3 +114,17 @@ def test_the_command_line(tmp_path: Path) -> None:
     assert meta["splits"] == COUNTS and "Brostow" in meta["source"]
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "not an empty folder" in again.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_reads_the_prepared_test_split(tmp_path: Path) -> None:
+    """The newcomer's path: prepare, then ``evaluate --data DST --split test`` on the embedded set."""
+    prepare_camvid(make_segnet_folder(tmp_path / "CamVid"), tmp_path / "camvid", log=lambda _: None)
+    out = tmp_path / "test.json"
+    cmd = [sys.executable, "-m", "structtoken.evaluate", "--model", "camvid", "--data", str(tmp_path / "camvid")]
+    run = subprocess.run(
+        [*cmd, "--split", "test", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["split"] == "test" and "| cse |" in run.stdout
