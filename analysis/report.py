@@ -50,11 +50,18 @@ from structtoken.config import ModelConfig
 from structtoken.data import DatasetError, SegmentationDataset
 from structtoken.devices import autocast, single_threaded_pool
 from structtoken.evaluate import training_seed
-from structtoken.readouts import READOUTS, readout_unavailable, stage_scores
+from structtoken.readouts import (
+    READOUTS,
+    fitted_input_channels,
+    readout_definitions,
+    readout_unavailable,
+    stage_scores,
+)
 from structtoken.segmentor import Segmentor, upsample
 
 from . import figures as F
 from .analyses import COMPARISON, PROBE
+from .claims import block_claims, claims_table
 from .grid import block_grid, render_static
 from .labels import head_label
 from .maps import ImageMaps, image_maps_from_output
@@ -69,7 +76,7 @@ from .metrics import (
     mask_ap_quantized,
 )
 from .probe import as_fractions, paired_probe
-from .roles import baseline_heads, structtoken_heads
+from .roles import structtoken_heads
 from .values import json_ready, percent
 
 __all__ = ["StageMetrics", "build_report", "evaluate_stages", "main", "read_probe_json", "read_probe_run"]
@@ -338,52 +345,6 @@ def collect_probe(json_files: Sequence[str | Path] = (), run_dirs: Sequence[str 
 
 
 # ------------------------------------------------------------------------------------- claims
-def _compare(st: Mapping[str, Any], base: Mapping[str, Any], metric: str) -> list[float]:
-    """Block-by-block differences (percent points) ``st - base`` where both have the value."""
-    n = min(len(st.get("blocks") or []), len(base.get("blocks") or []))
-    out = []
-    for i in range(n):
-        a, b = (st["blocks"][i] or {}).get(metric), (base["blocks"][i] or {}).get(metric)
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            out.append(float(a) - float(b))
-    return out
-
-
-def claim_lines(readouts: Mapping[str, Mapping[str, Any]], heads: Sequence[str]) -> list[str]:
-    """One line per readout: does the paper's claim (StructToken's block maps carry more class structure
-    than the per-pixel baseline's) hold under it? Computed from the block mIoU and mask AP (percent) of
-    every StructToken head against every baseline head the readout reads.
-
-    "holds" when every StructToken head is above every baseline at every block on both metrics,
-    "does not hold" when none is above anywhere, else "holds in part" with the counts.
-    """
-    out = []
-    for r, per_head in readouts.items():
-        present = [h for h in heads if h in per_head]
-        sts, bases = structtoken_heads(present), baseline_heads(present)
-        if not sts or not bases:
-            out.append(f"**{r}**: not judged (it reads no {'StructToken' if not sts else 'baseline'} head).")
-            continue
-        parts, above_all, total_all = [], 0, 0
-        for metric in ("miou", "mask_ap"):
-            diffs = [d for st in sts for b in bases for d in _compare(per_head[st], per_head[b], metric)]
-            above = sum(d > 0 for d in diffs)
-            above_all += above
-            total_all += len(diffs)
-            if diffs:
-                parts.append(
-                    f"{F.METRIC_LABELS[metric]} above at {above}/{len(diffs)} block comparisons "
-                    f"(difference {min(diffs):+.1f} to {max(diffs):+.1f} pts)"
-                )
-        if total_all == 0:
-            out.append(f"**{r}**: not judged (no block values).")
-            continue
-        verdict = "holds" if above_all == total_all else "does not hold" if above_all == 0 else "holds in part"
-        names = f"{', '.join(head_label(h) for h in sts)} vs {', '.join(head_label(h) for h in bases)}"
-        out.append(f"**{r}**: the claim {verdict} ({names}: {'; '.join(parts)}).")
-    return out
-
-
 # ------------------------------------------------------------------------------------ figures
 # ------------------------------------------------------------------------------------ figures
 def _example_figure(maps: ImageMaps, label: np.ndarray, cfg: ModelConfig, ignore_index: int, title: str) -> Any:
@@ -475,8 +436,9 @@ def seeds_sentence(seed: int | None, split: str) -> str:
     run = f"training seed {seed}" if seed is not None else "one training seed (not recorded)"
     return (
         f"Every per-stage number in this report is one training run of each head ({run}; {split} split). "
-        "With one seed per head the lines above describe this set; they are not tested differences "
-        "between heads (those need paired seeds and a confidence interval, as the probe below has)."
+        "With one seed per head the tables below are the numbers of one run each: they are not tested "
+        "differences between heads (those need paired seeds and a confidence interval: `python -m analysis "
+        "claims` over the set-v2 runs, and the probe below)."
     )
 
 
@@ -500,13 +462,29 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         "",
         _fitted_sentence(meta.get("fitted")),
         "",
-        "## Does the paper's claim hold?",
+        "## The readouts of each head",
         "",
-        "Claim: StructToken's block maps carry more class structure than the per-pixel baseline's.",
+        *(
+            f"- **{head_label(h)}**: raw: {d['raw']}; head: {d['head']}; fitted: {d['fitted']}"
+            + (
+                f" (input widths per stage: {', '.join(str(w) for w in widths[h])})"
+                if (widths := meta.get("fitted_input_channels") or {}).get(h)
+                else ""
+            )
+            + "."
+            for h, d in (meta.get("readout_definitions") or {}).items()
+        ),
         "",
-        *(f"- {line}" for line in claim_lines(readouts, heads)),
+        "## StructToken against every baseline, block by block",
+        "",
+        "Claim (the paper's Fig. 3): StructToken's block maps carry class structure more clearly than a per-pixel "
+        "peer's. Each cell: StructToken minus the baseline at that block, in points, under one readout; a readout "
+        "appears only for heads it reads (raw is not applicable where channel k is not class k by construction).",
         "",
         seeds_sentence(meta.get("seed"), str(meta["split"])),
+        "",
+        *claims_table(result.get("claims") or {}, "miou"),
+        *claims_table(result.get("claims") or {}, "mask_ap"),
     ]
     for r, why in (meta.get("unavailable") or {}).items():
         for h, reason in why.items():
@@ -530,7 +508,7 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         lines.append(f"- {c['verdict']}")
     for r in READOUTS:
         per_head = readouts.get(r) or {}
-        shown = [h for h in heads if h in per_head]
+        shown = [h for h in heads if h in per_head and "blocks" in per_head[h]]
         if not shown:
             continue
         n = max(len(per_head[h]["blocks"]) for h in shown)
@@ -554,6 +532,31 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         if name.endswith(".png"):
             lines.append(f"\n  ![{caption}]({name})\n")
     return "\n".join(lines) + "\n"
+
+
+def stage_input_channels(model: Segmentor) -> dict[str, list[int]]:
+    """head -> the width of what the fitted readout reads at each stage (input, blocks, output)."""
+    cfg = model.cfg
+    gh, gw = cfg.token_grid
+    p = next(model.parameters())
+    x = torch.zeros(1, cfg.embed_dim, gh, gw, device=p.device, dtype=p.dtype)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = {h: fitted_input_channels(model.heads[h], model.heads[h](x)) for h in cfg.heads}
+    model.train(was)
+    return out
+
+
+def set_file_meta(spec: str) -> dict[str, Any] | None:
+    """``{"file", "sha256"}`` of the set file a report read (the embedded set or one of our files), else None."""
+    from structtoken.assets import EMBEDDED
+    from structtoken.checkpoint import file_sha256
+
+    path = EMBEDDED.get(spec) or Path(spec)
+    if not spec or not path.is_file():
+        return None
+    return {"file": path.name, "sha256": file_sha256(path)}
 
 
 def _name_only(model: str) -> str:
@@ -585,6 +588,7 @@ def build_report(
     examples = sorted({0, n_total // 2})[:num_examples] if n_total and num_examples > 0 else []
     acc, kept, n, times, unavailable = evaluate_stages(model, dataset, limit, progress, examples, workers)
     heads = list(model.cfg.heads)
+    widths = stage_input_channels(model)
     readouts: dict[str, dict[str, Any]] = {}
     for r in READOUTS:
         readouts[r] = {}
@@ -592,6 +596,11 @@ def build_report(
             stages = [m.compute() for m in acc[r].get(h, [])]
             if stages:
                 readouts[r][h] = {"input": stages[0], "blocks": stages[1:-1], "final": stages[-1]}
+                if r == "fitted":
+                    readouts[r][h]["input_channels"] = widths[h]
+            elif r == "raw" and h in unavailable[r]:
+                readouts[r][h] = {"applicable": False, "reason": no_paths(unavailable[r][h])}
+    seed = training_seed(model_name) if model_name else None
     result: dict[str, Any] = {
         "meta": {
             "model": _name_only(model_name) or model.cfg.name,
@@ -600,7 +609,10 @@ def build_report(
             "classes": list(model.cfg.class_names()),
             "split": dataset.split,
             "data": Path(dataset.root).name,  # the folder's name: no machine path in a shipped report
-            "seed": training_seed(model_name) if model_name else None,  # the set's training seed (None: unknown)
+            "seed": seed,  # the set's training seed (None: unknown)
+            "set_file": set_file_meta(model_name),
+            "readout_definitions": {h: readout_definitions(h, model.heads[h]) for h in heads},
+            "fitted_input_channels": widths,
             "n_images": n,
             "ignore_index": dataset.info.ignore_index,
             "unit": "percent (0-100)",
@@ -617,10 +629,11 @@ def build_report(
             "seconds_by_phase": {k: round(v, 1) for k, v in times.items()},
         },
         "readouts": readouts,
+        "claims": block_claims({seed if seed is not None else 0: readouts}, heads),
         "probe": paired_probe(sources),
     }
     figures: dict[str, str] = {}
-    curves = {r: as_fractions(v) for r, v in readouts.items() if v}
+    curves = {r: as_fractions({h: e for h, e in v.items() if "blocks" in e}) for r, v in readouts.items() if v}
     if curves:
         title = f"Per-block metrics by readout: {result['meta']['model']} ({dataset.split}, {n} images)"
         F.readout_curves_figure(curves, title=title).savefig(out / "block_curves.png", dpi=100)

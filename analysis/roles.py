@@ -19,6 +19,7 @@ __all__ = [
     "ATTENTION_KINDS",
     "attention_heads",
     "baseline_heads",
+    "claim_baselines",
     "deep_supervision_pairs",
     "head_kind",
     "structtoken_heads",
@@ -55,6 +56,12 @@ def baseline_heads(heads: Sequence[str]) -> list[str]:
         for h in heads
         if head_kind(h) not in STRUCTTOKEN_HEADS and head_kind(h) not in _NOT_COMPARED and not _deeply_supervised(h)
     ]
+
+
+def claim_baselines(heads: Sequence[str]) -> list[str]:
+    """Every compared non-StructToken head among ``heads``, deeply supervised ones included (``per_pixel``,
+    ``per_pixel_ds``, ``fcn``, ``segmenter``): what the paper's claim is measured against, each in turn."""
+    return [h for h in heads if head_kind(h) not in STRUCTTOKEN_HEADS and head_kind(h) not in _NOT_COMPARED]
 
 
 def deep_supervision_pairs(heads: Sequence[str]) -> list[tuple[str, str]]:

@@ -178,16 +178,27 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
-    assert list(m) == ["meta", "readouts", "probe"]
+    assert list(m) == ["meta", "readouts", "claims", "probe"]
+    # claims against every baseline of the set, one readout definition per head, provenance of the set file
+    assert set(m["claims"]["head"]) == {"per_pixel", "per_pixel_ds"}
+    assert set(m["claims"]["raw"]) == {"per_pixel_ds"}
+    assert set(m["claims"]["head"]["per_pixel"]) == {"cse", "sse", "pwe"}
+    assert all(e["n"] == 1 and e["verdict"] is None for e in m["claims"]["head"]["per_pixel"]["cse"])
+    assert m["meta"]["set_file"]["file"] == tiny_set.name and len(m["meta"]["set_file"]["sha256"]) == 64
+    assert m["meta"]["readout_definitions"]["per_pixel"]["raw"].startswith("not applicable")
+    assert m["meta"]["fitted_input_channels"]["cse"][0] == 4 + 32
+    assert m["readouts"]["raw"]["per_pixel"]["applicable"] is False
+    md = (out / "report.md").read_text()
+    assert "not applicable" in md and "one run each: no interval" in md and "Per-pixel + deep sup." in md
     heads = ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds"]
     # a tiny random set has no fitted file: fitted is absent, with its reason in meta
     assert list(m["readouts"]) == ["raw", "head", "fitted"] and m["readouts"]["fitted"] == {}
     assert set(m["meta"]["unavailable"]["fitted"]) == set(heads) and m["meta"]["fitted"] is None
     # raw only where channel k is class k by construction: not per_pixel (its reason in meta)
-    assert list(m["readouts"]["raw"]) == [h for h in heads if h != "per_pixel"]
+    assert [h for h, e in m["readouts"]["raw"].items() if "blocks" in e] == [h for h in heads if h != "per_pixel"]
     assert "not class maps by construction" in m["meta"]["unavailable"]["raw"]["per_pixel"]
     for r in ("raw", "head"):
-        for head in m["readouts"][r]:
+        for head in [h for h, e in m["readouts"][r].items() if "blocks" in e]:
             entry = m["readouts"][r][head]
             assert set(entry) == {"input", "blocks", "final"}
             assert len(entry["blocks"]) == 2
@@ -197,7 +208,9 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
                     assert stage[key] is not None and 0.0 <= stage[key] <= 100.0
                 assert len(stage["iou_per_class"]) == 4
     assert list(m["readouts"]["head"]) == heads
-    for head in m["readouts"]["raw"]:  # the head readout's last block and output are the output; raw's output too
+    for head in [
+        h for h, e in m["readouts"]["raw"].items() if "blocks" in e
+    ]:  # the head readout's last block and output are the output; raw's output too
         h, raw = m["readouts"]["head"][head], m["readouts"]["raw"][head]
         assert h["blocks"][-1] == h["final"] == raw["final"]
     assert m["meta"]["n_images"] == 3 and m["meta"]["split"] == "val" and m["meta"]["unit"] == "percent (0-100)"
@@ -308,29 +321,50 @@ def test_probe_sources_pair_by_seed_and_refuse_a_repeated_seed(tmp_path: Path) -
         collect_probe([shipped], [run])
 
 
-def test_claim_lines_hold_under_one_readout_and_not_another() -> None:
-    from analysis.report import claim_lines
+def _entry(blocks_miou, blocks_ap):
+    return {"input": {}, "blocks": [{"miou": a, "mask_ap": b} for a, b in zip(blocks_miou, blocks_ap)], "final": {}}
 
-    def entry(blocks_miou, blocks_ap):
-        return {
-            "input": {},
-            "blocks": [{"miou": a, "mask_ap": b} for a, b in zip(blocks_miou, blocks_ap)],
-            "final": {},
-        }
+
+def test_claims_cover_every_baseline_and_only_the_readouts_that_read_both() -> None:
+    from analysis.claims import block_claims, claims_table
 
     readouts = {
-        "raw": {"cse": entry([30, 40], [50, 60]), "per_pixel": entry([3, 4], [10, 12])},
-        "head": {"cse": entry([20, 50], [40, 60]), "per_pixel": entry([45, 48], [55, 58])},
-        "fitted": {"cse": entry([10, 20], [30, 40]), "per_pixel": entry([45, 48], [55, 58])},
+        "raw": {
+            "cse": _entry([30, 40], [50, 60]),
+            "per_pixel_ds": _entry([35, 38], [10, 12]),
+            "per_pixel": {"applicable": False, "reason": "channel k is not class k"},
+        },
+        "head": {"cse": _entry([20, 50], [40, 60]), "per_pixel": _entry([45, 48], [55, 58])},
     }
-    raw, head, fitted = claim_lines(readouts, ["cse", "per_pixel"])
-    assert raw.startswith("**raw**: the claim holds (StructToken-CSE vs Per-pixel: mIoU above at 2/2")
-    assert "(difference +27.0 to +36.0 pts)" in raw
-    assert head.startswith("**head**: the claim holds in part") and "mIoU above at 1/2" in head
-    assert fitted.startswith("**fitted**: the claim does not hold") and "mask AP above at 0/2" in fitted
-    assert claim_lines({"raw": {"cse": entry([1], [1])}}, ["cse"]) == [
-        "**raw**: not judged (it reads no baseline head)."
-    ]
+    heads = ["cse", "per_pixel", "per_pixel_ds"]
+    claims = block_claims({0: readouts}, heads)
+    assert set(claims) == {"raw", "head"}
+    assert set(claims["raw"]) == {"per_pixel_ds"}  # raw reads no per_pixel: no raw line against it
+    assert set(claims["head"]) == {"per_pixel"}
+    b1, b2 = claims["raw"]["per_pixel_ds"]["cse"]
+    assert (b1["block"], b1["diff_mean"], b1["n"], b1["verdict"]) == (1, -5, 1, None)  # one run: no verdict
+    assert "ci95" not in b1 and b2["diff_mean"] == 2 and b2["mask_ap"]["diff_mean"] == 48
+    table = "\n".join(claims_table(claims))
+    assert "one run each: no interval" in table and "| StructToken-CSE | Per-pixel + deep sup. | -5.0 | +2.0 |" in table
+
+
+def test_claims_over_seeds_are_paired_differences_with_a_t_interval() -> None:
+    from analysis.claims import block_claims
+
+    # block 1 differences over seeds 0, 1, 2: 5, 6, 5 (mean 5.333, sd 0.5774, t(0.975, 2) = 4.3027 -> +-1.434)
+    # block 2: -1, +1, 0 (the interval contains 0: no verdict)
+    per_seed = {
+        s: {"head": {"cse": _entry([40 + d1, 50 + d2], [1, 1]), "fcn": _entry([40, 50], [1, 1])}}
+        for s, d1, d2 in ((0, 5, -1), (1, 6, 1), (2, 5, 0))
+    }
+    per_seed[1]["head"]["fcn"]["blocks"][0]["miou"] -= 10  # shared seed effect: cancels in the pairing
+    per_seed[1]["head"]["cse"]["blocks"][0]["miou"] -= 10
+    (b1, b2) = block_claims(per_seed, ["cse", "fcn"])["head"]["fcn"]["cse"]
+    assert b1["n"] == 3 and b1["seeds"] == [0, 1, 2] and b1["diff_mean"] == pytest.approx(16 / 3)
+    assert b1["ci95"] == pytest.approx([16 / 3 - 1.43424, 16 / 3 + 1.43424], abs=1e-4)
+    assert b1["verdict"] == "above"
+    assert b2["diff_mean"] == pytest.approx(0) and b2["verdict"] is None and b2["ci95"][0] < 0 < b2["ci95"][1]
+    assert b1["mask_ap"]["ci95"] is None and b1["mask_ap"]["verdict"] is None  # no spread: no interval
 
 
 def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path) -> None:
