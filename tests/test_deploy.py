@@ -187,7 +187,7 @@ def test_progress_steps_survive_zerogpu(tmp_path: Path, monkeypatch: pytest.Monk
     assert wrapped == ["_analyze"]  # the service call runs under spaces.GPU
     image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     STEPS.clear()
-    out = ui.analyze_image(image, None, "prediction", checkpoint=str(tiny), progress=RecordingProgress(), pdf=False)
+    out = ui.analyze_image(image, None, "prediction", checkpoint=str(tiny), progress=RecordingProgress())
     assert out[5]  # the summary
     descs = [d for _, d in STEPS]
     assert any(d and d.startswith("loading model") for d in descs), descs
