@@ -393,7 +393,15 @@ def check_archive(path: str | Path) -> int:
             f"{name}: the archive holds {len(infos):,} records (at most {MAX_RECORDS:,}); not a checkpoint"
         )
     total = 0
+    size = path.stat().st_size
     for info in infos:
+        if info.compress_size > size or (
+            info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+        ):
+            raise CheckpointError(
+                f"{name}: record {clean(info.filename)!r} declares {info.file_size:,} bytes but the file holds "
+                f"{min(info.compress_size, size):,} for it: truncated or forged; send an intact file"
+            )
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATE_RATIO * info.compress_size + 4096:
             raise CheckpointError(
                 f"{name}: record {clean(info.filename)!r} inflates {info.compress_size:,} stored bytes to "

@@ -326,3 +326,13 @@ def test_missing_shared_folder_fails_in_ci(tmp_path):
     ci = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert ci.returncode != 0 and "skipped" not in ci.stdout, ci.stdout[-2000:]
     assert ci.stdout.count("CI=true: a missing shared folder is a failure") >= 2, ci.stdout[-2000:]
+
+
+def test_archive_over_the_memory_budget_is_refused_before_reading(tmp_path, monkeypatch):
+    torch.save({"state_dict": random_official_state_dict("sse", 32, 1, 4, (4, 4), 1)}, tmp_path / "x.pth")
+    monkeypatch.setenv("STRUCTTOKEN_MAX_MODEL_BYTES", "10000")
+    with pytest.raises(CheckpointError, match=r"^x\.pth: its records declare .* over the memory budget of 0\.01 MB"):
+        load_official(tmp_path / "x.pth")
+    monkeypatch.setenv("STRUCTTOKEN_MAX_MODEL_BYTES", "lots")
+    with pytest.raises(CheckpointError, match="STRUCTTOKEN_MAX_MODEL_BYTES: expected a number of bytes"):
+        load_official(tmp_path / "x.pth")

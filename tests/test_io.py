@@ -226,3 +226,20 @@ def test_read_label(tmp_path: Path) -> None:
         read_label(_save(tmp_path, "rgb.png", Image.new("RGB", (3, 2))))
     with pytest.raises(ImageReadError, match=r"^label file not found: nope.png$"):
         read_label(tmp_path / "nope.png")
+
+
+def test_a_big_jpeg_is_drafted_before_the_bomb_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JPEG over the decoder's limit that decodes at reduced scale within it is read (the 12000x9000 photo of
+    issue 24, scaled down 10x here); a PNG of the same size is refused saying the limit and what to do."""
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8))
+    jpg, png = _save(tmp_path, "big.jpg", im), _save(tmp_path, "big.png", im)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # 1 MP: the 1.08 MP files are over it
+    notices: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        rgb = read_image(jpg, notices, max_side=600)
+        assert rgb.shape == (450, 600, 3) and "decoded at reduced scale (600x450)" in notices[0]
+        msg = _message(png)
+    assert "1200x900 px" in msg and "safety limit of 1 MP" in msg and "downscale it before uploading" in msg
+    assert isinstance(ImageReadError("x"), ValueError) and len(msg) <= 300 and "\n" not in msg
