@@ -90,13 +90,19 @@ class ChannelAttention(nn.Module):
         self.out_project = DepthWiseConvBlock(query_channels, query_channels)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The attention logits before the softmax: q k^T / sqrt(h*w), query [B, Cq, h, w], key [B, Ckv, h, w]
+        -> [B, Cq, Ckv] (what :meth:`forward` takes the softmax of, computed the same way)."""
+        h, w = query.shape[-2:]
+        q = self.query_map(query).flatten(2)  # [B, Cq, hw]
+        k = self.key_map(key).flatten(2)  # [B, Ckv, hw]
+        return (q @ k.transpose(-2, -1)) * (h * w) ** -0.5
+
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query [B, Cq, h, w], key/value [B, Ckv, h, w] -> (output [B, Cq, h, w], attention [B, Cq, Ckv])."""
         b, cq, h, w = query.shape
-        q = self.query_map(query).flatten(2)  # [B, Cq, hw]
-        k = self.key_map(key).flatten(2)  # [B, Ckv, hw]
         v = self.value_map(value).flatten(2)  # [B, Ckv, hw]
-        attn = ((q @ k.transpose(-2, -1)) * (h * w) ** -0.5).softmax(dim=-1)  # [B, Cq, Ckv]
+        attn = self.scores(query, key).softmax(dim=-1)  # [B, Cq, Ckv]
         o = (attn @ v).reshape(b, cq, h, w)
         return query + self.drop_path(self.out_project(o)), attn
 
