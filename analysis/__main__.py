@@ -13,6 +13,7 @@ COMMANDS = {
     "report": "per-block metrics of every head over a dataset split, figures and report.md",
     "run-result": "the result file of one finished training run (fit, evaluate, per-stage metrics)",
     "claims": "claim tables over the committed run results (paired over seeds)",
+    "results-md": "regenerate (or --check) the result tables of README.md and docs/results.md from the JSON",
 }
 
 
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runs import main as runs_main
 
         return runs_main(args[1:])
+    if args[0] == "results-md":
+        from .results_md import main as results_main
+
+        return results_main(args[1:])
     if args[0] == "claims":
         from .claims import main as claims_main
 

@@ -1,0 +1,41 @@
+"""README's and docs/results.md's result tables equal what the shipped JSON gives (analysis.results_md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from analysis.results_md import ROOT, SOURCES, render, stale_files
+
+
+def test_readme_and_results_doc_match_the_shipped_json():
+    stale = stale_files()
+    assert not stale, f"{[p.name for p in stale]} differ from the shipped JSON: run python -m analysis results-md"
+
+
+def _copy(tmp: Path) -> Path:
+    for rel in ("README.md", "docs/results.md", SOURCES["final"], SOURCES["report"]):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp / rel)
+    runs = ROOT / SOURCES["runs"]
+    if runs.is_dir():
+        shutil.copytree(runs, tmp / SOURCES["runs"])
+    return tmp
+
+
+def test_an_edited_number_or_a_changed_result_is_caught(tmp_path):
+    root = _copy(tmp_path)
+    assert stale_files(root) == []
+    readme = root / "README.md"
+    text = readme.read_text()
+    readme.write_text(text.replace("| 52.18 |", "| 52.81 |", 1))  # a hand edit of CSE's mIoU
+    assert stale_files(root) == [readme]
+    readme.write_text(text)
+    val = json.loads((root / SOURCES["final"]).read_text())
+    val["heads"]["cse"]["miou"] += 0.01  # a new result without regenerating the docs
+    (root / SOURCES["final"]).write_text(json.dumps(val))
+    assert set(stale_files(root)) == {readme, root / "docs/results.md"}
+    for path, new in render(root).items():
+        path.write_text(new)
+    assert stale_files(root) == [] and "| 53.18 |" in readme.read_text()
