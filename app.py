@@ -22,15 +22,18 @@ if __name__ == "__main__":
     for _key, _value in {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}.items():
         os.environ.setdefault(_key, _value)
 
-import collections
+import atexit
 import contextlib
+import functools
 import gc
 import logging
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,7 @@ from analysis.service import (
     Explorer,
     ModelInfo,
     save_downloads,
-    save_pdf,
+    save_images,
 )
 from structtoken.errors import StructTokenError
 
@@ -57,7 +60,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 MAX_FILE_SIZE = "20mb"
 CAMVID_EXAMPLES = 6
-KEEP_REQUEST_DIRS = 64  # per-request download folders kept on disk (older ones are deleted)
+TEMP_BUDGET_BYTES = int(float(os.environ.get("STRUCTTOKEN_TEMP_BUDGET_MB", "512")) * 1e6)
+"""Bytes the whole temporary area (uploads, Gradio's cache, the app's outputs) may hold; the oldest
+files are removed beyond it (``$STRUCTTOKEN_TEMP_BUDGET_MB``, default 512)."""
+DOWNLOADS = ("png", "pdf", "npz", "json")
+"""What a request may ask to download: the figure (PNG, PDF), the maps (.npz), the numbers (JSON)."""
 DEFAULT_ANALYSIS = "comparison"
 ALL_BLOCKS = -1
 """The block control's "every stage" (comparison, probe) / "last block" (attention) value."""
@@ -130,8 +137,11 @@ CSS = """
 #st-summary table {font-size: 0.85rem; display: block; overflow-x: auto; max-width: 100%;}
 .st-downloads button {min-width: 0;}
 #st-figure, #st-figure .image-container, #st-figure button {height: auto !important; max-height: none !important;}
-#st-figure img {width: 100% !important; height: auto !important; max-height: none !important;
-  object-fit: contain !important; margin-top: 30px;}  /* its buttons sit above it, not on its titles */
+#st-figure img {width: auto !important; height: auto !important; max-width: 100% !important;
+  max-height: calc(100vh - 40px) !important; object-fit: contain !important; margin: 30px auto 0 0;}
+  /* one figure pixel per screen pixel where it fits, the whole figure within the window's height;
+     its buttons (download, full screen) sit above it, not on its titles */
+#st-intro {padding-left: 34px;}  /* clear of the sidebar's toggle when the sidebar is closed */
 #st-results {min-width: 0; overflow-x: auto;}
 #st-plot, #st-curves {overflow-x: auto !important; max-width: 100%;}
 """
@@ -173,24 +183,75 @@ class MemoryTidier:
                 self._frozen = True
 
 
-class RequestFolders:
-    """A fresh folder per request's downloads, under one temporary root; only the newest ``keep`` are kept."""
+class TempArea:
+    """Where the app's files go: one folder per request under ``root`` (Gradio's upload and cache
+    folder, so Gradio serves them as they are instead of copying them), each file written once under
+    a unique name. The whole ``root`` is kept under ``budget`` bytes by removing the oldest files
+    (when the app owns it: ``owned``; else only the app's own folder), and removed at exit.
 
-    def __init__(self, keep: int = KEEP_REQUEST_DIRS) -> None:
-        self.keep = keep
+    Args:
+        root: the temporary area (default: Gradio's upload folder, ``$GRADIO_TEMP_DIR``).
+        budget: bytes kept at most.
+        owned: whether the app made ``root`` for itself (then all of it is the app's to trim and remove).
+    """
+
+    def __init__(self, root: Path | None = None, budget: int = TEMP_BUDGET_BYTES, owned: bool = False) -> None:
+        from gradio.utils import get_upload_folder
+
+        self.root = Path(root or get_upload_folder()).resolve()
+        self.budget = budget
+        self.owned = owned
+        self.outputs = self.root / f"structtoken_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
-        self._dirs: collections.deque[Path] = collections.deque()
-        self._root: Path | None = None
+        self._removed = False
 
-    def new(self) -> Path:
-        with self._lock:
-            if self._root is None or not self._root.is_dir():
-                self._root = Path(tempfile.mkdtemp(prefix="structtoken_app_"))
-            d = Path(tempfile.mkdtemp(dir=self._root))
-            self._dirs.append(d)
-            while len(self._dirs) > self.keep:
-                shutil.rmtree(self._dirs.popleft(), ignore_errors=True)
+    def new_folder(self) -> Path:
+        """A fresh folder for one request's files (unique: concurrent requests never share a file)."""
+        d = self.outputs / uuid.uuid4().hex
+        d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def size(self) -> int:
+        """Bytes under the area (all of ``root`` when owned, else the app's own folder)."""
+        return sum(size for _, size, _ in self._files())
+
+    def _files(self) -> list[tuple[float, int, Path]]:
+        base = self.root if self.owned else self.outputs
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                p = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    st = p.stat()
+                    out.append((st.st_mtime, st.st_size, p))
+        return out
+
+    def trim(self) -> int:
+        """Remove the oldest files until the area holds at most 80 % of the budget (when it is over
+        the budget); returns the bytes removed."""
+        with self._lock:
+            files = self._files()
+            total = sum(size for _, size, _ in files)
+            if total <= self.budget:
+                return 0
+            freed = 0
+            for _, size, p in sorted(files):
+                if total - freed <= 0.8 * self.budget:
+                    break
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    freed += size
+                    with contextlib.suppress(OSError):
+                        p.parent.rmdir()  # an emptied request folder
+            return freed
+
+    def remove(self) -> None:
+        """Delete the area (all of it when owned, else the app's own folder); idempotent."""
+        with self._lock:
+            if self._removed:
+                return
+            self._removed = True
+            shutil.rmtree(self.root if self.owned else self.outputs, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- models and examples
@@ -324,6 +385,23 @@ def _payload_path(value: Any) -> str | None:
     return str(value) if isinstance(value, (str, Path)) else None
 
 
+def _readable_roots() -> list[Path]:
+    """Where a file handed to a handler may be: Gradio's upload folder, the system's temporary folder
+    (Gradio's own rule for files) and the example folders the page serves."""
+    from gradio.utils import get_upload_folder
+
+    roots = [Path(get_upload_folder()), Path(tempfile.gettempdir()), *(Path(p) for p in launch_allowed_paths())]
+    return [r.resolve() for r in roots]
+
+
+def _check_upload(path: str, what: str) -> None:
+    """Refuse a file path that is not an upload (or an example): the API cannot make the server read
+    its own files, even where a payload slips past Gradio's checks."""
+    p = Path(path).expanduser().resolve()
+    if not any(p == r or r in p.parents for r in _readable_roots()):
+        raise _refuse(f"{what} {p.name!r} was not uploaded: files reach this app only as uploads")
+
+
 def _has_image(image: Any) -> bool:
     return _is_array(image) or _payload_path(image) is not None
 
@@ -402,6 +480,23 @@ OUTPUT_NAMES = (
     "download_json",
 )
 """What ``/analyze`` returns, in order (the page also keeps a private state for its controls)."""
+PAGE_OUTPUT_NAMES = (*OUTPUT_NAMES[:7], "state", "error", "curves_box", "table_box")
+"""What the page's analysis updates: the shown outputs (downloads are rendered when asked for), the
+state, the error notice and the visibility of the curves and table sections."""
+
+
+def _downloads_arg(value: Any) -> tuple[str, ...]:
+    """The ``downloads`` input (None, a name, a comma-separated string or a list) -> names in :data:`DOWNLOADS`."""
+    if value in (None, "", [], ()):
+        return ()
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    items = [v.lower().lstrip(".") for v in items if v]
+    bad = [v for v in items if v not in DOWNLOADS]
+    if bad:
+        raise _refuse(f"unknown download {bad[0]!r}; choose any of: {', '.join(DOWNLOADS)}")
+    return tuple(d for d in DOWNLOADS if d in items)
+
+
 SIDEBAR_WIDTH = 320
 """px: the controls' sidebar; at a 1400 px window the results get about 1058 px (the figure >= 1000 px)."""
 PLOT_WIDTH = 1000
@@ -419,6 +514,11 @@ def _table_value(rows: Sequence[Sequence[Any]] | None, headers: Sequence[str] | 
     return pd.DataFrame(rows, columns=headers)
 
 
+DOWNLOAD_LABELS = {"png": "Figure PNG", "pdf": "Figure PDF", "npz": "Maps .npz", "json": "Numbers JSON"}
+"""The page's download buttons (keys of :data:`DOWNLOADS`)."""
+SAVE_DOWNLOAD_JS = """() => { setTimeout(() => {
+  const a = document.querySelector('#st-download a[download], #st-download a[href]'); if (a) a.click(); }, 100); }"""
+"""Browser-side: once a download button's file is rendered, save it (the file box keeps a link too)."""
 RELAYOUT_PLOTS_JS = """() => { setTimeout(() => window.dispatchEvent(new Event("resize")), 60); }"""
 """Browser-side: after the Interactive tab opens, a window resize event makes Gradio's responsive plotly
 figures re-measure their now visible container (plotly is bundled, there is no ``window.Plotly``)."""
@@ -448,9 +548,10 @@ def error_box(message: str | None) -> Any:
 
 def clear_for_new_image(image: Any) -> tuple[Any, ...]:
     """A new (or no) image: drop the previous image's results before analysing the new one (the page's
-    outputs: :data:`OUTPUT_NAMES`, the state, the error notice)."""
+    outputs, :data:`PAGE_OUTPUT_NAMES`)."""
     summary = "*Analysing…*" if _has_image(image) else "*Upload an image or pick an example.*"
-    return (None, None, None, None, None, summary, None, None, None, None, None, None, error_box(None))
+    hidden = gr.update(visible=False)
+    return (None, None, None, None, None, summary, None, None, error_box(None), hidden, hidden)
 
 
 class ProgressReport:
@@ -476,12 +577,12 @@ class ExplorerUI:
 
     Args:
         explorer: the service.
-        folders: where each request's downloads go.
+        area: where each request's files go (default: a folder of its own in Gradio's upload folder).
     """
 
-    def __init__(self, explorer: Explorer, folders: RequestFolders | None = None) -> None:
+    def __init__(self, explorer: Explorer, area: TempArea | None = None) -> None:
         self.explorer = explorer
-        self.folders = folders or RequestFolders()
+        self.area = area or TempArea()
         self.tidy_memory = MemoryTidier()
         self._run = _gpu(self._analyze)
         labels = {key: a.label for key, a in explorer.analyses.items()}
@@ -495,6 +596,7 @@ class ExplorerUI:
         free path: API callers cannot point the server at its own files)."""
         ckpt = _payload_path(checkpoint)
         if ckpt:
+            _check_upload(ckpt, "checkpoint")
             if not ckpt.lower().endswith(CHECKPOINT_SUFFIXES):
                 raise _refuse(f"checkpoint {Path(ckpt).name!r}: expected a .safetensors or .pth file")
             return ckpt
@@ -521,19 +623,33 @@ class ExplorerUI:
         opacity: Any = 0.5,
         checkpoint: Any = None,
         readout: Any = "raw",
+        downloads: Any = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
-        pdf: bool = True,
+        display: bool = True,
     ) -> tuple[Any, ...]:
         """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
 
-        ``pdf=False`` (the page) leaves the figure PDF to :meth:`render_pending_pdf`, a follow-up step.
-        Every bad input (an :class:`analysis.service.AnalysisError` or a bad argument) becomes a
+        ``downloads``: which of :data:`DOWNLOADS` to write (a list, or one name); none by default, so a
+        request renders only what it shows. ``display=False`` (a page download) skips the figure and
+        overlay images. Every bad input (an :class:`analysis.service.AnalysisError` or a bad argument) becomes a
         ``gr.Error`` with its message, free of server paths, logged as one line; any other exception
         is logged with its traceback and reported as ``internal error: ...`` (the server stays up).
         """
         try:
             return self._analyze_image(
-                image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, progress, pdf
+                image,
+                model,
+                analysis,
+                head,
+                classes,
+                normalize,
+                block,
+                opacity,
+                checkpoint,
+                readout,
+                progress,
+                _downloads_arg(downloads),
+                display,
             )
         except gr.Error as e:
             e.message = scrub_paths(str(e.message), _payload_path(checkpoint) or "")
@@ -563,12 +679,15 @@ class ExplorerUI:
         checkpoint: Any,
         readout: Any,
         progress: Any,
-        pdf: bool,
+        downloads: tuple[str, ...],
+        display: bool,
     ) -> tuple[Any, ...]:
         t0 = time.perf_counter()
         img = image if _is_array(image) else _payload_path(image)
         if img is None:
             raise _refuse("Upload an image first (or pick one of the examples).")
+        if not _is_array(img):
+            _check_upload(img, "image")
         spec = self.model_spec(model, checkpoint)
         request = AnalysisRequest(
             image=img,
@@ -590,17 +709,21 @@ class ExplorerUI:
             raise _refuse(str(e)) from None
         t1 = time.perf_counter()
         stem = f"structtoken_{request.analysis}_{_slug(spec)}"
-        folder = self.folders.new()
-        files = {k: None if v is None else str(v) for k, v in save_downloads(result, folder, stem, pdf).items()}
+        folder = self.area.new_folder()
+        figure, overlay = save_images(result, folder, stem) if display else (None, None)
+        asked = tuple(d for d in downloads if not (d == "png" and figure is not None))
+        files = {k: None if v is None else str(v) for k, v in save_downloads(result, folder, stem, asked).items()}
+        if figure is not None and "png" in downloads:
+            files["png"] = str(figure)  # the figure shown is the PNG download: written once
+        self.area.trim()
         t2 = time.perf_counter()
         timings = dict(result.timings or {})
         timings.update(
             app_gc_s=round(t_gc, 4),
             app_service_s=round(t1 - t0, 4),
-            app_downloads_s=round(t2 - t1, 4),
+            app_files_s=round(t2 - t1, 4),
             app_total_s=round(time.perf_counter() - t0, 4),
         )
-        pending = None if pdf or result.figure is None else folder / f"{stem}.pdf"
         metrics = result.metrics or {}
         state = {
             "spec": spec,
@@ -612,15 +735,13 @@ class ExplorerUI:
             "image_classes": _classes_by_area(metrics, result.selected_classes),
             "readout": request.readout,
             "has_curves": result.curves is not None,
-            # the page's follow-up step renders the PDF from this figure into this path
-            "pdf_figure": result.figure if pending is not None else None,
-            "pdf_path": pending,
+            "has_table": bool(result.table),
         }
         return (
-            files["png"],
-            fit_plot(result.plot),
-            result.overlay,
-            fit_plot(result.curves),
+            None if figure is None else str(figure),
+            fit_plot(result.plot) if display else None,
+            None if overlay is None else str(overlay),
+            fit_plot(result.curves) if display else None,
             _table_value(result.table, result.table_headers),
             scrub_paths(result.summary or "", spec),
             timings,
@@ -631,34 +752,48 @@ class ExplorerUI:
             state,
         )
 
-    def analyze_page(
-        self,
-        *args: Any,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[Any, ...]:
-        """The page's analysis: the API's inputs, then the class mode (``auto``: the page's chips are
-        the last automatic pick, so the classes are chosen afresh for this image) and the focus class the
-        user clicked (None: the focus view's default, the largest class).
-
-        Returns the API's outputs, the state and the error notice. A refused request returns empty
-        results and the message in the notice (it stays until the next run), instead of a toast that
-        fades while the page still points to it.
-        """
+    def _page_api_args(self, args: Sequence[Any]) -> list[Any]:
+        """The page's inputs (the API's, then the class mode and the clicked focus class) -> the API's:
+        ``auto`` class mode asks for automatic classes (the page's chips are the last automatic pick,
+        so the classes are chosen afresh for this image); a clicked focus class is the focus view's class."""
         *api, class_mode, focus_pick = args
         if class_mode != "user":
             api[4] = None  # classes: automatic
         if focus_pick and self._analysis_key_or_none(api[2]) == "focus":
             api[4] = [focus_pick]
+        return api
+
+    def analyze_page(
+        self,
+        *args: Any,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        """The page's analysis: the API's inputs, then the class mode and the focus class the user
+        clicked (None: the focus view's default, the largest class). No downloads: those are rendered
+        when asked for (:meth:`download_page`).
+
+        Returns :data:`PAGE_OUTPUT_NAMES`. A refused request returns empty results and the message in
+        the notice (it stays until the next run), instead of a toast that fades while the page still
+        points to it; the sections without content are hidden.
+        """
         try:
-            return (*self.analyze_image(*api, progress=progress, pdf=False), error_box(None))
+            out = self.analyze_image(*self._page_api_args(args), progress=progress)
         except gr.Error as e:
-            empty = (None, None, None, None, None, "", None, None, None, None, None, None)
-            return (*empty, error_box(str(e.message)))
+            empty = (None, None, None, None, None, "", None, None)
+            return (*empty, error_box(str(e.message)), gr.update(visible=False), gr.update(visible=False))
+        state = out[-1]
+        return (
+            *out[:7],
+            state,
+            error_box(None),
+            gr.update(visible=bool(state.get("has_curves"))),
+            gr.update(visible=bool(state.get("has_table"))),
+        )
 
     def analyze_if_image(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
         """The page's analysis re-run by its controls: nothing without an image."""
         if not _has_image(args[0]):
-            return tuple(gr.skip() for _ in range(len(OUTPUT_NAMES) + 2))
+            return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
         return self.analyze_page(*args, progress=progress)
 
     def _analysis_key_or_none(self, value: Any) -> str | None:
@@ -667,17 +802,12 @@ class ExplorerUI:
         except gr.Error:
             return None
 
-    def render_pending_pdf(self, state: dict[str, Any] | None) -> Any:
-        """The page's follow-up step: the figure PDF of the last run (the picture is already shown)."""
-        if not state or state.get("pdf_figure") is None:
-            return gr.skip()
-        try:
-            return str(save_pdf(state["pdf_figure"], Path(state["pdf_path"])))
-        except Exception:  # a missing PDF must not break the page
-            log.exception("PDF export failed")
-            return None
-        finally:
-            state["pdf_figure"] = None  # drop the figure from the session
+    def download_page(self, what: str, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+        """A page download button: ``what`` (one of :data:`DOWNLOADS`) of what the controls show now,
+        rendered on request (the maps come from the cache). Works whenever it is clicked: before the
+        page's own run has finished, it shares that run's model pass. A refusal is a message (toast)."""
+        out = self.analyze_image(*self._page_api_args(args), downloads=[what], progress=progress, display=False)
+        return out[OUTPUT_NAMES.index(f"download_{what}")]
 
     # ---------------------------------------------------------------- controls
     def control_updates(
@@ -723,21 +853,28 @@ class ExplorerUI:
             interactive="block" in used and len(blocks) > 1,
         )
         keep = [c for c in (selected or []) if c in info.classes]
+        # the user's own picks stay as they are: a run that finishes while they pick more classes must
+        # not put back its (shorter) selection, which would drop the newer picks (and their next run)
+        chips = {} if class_mode == "user" else {"value": keep}
         classes_up = gr.update(
             choices=list(info.classes),
-            value=keep,
             interactive="classes" in used,
             label=USER_CLASSES_LABEL if class_mode == "user" else AUTO_CLASSES_LABEL,
+            **chips,
         )
         normalize_up = gr.update(interactive="normalize" in used)
         reasons = readout_reasons(info)
         offered = [(READOUT_LABELS.get(r, r), r) for r, why in reasons.items() if why is None]
-        value = readout if readout in [r for _, r in offered] else (offered[0][1] if offered else None)
+        value = readout if readout in [r for _, r in offered] else _first_readout(offered)
         missing = "; ".join(
             f"*{READOUT_LABELS.get(r, r)}* is not available: {why}" for r, why in reasons.items() if why
         )
         readout_up = gr.update(
-            choices=offered, value=value, interactive="readout" in used and len(offered) > 1, info=missing or None
+            # "" clears a reason shown for an earlier set (None would leave it)
+            choices=offered,
+            value=value,
+            interactive="readout" in used and len(offered) > 1,
+            info=missing or "",
         )
         return analysis_up, availability, head_up, block_up, classes_up, normalize_up, readout_up
 
@@ -782,7 +919,7 @@ class ExplorerUI:
         """After a run: the set's heads, blocks and classes (now known, the set being loaded); the chips
         show the classes shown, the focus-class control the image's classes by predicted area."""
         if not state:
-            return tuple(gr.skip() for _ in range(len(CONTROL_NAMES) + 2))
+            return tuple(gr.skip() for _ in range(len(CONTROL_NAMES) + 1))
         info = self.explorer.describe_model(state["spec"])
         fitted = self.control_updates(
             info,
@@ -800,7 +937,17 @@ class ExplorerUI:
             value=focus if focus in [v for _, v in choices] else None,
             visible=state["analysis"] == "focus",
         )
-        return (*fitted, focus_up, gr.update(visible=bool(state.get("has_curves"))))
+        return (*fitted, focus_up)
+
+
+PREFERRED_READOUTS = ("head", "raw", "fitted")
+"""The page's first readout: the first of these the set offers (``head`` reads every kind of head; ``raw``
+does not apply to heads whose channels are not classes)."""
+
+
+def _first_readout(offered: Sequence[tuple[str, str]]) -> str | None:
+    keys = [r for _, r in offered]
+    return next((r for r in PREFERRED_READOUTS if r in keys), keys[0] if keys else None)
 
 
 def readout_reasons(info: ModelInfo) -> dict[str, str | None]:
@@ -826,13 +973,13 @@ CONTROL_NAMES = ("analysis", "availability", "head", "block", "classes", "normal
 
 
 # --------------------------------------------------------------------------- layout
-def build_demo(explorer: Explorer) -> gr.Blocks:
+def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
     """The page for ``explorer``. Cheap: reads the default set's config, loads no weights.
 
     Controls live in a sidebar; the results take the page's width, the figure first, then the summary
     (verdict and numbers), the downloads and the tables.
     """
-    ui = ExplorerUI(explorer)
+    ui = ExplorerUI(explorer, area)
     models = model_names(explorer)
     info = explorer.describe_model(models[0])
     first = info.analyses.get(DEFAULT_ANALYSIS) or AnalysisInfo(
@@ -899,7 +1046,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             offered = [(READOUT_LABELS.get(r, r), r) for r, why in readouts.items() if why is None]
             readout = gr.Dropdown(
                 choices=offered,
-                value=offered[0][1] if offered else None,
+                value=_first_readout(offered),
                 label="Readout (how a stage is read as class scores)",
                 info="; ".join(f"{READOUT_LABELS.get(r, r)}: n/a, {why}" for r, why in readouts.items() if why) or None,
                 interactive=len(offered) > 1,
@@ -947,16 +1094,24 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         format="png",
                     )
             summary = gr.Markdown("*Upload an image or pick an example.*", label="Summary", elem_id="st-summary")
+            # downloads are rendered when asked for (not on every run): a button renders its file for what
+            # the controls show, with progress on the file box, and the browser then saves it
             with gr.Row(elem_classes="st-downloads"):
-                dl_png = gr.DownloadButton("Figure PNG", size="sm", elem_id="st-dl-png")
-                dl_pdf = gr.DownloadButton("Figure PDF", size="sm", elem_id="st-dl-pdf")
-                dl_npz = gr.DownloadButton("Maps .npz", size="sm", elem_id="st-dl-npz")
-                dl_json = gr.DownloadButton("Metrics JSON", size="sm", elem_id="st-dl-json")
+                dl_buttons = {
+                    what: gr.Button(label, size="sm", elem_id=f"st-dl-{what}")
+                    for what, label in DOWNLOAD_LABELS.items()
+                }
+            dl_file = gr.File(
+                label="Download (rendered when you click a button above)",
+                interactive=False,
+                height=60,
+                elem_id="st-download",
+            )
             with gr.Accordion(
                 "Dataset-level curves (validation set, shipped report)", open=True, visible=False
             ) as curves_box:
                 curves = gr.Plot(label="Dataset-level curves", show_label=False, elem_id="st-curves")
-            with gr.Accordion("The numbers as a table (sort, copy)", open=False):
+            with gr.Accordion("The numbers as a table (sort, copy)", open=False, visible=False) as table_box:
                 table = gr.Dataframe(label="Numbers", interactive=False, wrap=True, elem_id="st-table")
             with gr.Accordion("How to read this", open=False):
                 gr.Markdown(HELP)
@@ -966,11 +1121,13 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         class_mode = gr.State("auto")
         focus_pick = gr.State(None)  # the focus class the user clicked (None: the largest class)
         api_run = gr.Button("analyze (API)", visible=False)
+        api_downloads = gr.CheckboxGroup(list(DOWNLOADS), value=[], visible=False, label="downloads")
+        api_files = [gr.File(visible=False, label=f"download_{what}") for what in DOWNLOADS]
 
         inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
-        outputs = [figure, plot, overlay, curves, table, summary, timings, dl_png, dl_pdf, dl_npz, dl_json, state]
+        outputs = [figure, plot, overlay, curves, table, summary, timings, *api_files, state]
         page_inputs = [*inputs, class_mode, focus_pick]
-        page_outputs = [*outputs, error]
+        page_outputs = [*outputs[:7], state, error, curves_box, table_box]
         controls = [analysis, availability, head, block, classes, normalize, readout]
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
         refresh_in = [model, checkpoint, analysis, head, block, classes, readout, class_mode]
@@ -984,43 +1141,37 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         ]
 
         def then_fit(dep: Any) -> None:
-            done = dep.success(
-                ui.controls_from_result,
-                inputs=[state, class_mode],
-                outputs=[*controls, focus_class, curves_box],
-                **quiet,
-            )
-            done.then(
-                ui.render_pending_pdf,
-                inputs=state,
-                outputs=dl_pdf,
-                show_progress="hidden",
-                api_visibility="private",
-                concurrency_id="pdf",
-                concurrency_limit=2,
-            )
+            dep.success(ui.controls_from_result, inputs=[state, class_mode], outputs=[*controls, focus_class], **quiet)
 
         def page_run(dep: Any, fn: Callable, **kw: Any) -> None:
             then_fit(
                 dep(fn, inputs=page_inputs, outputs=page_outputs, preprocess=False, concurrency_id="analyze", **kw)
             )
 
-        # the API: one call returns everything, the PDF included; errors come back as errors. (The page
-        # uses the same function with the PDF rendered in a follow-up step, so the picture shows up
-        # first, and errors shown in the results area.)
-        api_dep = api_run.click(
+        # the API: one call returns what it shows and the downloads it asks for (``downloads``: any of
+        # png, pdf, npz, json); errors come back as errors. The page uses the same function without
+        # downloads (its buttons render them on request) and shows errors in the results area.
+        api_run.click(
             ui.analyze_image,
-            inputs=inputs,
+            inputs=[*inputs, api_downloads],
             outputs=outputs,
             preprocess=False,
             concurrency_id="analyze",
             api_name="analyze",
             api_description="Analyse an image; block -1 = every stage (attention: the last block); "
-            "readout (optional, last): raw | head | fitted.",
+            "readout: raw | head | fitted; downloads (optional, last): any of png, pdf, npz, json "
+            "(rendered only when asked for).",
         )
-        api_dep.success(
-            ui.controls_from_result, inputs=[state, class_mode], outputs=[*controls, focus_class, curves_box], **quiet
-        )
+        for what, button in dl_buttons.items():
+            button.click(
+                functools.partial(ui.download_page, what),
+                inputs=page_inputs,
+                outputs=dl_file,
+                preprocess=False,
+                concurrency_id="analyze",
+                api_visibility="private",
+                show_progress="full",
+            ).success(fn=None, js=SAVE_DOWNLOAD_JS)
         private = dict(api_visibility="private", trigger_mode="always_last")
         page_run(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")
         cleared = image.change(
@@ -1066,15 +1217,20 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """What ``launch`` needs besides host and port (also used by the tests and the benchmark)."""
+def launch_allowed_paths() -> list[str]:
+    """The folders the page serves files from besides uploads: the examples (shipped, CamVid val)."""
     allowed = [str(EXAMPLES_DIR)]
     val = camvid_root() / "val" / "images"
     if val.is_dir():
         allowed.append(str(val))
+    return allowed
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """What ``launch`` needs besides host and port (also used by the tests and the benchmark)."""
     return dict(
         max_file_size=MAX_FILE_SIZE,
-        allowed_paths=allowed,
+        allowed_paths=launch_allowed_paths(),
         theme=gr.themes.Soft(
             primary_hue="indigo",
             neutral_hue="slate",
@@ -1094,7 +1250,34 @@ def main() -> None:
 
     tune_malloc()
     configure_cpu_threads()
-    build_demo(Explorer()).launch(**launch_kwargs())
+    area = own_temp_area()
+    try:
+        build_demo(Explorer(), area=area).launch(**launch_kwargs())
+    finally:
+        area.remove()
+
+
+def own_temp_area() -> TempArea:
+    """A temporary area of the app's own: ``$GRADIO_TEMP_DIR`` set to a fresh folder (uploads, Gradio's
+    cache and the app's outputs all land there), kept under the byte budget, and removed at exit, on
+    SIGINT (Gradio's own handler closes the server) and SIGTERM (turned into the same interruption)
+    alike. A ``$GRADIO_TEMP_DIR`` set by the user is used as it is, and only the app's folder in it is
+    trimmed and removed."""
+    preset = os.environ.get("GRADIO_TEMP_DIR")
+    if preset:
+        area = TempArea(Path(preset), owned=False)
+    else:
+        root = tempfile.mkdtemp(prefix="structtoken_app_")
+        os.environ["GRADIO_TEMP_DIR"] = root
+        area = TempArea(Path(root), owned=True)
+    atexit.register(area.remove)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # launch() closes the server on it, then main's finally removes the area
+
+    with contextlib.suppress(ValueError):  # not in the main thread: leave the handler as it is
+        signal.signal(signal.SIGTERM, interrupt)
+    return area
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "display_size",
     "render_plotly",
     "render_static",
+    "render_static_stages_as_rows",
     "stage_indices",
 ]
 
@@ -347,6 +349,184 @@ def render_static(layout: GridLayout, dpi: int = 100) -> Figure:
     if note_lines:
         y = 0.3 * fpx / dpi / fig_h
         fig.text(left / fig_w, y, "\n".join(note_lines), ha="left", va="bottom", fontsize=0.95 * fs, color="0.3")
+    return fig
+
+
+# ------------------------------------------------------------------- static, stages as rows
+PAGE_WIDTH_PX = 1030
+"""The page shows the figure about this wide at a 1400 px window with the sidebar open: the figure is
+drawn at this width, so it is shown one figure pixel per screen pixel and its text at its true size."""
+PAGE_MAX_HEIGHT_PX = 820
+"""The figure's height is kept under this (a 900 px window, less the page's margins): maps shrink to fit."""
+MIN_MAP_PX = 40
+MAX_MAP_PX = 240
+_CHAR_EM = 0.62
+"""A generous average character width of the figure font, in ems (used only for a first wrap; every text
+is then measured and shrunk or shortened until it fits its box)."""
+
+
+def _fit(text: Any, renderer: Any, max_px: float, min_size: float) -> None:
+    """Make a matplotlib text at most ``max_px`` wide: wrap it onto two lines, then shrink its font down
+    to ``min_size``, then shorten it with an ellipsis."""
+    full = text.get_text()
+    if text.get_window_extent(renderer).width <= max_px:
+        return
+    size = text.get_fontsize()
+    per_line = max(4, int(max_px / (_CHAR_EM * size * text.figure.dpi / 72.0)))
+    lines = textwrap.wrap(full, per_line)
+    if 1 < len(lines) <= 2:
+        text.set_text("\n".join(lines))
+    while text.get_window_extent(renderer).width > max_px and size > min_size:
+        size = max(min_size, size * 0.9)
+        text.set_fontsize(size)
+    cut = len(full)
+    while text.get_window_extent(renderer).width > max_px and cut > 1:
+        cut -= 1
+        text.set_text(full[:cut].rstrip() + "…")
+
+
+def render_static_stages_as_rows(
+    layout: GridLayout,
+    width_px: int = PAGE_WIDTH_PX,
+    max_height_px: int = PAGE_MAX_HEIGHT_PX,
+    dpi: int = 100,
+) -> Figure:
+    """The grid with stages as rows: a column per (row of the layout, head), grouped by the layout's row
+    (a class; the focus view's rows are heads), the image with the row's outline on top, then one row
+    per stage. Drawn ``width_px`` wide, the maps as large as the width and ``max_height_px`` allow, so
+    at the page's width each map is ~110 px or more for up to 8 columns (the comparison's 4 classes x 2
+    heads); the colour bar lies under the maps and the note under it. Every text is measured and made
+    to fit its box (wrapped, shrunk, shortened): nothing leaves the canvas or overlaps.
+
+    Returns:
+        Matplotlib figure with the axes ``"mosaic"`` and a colour-bar axes; ``fig.structtoken_cell_hw``
+        is one map's (h, w) in figure pixels.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    groups = layout.groups
+    n_rows_l, n_groups = len(layout.rows), len(groups)
+    stage_titles = list(max((g.titles for g in groups), key=len))
+    n_cols = n_rows_l * n_groups
+    ih, iw = layout.image.shape[:2] if layout.image is not None else groups[0].cells.shape[2:]
+    fs = 9.0  # points; at 100 dpi 12.5 px
+    fpx = fs * dpi / 72.0
+    left = int(max(len(t) for t in [*stage_titles, "image"]) * _CHAR_EM * fpx) + 14
+    right = 12
+    gap = 3
+    class_gap = 10 if n_groups > 1 else gap
+    head_lines = 2 if n_groups > 1 else 0
+    top = int((2.2 if layout.title else 0.4) * 1.5 * fpx + (2.6 + 1.3 * head_lines) * fpx)
+    note_lines = 3 if layout.note else 0
+    bottom = int(2.8 * fpx + note_lines * 1.3 * 0.9 * fpx + 8)
+    n_stage = len(stage_titles) + 1  # + the image row
+    avail_w = width_px - left - right - (n_cols - n_rows_l) * gap - (n_rows_l - 1) * class_gap
+    w = int(np.clip(avail_w / n_cols, MIN_MAP_PX, MAX_MAP_PX))
+    h = max(8, round(w * ih / iw))
+    avail_h = max_height_px - top - bottom - (n_stage - 1) * gap
+    if h * n_stage > avail_h:  # too tall: shrink the maps to fit the height
+        h = max(8, int(avail_h / n_stage))
+        w = max(8, min(w, round(h * iw / ih)))
+        h = max(8, round(w * ih / iw))
+    span = layout.vmax - layout.vmin or 1.0
+    cells = {id(g): np.clip((upsample_maps(g.cells, (h, w)) - layout.vmin) / span, 0.0, 1.0) for g in groups}
+    lut = _lut(F.MAP_CMAP)
+    col_x: list[tuple[int, int, int]] = []  # (layout row, group index, x)
+    x = 0
+    for r in range(n_rows_l):
+        for gi in range(n_groups):
+            col_x.append((r, gi, x))
+            x += w + (gap if gi < n_groups - 1 else class_gap)
+    mosaic_w = x - class_gap
+    mosaic_h = n_stage * h + (n_stage - 1) * gap
+    mosaic = np.full((mosaic_h, mosaic_w, 3), 255, dtype=np.uint8)
+    image = layout.image if layout.image is not None else np.full((h, w, 3), 255, np.uint8)
+    thumb = F.resize_rgb(F.as_rgb_uint8(image), (h, w))
+    bounds = _row_outlines(layout, (h, w))
+    for r, gi, cx in col_x:
+        g = groups[gi]
+        cell = thumb.copy()
+        if bounds[r] is not None:
+            cell[bounds[r]] = 255
+        mosaic[:h, cx : cx + w] = cell
+        for b, title in enumerate(g.titles):
+            s = stage_titles.index(title) if title in stage_titles else len(stage_titles) - 1
+            rgb = _colorize(cells[id(g)][r, b], lut)
+            if bounds[r] is not None:
+                rgb[bounds[r]] = 255
+            y = (s + 1) * (h + gap)
+            mosaic[y : y + h, cx : cx + w] = rgb
+    fig_w_px = max(min(width_px, 640), left + mosaic_w + right)  # no blank band beside a narrow grid
+    fig_h_px = top + mosaic_h + bottom
+    fig = Figure(figsize=(fig_w_px / dpi, fig_h_px / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    ax = fig.add_axes((left / fig_w_px, bottom / fig_h_px, mosaic_w / fig_w_px, mosaic_h / fig_h_px), label="mosaic")
+    ax.imshow(mosaic, interpolation="none", aspect="equal")
+    ax.set_axis_off()
+    ax.set_xlim(-0.5, mosaic_w - 0.5)
+    ax.set_ylim(mosaic_h - 0.5, -0.5)
+    texts = []
+    for s, name in enumerate(["image", *stage_titles]):
+        t = ax.text(-0.6 * fpx, s * (h + gap) + h / 2, name, ha="right", va="center", fontsize=fs)
+        texts.append((t, left - 8))
+    for r in range(n_rows_l):
+        xs = [cx for rr, _, cx in col_x if rr == r]
+        x0, x1 = xs[0], xs[-1] + w
+        y_row = -(0.5 + 1.3 * head_lines) * fpx
+        t = ax.text((x0 + x1) / 2, y_row, str(layout.rows[r]), ha="center", va="bottom", fontsize=fs + 1)
+        t.set_fontweight("bold")
+        texts.append((t, x1 - x0))
+        if n_groups > 1:
+            ax.plot([x0, x1], [y_row + 0.15 * fpx] * 2, color="0.4", lw=1, solid_capstyle="butt", clip_on=False)
+            for rr, gi, cx in col_x:
+                if rr != r:
+                    continue
+                hd = groups[gi].head
+                t = ax.text(
+                    cx + w / 2,
+                    -0.3 * fpx,
+                    head_label(hd),
+                    ha="center",
+                    va="bottom",
+                    fontsize=fs - 0.5,
+                    color=F.head_color(hd),
+                    fontweight="bold",
+                )
+                texts.append((t, w + gap - 2))
+    # colour bar under the maps, its label beside it
+    cb_w = min(260, mosaic_w * 0.4)
+    cb_h = 0.9 * fpx
+    cb_y = bottom - 1.1 * fpx - cb_h
+    cax = fig.add_axes((left / fig_w_px, cb_y / fig_h_px, cb_w / fig_w_px, cb_h / fig_h_px))
+    cb = fig.colorbar(
+        ScalarMappable(norm=Normalize(layout.vmin, layout.vmax), cmap=F.MAP_CMAP), cax=cax, orientation="horizontal"
+    )
+    cb.ax.tick_params(labelsize=fs - 1, length=2, pad=1)
+    cb.ax.set_xticks([layout.vmin, (layout.vmin + layout.vmax) / 2, layout.vmax])
+    lab = fig.text(
+        (left + cb_w + 0.8 * fpx) / fig_w_px,
+        (cb_y + cb_h / 2) / fig_h_px,
+        layout.colorbar_label,
+        ha="left",
+        va="center",
+        fontsize=fs,
+    )
+    texts.append((lab, fig_w_px - (left + cb_w + 0.8 * fpx) - right))
+    if layout.title:
+        t = fig.text(0.5, 1 - 0.4 * fpx / fig_h_px, layout.title, ha="center", va="top", fontsize=1.3 * fs)
+        texts.append((t, fig_w_px - 2 * right))
+    if layout.note:
+        avail = fig_w_px - 2 * right
+        per_line = max(30, int(avail / (_CHAR_EM * 0.9 * fpx)))
+        lines = textwrap.wrap(layout.note, per_line)[:note_lines]
+        t = fig.text(
+            right / fig_w_px, 4 / fig_h_px, "\n".join(lines), ha="left", va="bottom", fontsize=0.9 * fs, color="0.3"
+        )
+        texts.append((t, avail))
+    for t, max_px in texts:
+        _fit(t, renderer, max_px, 0.75 * t.get_fontsize())
+    fig.structtoken_cell_hw = (h, w)  # type: ignore[attr-defined]  # for benchmarks and tests
     return fig
 
 

@@ -72,7 +72,7 @@ __all__ = [
     "load_image",
     "report_path",
     "save_downloads",
-    "save_pdf",
+    "save_images",
 ]
 
 MIN_SIDE = 16
@@ -472,10 +472,11 @@ class Explorer:
         report, curves, rpath = self._report(spec, request.readout)
         shown = list(analysis.heads(cfg, head))
         if analysis.uses_readout:
-            shown, readout_notices = _readout_heads(maps, shown, head, request.readout)
+            chosen = head if analysis.chosen_needs_readout else None
+            shown, readout_notices = _readout_heads(maps, shown, chosen, request.readout)
             notices += readout_notices
         try:
-            class_ids = select_classes(maps, head, DEFAULT_NUM_CLASSES, list(request.classes or []) or None)
+            class_ids = select_classes(maps, head, analysis.default_classes, list(request.classes or []) or None)
             if not class_ids:
                 raise ValueError("no classes selected")
             view_request = ViewRequest(
@@ -721,18 +722,20 @@ def _set_readouts(spec: str, cfg: ModelConfig, model: Segmentor | None) -> dict[
     return out
 
 
-def _readout_heads(maps: ImageMaps, heads: list[str], chosen: str, readout: str) -> tuple[list[str], list[str]]:
+def _readout_heads(maps: ImageMaps, heads: list[str], chosen: str | None, readout: str) -> tuple[list[str], list[str]]:
     """(the heads that give ``readout``, notices): heads without it are left out with a notice saying
     why; the raw caveat of a head whose channels are not class-aligned is a notice too.
 
     Raises:
-        AnalysisError: the chosen head has no such readout.
+        AnalysisError: the ``chosen`` head (None: none is required) has no such readout, or no head has.
     """
     problems = {h: readout_problem(maps, h, readout) for h in heads}
-    if problems.get(chosen) is not None:
+    if chosen is not None and problems.get(chosen) is not None:
         raise AnalysisError(f"the {readout} readout is not available for {head_label(chosen)}: {problems[chosen]}")
     notices = [f"{head_label(h)} left out: no {readout} readout ({why})" for h, why in problems.items() if why]
     kept = [h for h in heads if problems[h] is None]
+    if not kept:
+        raise AnalysisError(f"no head shown here gives the {readout} readout: {'; '.join(notices)}")
     for h in kept:
         caveat = readout_caveat(maps, h, readout)
         if caveat:
@@ -837,28 +840,39 @@ def _metrics(
 
 
 # ------------------------------------------------------------------------------------ downloads
-def save_pdf(figure: Figure, path: Path) -> Path:
-    """Write a matplotlib figure as PDF to ``path``; returns ``path``."""
-    path.write_bytes(F.figure_to_pdf_bytes(figure))
-    return path
+def save_images(result: AnalysisResult, folder: Path, stem: str) -> tuple[Path | None, Path | None]:
+    """The images a page shows of one result, written once into ``folder``: (the figure PNG, which is
+    also its PNG download, and the prediction overlay PNG); None for what the result lacks. PNGs at
+    zlib level 1 (:data:`analysis.figures.PNG_COMPRESS_LEVEL`): lossless, a few times faster to write."""
+    figure = overlay = None
+    if result.figure is not None:
+        figure = folder / f"{stem}.png"
+        figure.write_bytes(F.figure_to_png_bytes(result.figure))
+    if result.overlay is not None:
+        overlay = folder / f"{stem}_overlay.png"
+        Image.fromarray(result.overlay).save(overlay, compress_level=F.PNG_COMPRESS_LEVEL)
+    return figure, overlay
 
 
-def save_downloads(result: AnalysisResult, folder: Path, stem: str, pdf: bool = True) -> dict[str, Path | None]:
-    """The figure PNG (and PDF), the maps ``.npz`` and the metrics JSON of one result, in ``folder``.
-
-    ``pdf=False`` leaves the PDF out (``"pdf": None``), for a caller that renders it later
-    (:func:`save_pdf`). Returns ``{"png", "pdf", "npz", "json"}`` paths (None for what was not written).
-    """
+def save_downloads(
+    result: AnalysisResult, folder: Path, stem: str, which: Sequence[str] = ("png", "pdf", "npz", "json")
+) -> dict[str, Path | None]:
+    """Write the downloads ``which`` (any of ``png``, ``pdf``: the figure; ``npz``: the maps; ``json``:
+    the numbers) of one result into ``folder``, each once, named from ``stem``. Returns
+    ``{"png", "pdf", "npz", "json"}`` paths (None for what was not asked for, or has nothing to write)."""
     out: dict[str, Path | None] = {"png": None, "pdf": None, "npz": None, "json": None}
     if result.figure is not None:
-        out["png"] = folder / f"{stem}.png"
-        out["png"].write_bytes(F.figure_to_png_bytes(result.figure))
-        if pdf:
-            out["pdf"] = save_pdf(result.figure, folder / f"{stem}.pdf")
-    if result.maps:
+        if "png" in which:
+            out["png"] = folder / f"{stem}.png"
+            out["png"].write_bytes(F.figure_to_png_bytes(result.figure))
+        if "pdf" in which:
+            out["pdf"] = folder / f"{stem}.pdf"
+            out["pdf"].write_bytes(F.figure_to_pdf_bytes(result.figure))
+    if result.maps and "npz" in which:
         out["npz"] = folder / f"{stem}_maps.npz"
         # uncompressed: 3 ms instead of ~130 ms per request for a file ~1.4x larger (float maps compress poorly)
         np.savez(out["npz"], **{k: np.asarray(v) for k, v in result.maps.items()})
-    out["json"] = folder / f"{stem}_metrics.json"
-    out["json"].write_text(json.dumps(result.metrics, indent=2, default=str))
+    if "json" in which:
+        out["json"] = folder / f"{stem}_metrics.json"
+        out["json"].write_text(json.dumps(result.metrics, indent=2, default=str))
     return out

@@ -34,7 +34,20 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "assets" / "examples" / "street_synthetic.jpg"
 TIMEOUT = 120  # seconds; no request may hang
 ANALYSES = ("prediction", "comparison", "probe", "attention")
-PARAMS = ["image", "model", "analysis", "head", "classes", "normalize", "block", "opacity", "checkpoint", "readout"]
+PARAMS = [
+    "image",
+    "model",
+    "analysis",
+    "head",
+    "classes",
+    "normalize",
+    "block",
+    "opacity",
+    "checkpoint",
+    "readout",
+    "downloads",
+]
+EVERY_DOWNLOAD = ["png", "pdf", "npz", "json"]
 
 
 CLASSES = ("road", "sky", "car", "tree")
@@ -68,11 +81,25 @@ def analyze(
     block: int = -1,
     opacity: float = 0.5,
     checkpoint: Any = None,
+    readout: str = "raw",
+    downloads: list[str] | None = EVERY_DOWNLOAD,
 ) -> tuple[Any, ...]:
-    """Call ``/analyze`` with a deadline (a hung request fails the test instead of blocking it)."""
+    """Call ``/analyze`` with a deadline (a hung request fails the test instead of blocking it); every
+    download is asked for unless ``downloads`` says otherwise."""
     img = handle_file(str(image)) if image is not None else None
     job = client.submit(
-        img, model, analysis, head, classes or [], normalize, block, opacity, checkpoint, api_name="/analyze"
+        img,
+        model,
+        analysis,
+        head,
+        classes or [],
+        normalize,
+        block,
+        opacity,
+        checkpoint,
+        readout,
+        downloads or [],
+        api_name="/analyze",
     )
     return job.result(timeout=TIMEOUT)
 
@@ -113,6 +140,20 @@ def test_analyze_is_a_named_endpoint(client: Client) -> None:
     assert [p["parameter_name"] for p in ep["parameters"]] == PARAMS
     assert len(ep["returns"]) == 11
     assert set(api["named_endpoints"]) == {"/analyze"}  # the page's helper events stay private
+
+
+def test_downloads_are_rendered_only_when_asked_for(client: Client) -> None:
+    """A request without ``downloads`` writes only what it shows (the figure and the overlay); one that
+    asks for the PDF gets the PDF alone, and the PNG download is the figure shown (written once)."""
+    out = analyze(client, EXAMPLE, downloads=None)
+    assert _path(out[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out[7:11] == (None, None, None, None)
+    out = analyze(client, EXAMPLE, downloads=["pdf"])
+    assert _path(out[8]).read_bytes()[:5] == b"%PDF-" and (out[7], out[9], out[10]) == (None, None, None)
+    out = analyze(client, EXAMPLE, downloads=["png"])
+    assert _path(out[7]) == _path(out[0])
+    with pytest.raises(AppError, match="unknown download 'gif'"):
+        analyze(client, EXAMPLE, downloads=["gif"])
 
 
 def test_ui_keys_match_the_service() -> None:
@@ -271,19 +312,33 @@ def test_missing_image_and_bad_checkpoint(client: Client, bad_files: dict[str, P
     assert "internal error" not in str(err.value) and "safetensors" in str(err.value)
 
 
-def test_the_api_cannot_make_the_server_read_its_own_files(server: tuple[str, Any]) -> None:
-    """Files reach the app only as uploads: a raw server path in the payload is refused before the service."""
+def test_the_api_cannot_make_the_server_read_its_own_files(
+    server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files reach the app only as uploads. The handler refuses a server path with its own words, and
+    over HTTP a raw path in the payload comes back as the event's error (not a 404 or a crash) without
+    the service ever being asked."""
+    import gradio as gr
     import httpx
 
+    ui = server[1]
+    for payload in ({"path": "/etc/hostname"}, "/etc/hostname"):
+        with pytest.raises(gr.Error) as err:
+            ui.analyze_image(payload, None, "prediction", progress=None)
+        assert "'hostname' was not uploaded" in str(err.value.message)
+    with pytest.raises(gr.Error, match="checkpoint 'passwd' was not uploaded"):
+        ui.analyze_image(str(EXAMPLE), None, "prediction", checkpoint={"path": "/etc/passwd"}, progress=None)
+    asked: list[Any] = []
+    real = ui.explorer.analyze
+    monkeypatch.setattr(ui.explorer, "analyze", lambda *a, **k: asked.append(a) or real(*a, **k))
     url = server[0].rstrip("/")
     for payload in ({"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "/etc/hostname"):
-        data = [payload, None, "prediction", None, [], "shared", -1, 0.5, None]
+        data = [payload, None, "prediction", None, [], "shared", -1, 0.5, None, "raw", []]
         r = httpx.post(f"{url}/gradio_api/call/analyze", json={"data": data}, timeout=TIMEOUT)
-        if r.status_code != 200:  # refused outright
-            continue
+        assert r.status_code == 200, (r.status_code, r.text[:300])  # queued like any request, then refused
         stream = httpx.get(f"{url}/gradio_api/call/analyze/{r.json()['event_id']}", timeout=TIMEOUT).text
-        assert "event: error" in stream, stream[:500]
-        assert "not an image" not in stream, stream[:500]  # the service never opened it
+        assert "event: error" in stream and "event: complete" not in stream, stream[:500]
+    assert asked == []  # the service never saw the path
 
 
 def test_unexpected_exception_is_reported_and_the_server_survives(
@@ -300,6 +355,14 @@ def test_unexpected_exception_is_reported_and_the_server_survives(
 
 
 # ------------------------------------------------------------------------------------- no server
+def _page(out: tuple[Any, ...]) -> dict[str, Any]:
+    """The page analysis' outputs by name."""
+    import app
+
+    assert len(out) == len(app.PAGE_OUTPUT_NAMES)
+    return dict(zip(app.PAGE_OUTPUT_NAMES, out, strict=True))
+
+
 def _controls(out: tuple[Any, ...]) -> dict[str, Any]:
     """``refresh_controls``' updates by name."""
     import app
@@ -369,8 +432,12 @@ def test_readouts_the_set_lacks_are_left_out_with_the_reason(tiny_set: Path, mon
     monkeypatch.setattr(explorer, "describe_model", lambda spec: WithReadouts(info, reasons))
     c = _controls(ui.refresh_controls(str(tiny_set), None, "comparison", None, -1, [], "fitted"))
     assert [v for _, v in c["readout"]["choices"]] == ["raw", "head"]
-    assert c["readout"]["value"] == "raw" and c["readout"]["interactive"] is True
+    assert c["readout"]["value"] == "head" and c["readout"]["interactive"] is True  # the page prefers head
     assert "no fitted readouts beside this set" in c["readout"]["info"]
+    # back to a set that has every readout: the earlier reason is cleared ("" clears; None would keep it)
+    reasons = {"raw": None, "head": None, "fitted": None}
+    c = _controls(ui.refresh_controls(str(tiny_set), None, "comparison", None, -1, [], "fitted"))
+    assert c["readout"]["info"] == "" and c["readout"]["value"] == "fitted"
     # before the service reports them: the readouts it accepts
     assert app.readout_reasons(info)["raw"] is None
 
@@ -390,22 +457,24 @@ def test_page_errors_stay_in_the_results_area_without_server_paths(
     fake.write_text("not a checkpoint")
     args = [str(EXAMPLE), None, "comparison", None, [], "shared", -1, 0.5, {"path": str(fake)}, "raw", "auto", None]
     with caplog.at_level(logging.WARNING, logger="structtoken.app"):
-        out = ui.analyze_page(*args, progress=None)
-    notice = out[-1]
+        out = _page(ui.analyze_page(*args, progress=None))
+    notice = out["error"]
     assert notice["visible"] is True and "fake.safetensors" in notice["value"]
     assert str(fake.parent) not in notice["value"] and tempfile.gettempdir() not in notice["value"]
-    assert out[0] is None and out[-2] is None  # no figure, no state: the controls stay as they were
+    assert out["figure"] is None and out["state"] is None  # no figure, no state: the controls stay as they were
+    assert out["curves_box"]["visible"] is False and out["table_box"]["visible"] is False  # no empty sections
     records = [r for r in caplog.records if r.name == "structtoken.app"]
     assert len(records) == 1 and records[0].exc_info is None  # one line, no traceback
     assert "\n" not in records[0].getMessage()
     # a text file renamed .jpg: a clear notice, not a broken picture
     text = tmp_path / "photo.jpg"
     text.write_text("hello, not a picture")
-    out = ui.analyze_page(str(text), *args[1:8], None, "raw", "auto", None, progress=None)
-    assert "not an image" in out[-1]["value"] and str(tmp_path) not in out[-1]["value"]
+    out = _page(ui.analyze_page(str(text), *args[1:8], None, "raw", "auto", None, progress=None))
+    assert "not an image" in out["error"]["value"] and str(tmp_path) not in out["error"]["value"]
     # the next run hides the notice
-    out = ui.analyze_page(str(EXAMPLE), *args[1:8], None, "raw", "auto", None, progress=None)
-    assert out[-1]["visible"] is False and out[0]
+    out = _page(ui.analyze_page(str(EXAMPLE), *args[1:8], None, "raw", "auto", None, progress=None))
+    assert out["error"]["visible"] is False and out["figure"]
+    assert out["table_box"]["visible"] is True
 
 
 def test_scrub_paths() -> None:
@@ -431,13 +500,20 @@ def test_automatic_classes_follow_the_image_until_the_user_picks(
     monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
     ui = app.ExplorerUI(Explorer())
     base = [str(EXAMPLE), str(tiny_set), "comparison", None, ["car"], "shared", -1, 0.5, None, "raw"]
-    auto = ui.analyze_page(*base, "auto", None, progress=None)
-    user = ui.analyze_page(*base, "user", None, progress=None)
-    assert user[11]["selected"] == ["car"]  # the user's pick is kept
-    assert auto[11]["selected"] != ["car"] and len(auto[11]["selected"]) == 4  # the chips were only last time's pick
-    focus = ui.analyze_page(*[*base[:2], "focus", *base[3:]], "auto", "road", progress=None)
-    assert focus[11]["focus_class"] == "road"
-    assert [c for _, c in focus[11]["image_classes"]][:1] != []  # the focus-class choices, by area
+    auto = _page(ui.analyze_page(*base, "auto", None, progress=None))["state"]
+    user = _page(ui.analyze_page(*base, "user", None, progress=None))["state"]
+    assert user["selected"] == ["car"]  # the user's pick is kept
+    assert auto["selected"] != ["car"] and len(auto["selected"]) == 4  # the chips were only last time's pick
+    focus = _page(ui.analyze_page(*[*base[:2], "focus", *base[3:]], "auto", "road", progress=None))["state"]
+    assert focus["focus_class"] == "road"
+    assert [c for _, c in focus["image_classes"]][:1] != []  # the focus-class choices, by area
+    # a finished run leaves the user's chips alone (they may have picked more meanwhile), and sets
+    # the automatic ones
+    names = [*app.CONTROL_NAMES, "focus_class"]
+    after_user = dict(zip(names, ui.controls_from_result(user, "user"), strict=True))
+    assert "value" not in after_user["classes"]
+    after_auto = dict(zip(names, ui.controls_from_result(auto, "auto"), strict=True))
+    assert after_auto["classes"]["value"] == auto["selected"]
 
 
 def test_examples_suit_the_set_and_say_when_out_of_domain() -> None:
@@ -486,12 +562,42 @@ def test_examples_are_shipped_small_and_documented() -> None:
     assert all(p.parent == ROOT / "assets" / "examples" or "camvid" in str(p) for p in examples)
 
 
-def test_request_folders_are_bounded() -> None:
+def test_temp_area_is_bounded_in_bytes_and_removed(tmp_path: Path) -> None:
+    import os
+
     import app
 
-    folders = app.RequestFolders(keep=3)
-    made = [folders.new() for _ in range(6)]
-    assert [d.is_dir() for d in made] == [False, False, False, True, True, True]
+    area = app.TempArea(tmp_path / "area", budget=10_000, owned=True)
+    (tmp_path / "area").mkdir()
+    made = []
+    for i in range(8):
+        d = area.new_folder()
+        f = d / "out.bin"
+        f.write_bytes(b"x" * 3_000)
+        os.utime(f, (1_000 + i, 1_000 + i))  # oldest first
+        made.append(f)
+        area.trim()
+        assert area.size() <= 10_000
+    assert [f.exists() for f in made][-2:] == [True, True] and not made[0].exists()  # the oldest went
+    assert len({f.parent for f in made}) == 8  # a folder of its own per request
+    upload = tmp_path / "area" / "upload" / "img.png"  # an owned area trims Gradio's files too
+    upload.parent.mkdir()
+    upload.write_bytes(b"y" * 9_000)
+    os.utime(upload, (1, 1))
+    area.trim()
+    assert not upload.exists()
+    area.remove()
+    assert not (tmp_path / "area").exists()
+    # not owned: only the app's own folder is trimmed and removed
+    shared = tmp_path / "shared"
+    other = shared / "someone_else.bin"
+    shared.mkdir()
+    other.write_bytes(b"z" * 50_000)
+    area = app.TempArea(shared, budget=1_000)
+    (area.new_folder() / "x.bin").write_bytes(b"x" * 2_000)
+    area.trim()
+    area.remove()
+    assert other.exists() and not area.outputs.exists()
 
 
 def test_a_finished_requests_figure_is_freed_by_the_next_request(

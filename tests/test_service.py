@@ -99,7 +99,8 @@ def test_each_analysis_returns_its_outputs(fresh: Explorer, set_path: str, image
     assert r.table and all(len(row) == len(r.table_headers) for row in r.table)
     assert r.summary.startswith("### ") and "no dataset report" in r.summary
     assert r.classes == list(NAMES)
-    assert len(r.selected_classes) == 4 and set(r.selected_classes) <= set(NAMES)
+    n = ANALYSES[analysis].default_classes  # the probe shows 2 (3 heads a class), the others 4
+    assert len(r.selected_classes) == n and set(r.selected_classes) <= set(NAMES)
     assert r.available == {"prediction": None, "comparison": None, "focus": None, "probe": None, "attention": None}
     assert r.maps["image"].shape == (48, 64, 3)
     assert r.maps["cse/stages"].shape == (4, 4, 3, 4)
@@ -114,12 +115,12 @@ def test_each_analysis_returns_its_outputs(fresh: Explorer, set_path: str, image
 
 
 def test_comparison_and_probe_columns(set_path: str, image: np.ndarray) -> None:
-    r = analyze(image, set_path, "comparison", head="sse", classes=["Road", "Car"], normalize="softmax")
+    r = analyze(image, set_path, "comparison", head="sse", classes=["Road", "Car"], normalize="softmax", readout="head")
     assert r.selected_classes == ["Road", "Car"]
     assert [row[0] for row in r.table] == ["StructToken-SSE", "Per-pixel"]
     assert r.table_headers[1:] == ["input", "block 1", "block 2", "output"]
     assert all(row[-1] == 100.0 for row in r.table)  # the output agrees with itself
-    p = analyze(image, set_path, "probe", block=1)
+    p = analyze(image, set_path, "probe", block=1, readout="head", classes=["Road", "Car", "Sky", "Building"])
     assert [row[0] for row in p.table] == ["Per-pixel", "Per-pixel + deep sup.", "StructToken-CSE"]
     texts = [a.text for a in p.plot.layout.annotations]
     assert "block 1" in texts and "input" not in texts  # one column per head
@@ -146,10 +147,21 @@ def test_cache_does_not_rerun_the_backbone(fresh: Explorer, set_path: str, image
     assert calls == [1]
 
 
-def test_loaded_sets_run_the_fast_path_with_their_heads_side_by_side(fresh: Explorer, set_path: str) -> None:
-    model = fresh.model(set_path)
+@pytest.mark.parametrize(("threads", "env", "workers"), [(2, "", 2), (4, "", 2), (1, "", 1), (4, "1", 1), (1, "3", 3)])
+def test_loaded_sets_run_the_fast_path_with_their_heads_side_by_side(
+    set_path: str, monkeypatch: pytest.MonkeyPatch, threads: int, env: str, workers: int
+) -> None:
+    """The README's rule, as numbers: by default the heads run two side by side (one with one thread),
+    ``STRUCTTOKEN_HEAD_WORKERS`` overrides; whatever this process's thread count is."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("STRUCTTOKEN_HEAD_WORKERS", env)
+    torch.set_num_threads(threads)
+    try:
+        model = Explorer().model(set_path)
+    finally:
+        torch.set_num_threads(before)
     assert not model.cfg.exact_attention
-    assert model.head_workers == min(2, torch.get_num_threads())
+    assert model.head_workers == workers
 
 
 def test_head_workers_follow_the_environment(monkeypatch: pytest.MonkeyPatch, set_path: str) -> None:
@@ -416,9 +428,16 @@ def test_model_cache_is_bounded(
 
 
 def test_no_thread_leak(set_path: str, image: np.ndarray) -> None:
+    """Many requests (new images, every analysis, cached and not) leave the thread count where the first
+    one left it (its model's head workers): not one thread more."""
+    ex = Explorer()
+    analyze(image, set_path, "prediction", ex)
     before = threading.active_count()
-    analyze(image, set_path, "prediction")
-    assert threading.active_count() <= before + 1
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        img = image if i % 3 else rng.integers(0, 256, image.shape, dtype=np.uint8)
+        analyze(img, set_path, list(ANALYSES)[i % len(ANALYSES)], ex)
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]
 
 
 def test_a_newly_registered_head_joins_the_analyses_by_its_kind(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -461,11 +480,13 @@ def test_readouts_of_a_set_and_their_validation(set_path: str, image: np.ndarray
         analyze(image, set_path, "comparison", ex=ex, readout="fitted")
     loaded = ex.describe_model(set_path)  # loaded now: judged from the set's heads and lenses
     assert loaded.readouts == info.readouts
-    # raw: the per-pixel baseline's caveat is a notice; head: no caveat, the readout is named
+    # raw: the per-pixel baseline has no raw readout (its channels are not classes): left out, and a
+    # notice says why; head: every head, no such notice, the readout is named
     raw = analyze(image, set_path, "comparison", ex=ex, readout="raw")
-    assert "not class-aligned" in raw.summary and any("not class-aligned" in n for n in raw.metrics["notices"])
+    assert [row[0] for row in raw.table] == ["StructToken-CSE"]
+    assert any(n.startswith("Per-pixel left out: no raw readout") for n in raw.metrics["notices"])
     head = analyze(image, set_path, "comparison", ex=ex, readout="head")
-    assert "not class-aligned" not in head.summary and "**head** readout" in head.summary
+    assert "left out" not in head.summary and "**head** readout" in head.summary
     assert head.metrics["readout"] == "head" and head.table_headers[0].endswith("head readout)")
     assert raw.metrics["stage_agreement_percent"] != head.metrics["stage_agreement_percent"]
     # a set with a fitted file beside it offers fitted before it is loaded

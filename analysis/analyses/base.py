@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from structtoken.config import ModelConfig
 
-from ..grid import block_grid, render_plotly, render_static
+from ..grid import block_grid, render_plotly, render_static_stages_as_rows
 from ..labels import NORMALIZATION_NOTES, head_label
 from ..maps import ImageMaps, readout_stages
 from ..roles import structtoken_heads
@@ -95,6 +95,11 @@ class Analysis:
     uses_readout: bool = False
     """Whether the view reads stages through the request's readout (the service then leaves out the
     heads without it and adds the raw caveat to the notices)."""
+    default_classes: int = 4
+    """Rows (classes) shown when the request names none: the classes with the largest predicted area."""
+    chosen_needs_readout: bool = True
+    """Whether the chosen head must itself give the readout (False: it only draws a reference, such as
+    the focus view's boundary)."""
 
     def supported(self, cfg: ModelConfig) -> str | None:
         """None when the set ``cfg`` supports this analysis, else the reason (a sentence)."""
@@ -190,7 +195,7 @@ class BlockGridAnalysis(Analysis):
             table.append([head_label(hd), *cells])
         columns = {g.head: list(g.titles) for g in layout.groups}
         return View(
-            figure=render_static(layout),
+            figure=render_static_stages_as_rows(layout),
             plot=render_plotly(layout),
             table=table,
             table_headers=[f"head (% grid cells agreeing with its output, {request.readout} readout)", *stage_titles],

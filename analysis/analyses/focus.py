@@ -14,7 +14,7 @@ import numpy as np
 
 from structtoken.config import ModelConfig
 
-from ..grid import GridGroup, GridLayout, Outline, display_size, render_plotly, render_static
+from ..grid import GridGroup, GridLayout, Outline, display_size, render_plotly, render_static_stages_as_rows
 from ..labels import NORMALIZATION_NOTES, head_label
 from ..maps import ImageMaps, normalize_maps, readout_stages, stage_names
 from ..values import rounded
@@ -39,6 +39,8 @@ class Focus(Analysis):
     title = "One class, every head, block by block"
     label = "Focus on one class"
     head_control = "Boundary from head"
+    uses_readout = True
+    chosen_needs_readout = False
 
     def heads(self, cfg: ModelConfig, chosen: str) -> list[str]:
         """Every head of the set, in the set's order (the chosen one only draws the boundary)."""
@@ -85,7 +87,7 @@ class Focus(Analysis):
             cell_hw=display_size(hw, 1 + len(titles)),
             image=maps.image,
             outlines=(Outline(maps.pred[request.head]),),
-            title=request.title or f"{class_name}: every head, block by block",
+            title=f"{class_name}: {request.title}" if request.title else f"{class_name}: every head, block by block",
             colorbar_label="class probability" if request.normalize == "softmax" else "normalised map value",
             note=note,
         )
@@ -98,7 +100,7 @@ class Focus(Analysis):
             [head_label(hd), rounded(area[hd]), *self._cells(maps, hd, titles, cells[r])] for r, hd in enumerate(heads)
         ]
         return View(
-            figure=render_static(layout),
+            figure=render_static_stages_as_rows(layout),
             plot=render_plotly(layout),
             table=table,
             table_headers=[f"head ({class_name}: mean normalised map)", "predicted area %", *titles],

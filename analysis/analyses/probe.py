@@ -46,6 +46,7 @@ class Probe(BlockGridAnalysis):
     name = "probe"
     title = "Deep-supervision probe"
     label = "Deep-supervision probe"
+    default_classes = 2  # 3 heads a class: 6 map columns, each map still ~150 px wide on the page
 
     def supported(self, cfg: ModelConfig) -> str | None:
         if deep_supervision_pairs(cfg.heads):

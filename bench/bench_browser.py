@@ -1,0 +1,294 @@
+"""The page at the speed of thought, measured in a real browser (issue 25's targets).
+
+    python bench/bench_browser.py [--root PATH] [--repeats 5] [--image PATH] [--json out.json]
+
+Starts ``python app.py`` from ``--root`` (default: this checkout; give another checkout, e.g. a
+``git worktree`` of an older commit, to measure "before") on a free port and measures:
+
+* ``cold_start_s``: ``python app.py`` to the first HTTP 200 of ``/``;
+* ``first_analysis_s``: after that 200, page opened, an image set, to the figure on screen;
+* per control (normalisation, readout, block, head), the pointer-down to the new figure loaded
+  (the browser's own clock: ``performance.now()`` at pointer-down and at the figure's ``load``);
+* ``new_image_s``: a new image (model loaded) to its figure on screen;
+* ``lost_picks``: four class picks made 0.1 s apart, and how many of them the final figure lacks;
+* per analysis, the figure as displayed at 1400x900 with the sidebar open: its size, whether it fits
+  the viewport height, and the width of one map on screen (the figure's map width scaled by
+  displayed / natural width; the map width is read from the grid layout the analysis draws).
+
+Debian's chromium through playwright (never ``playwright install``). The CPU is shared: say in the
+numbers what else ran (the script prints the load average before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1400, "height": 900}
+WAIT_MS = 300_000
+TARGETS = {
+    "cold_start_s": 4.0,
+    "first_analysis_s": 2.0,
+    "normalize_s": 0.3,
+    "readout_s": 0.3,
+    "block_s": 0.3,
+    "head_s": 0.3,
+    "new_image_s": 1.0,
+    "lost_picks": 0,
+    "map_px_min": 110,
+}
+
+# The figure's image: its src, and whether it is loaded
+FIG_STATE = """() => { const i = document.querySelector('#st-figure img');
+  return i ? [i.getAttribute('src') || '', i.complete && i.naturalWidth > 0] : ['', false]; }"""
+# Time stamps in the page: pointer-down anywhere, and the figure's load
+INSTALL_CLOCK = """() => {
+  if (window.__stClock) return; window.__stClock = true;
+  document.addEventListener('pointerdown', () => { window.__t0 = performance.now(); }, true);
+  document.addEventListener('load', e => { if (e.target.closest && e.target.closest('#st-figure'))
+    { window.__t1 = performance.now(); window.__src = e.target.getAttribute('src'); } }, true);
+}"""
+TITLE_IS = "t => { const h = document.querySelector('#st-summary h3'); return h && h.innerText.trim() === t; }"
+FIGURE_BOX = """() => { const i = document.querySelector('#st-figure img'); if (!i) return null;
+  const r = i.getBoundingClientRect(); return [r.width, r.height, i.naturalWidth, i.naturalHeight, r.top]; }"""
+GRID_CELLS = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, ".")
+from PIL import Image
+import analysis.grid as G
+from analysis.service import AnalysisRequest, Explorer
+seen = []
+orig = G.render_static
+def spy(layout, *a, **k):
+    seen.append(list(layout.cell_hw)); return orig(layout, *a, **k)
+G.render_static = spy
+import analysis.analyses.base as B, analysis.analyses.focus as Fo
+for mod in (B, Fo):
+    if hasattr(mod, "render_static"): mod.render_static = spy
+e = Explorer(); img = np.asarray(Image.open(sys.argv[1]).convert("RGB"))
+out = {}
+for a, an in e.analyses.items():
+    seen.clear()
+    r = e.analyze(AnalysisRequest(img, analysis=a, readout="head"))
+    fig = r.figure
+    out[a] = {"cell_hw": seen[0] if seen else None, "label": an.label, "title": an.title,
+              "figure_wh": [int(round(v)) for v in fig.get_size_inches() * fig.dpi] if fig is not None else None}
+print(json.dumps(out))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def start_app(root: Path, port: int) -> tuple[subprocess.Popen, float]:
+    """``python app.py`` in ``root``; returns (process, seconds to the first HTTP 200)."""
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}/"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.05)
+        if time.perf_counter() - t0 > 300:
+            proc.kill()
+            raise RuntimeError("app.py did not answer in 300 s")
+
+
+def _wait_idle(pg: Any) -> None:
+    pg.wait_for_function("() => !document.querySelector('.progress-text, .eta-bar')", timeout=WAIT_MS)
+
+
+def _wait_new_figure(pg: Any, old_src: str) -> None:
+    pg.wait_for_function(
+        "old => { const i = document.querySelector('#st-figure img');"
+        " return !!i && i.getAttribute('src') !== old && i.complete && i.naturalWidth > 0; }",
+        arg=old_src,
+        timeout=WAIT_MS,
+    )
+
+
+def timed_click(pg: Any, locator: Any) -> float:
+    """Pointer-down on ``locator`` to the new figure loaded, by the page's clock (s)."""
+    _wait_idle(pg)
+    old = pg.evaluate(FIG_STATE)[0]
+    pg.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
+    locator.click()
+    _wait_new_figure(pg, old)
+    _wait_idle(pg)
+    t0, t1 = pg.evaluate("() => [window.__t0, window.__t1]")
+    return (t1 - t0) / 1000.0
+
+
+def other_option(pg: Any, elem: str, i: int) -> Any:
+    """Open the dropdown ``elem`` and return its ``i``-th option (cyclically) other than the chosen one."""
+    pg.locator(f"#{elem} input").first.click()
+    opts = pg.locator("ul[role=listbox] li:not([aria-selected=true])")
+    pg.wait_for_function("() => document.querySelectorAll('ul[role=listbox] li').length > 1")
+    return opts.nth(i % max(1, opts.count()))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=HERE, help="the checkout whose app.py is measured")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--image", type=Path, default=HERE / "assets" / "examples" / "street_synthetic.jpg")
+    p.add_argument("--image2", type=Path, default=HERE / "assets" / "examples" / "coffee.jpg")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    root = args.root.resolve()
+    res: dict[str, Any] = {"root": str(root), "loadavg_before": _loadavg(), "cpus": os.cpu_count()}
+    grid = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", GRID_CELLS, str(args.image.resolve())],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    port = _free_port()
+    proc, cold = start_app(root, port)
+    res["cold_start_s"] = round(cold, 2)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            pg = browser.new_page(viewport=VIEWPORT)
+            pg.set_default_timeout(WAIT_MS)
+            t0 = time.perf_counter()
+            pg.goto(f"http://127.0.0.1:{port}/")
+            pg.wait_for_selector("#st-run")
+            pg.evaluate(INSTALL_CLOCK)
+            pg.locator("#st-image input[type=file]").set_input_files(str(args.image))
+            _wait_new_figure(pg, "")
+            res["first_analysis_s"] = round(time.perf_counter() - t0, 2)
+            _wait_idle(pg)
+            times: dict[str, list[float]] = {k: [] for k in ("normalize_s", "readout_s", "block_s", "head_s")}
+            norm = pg.locator("#st-normalize label")
+            n_norm = norm.count()
+            for i in range(args.repeats):
+                times["normalize_s"].append(timed_click(pg, norm.nth((i + 1) % n_norm)))
+            for key, elem in (("readout_s", "st-readout"), ("block_s", "st-block"), ("head_s", "st-head")):
+                for i in range(args.repeats):
+                    times[key].append(timed_click(pg, other_option(pg, elem, i)))
+            for k, v in times.items():
+                res[k] = {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "max": round(max(v), 3)}
+            # a new image (model loaded): alternate two images, each new to the cache the first time
+            new = []
+            for i, img in enumerate([args.image2, args.image, args.image2][: max(1, min(args.repeats, 3))]):
+                _wait_idle(pg)
+                old = pg.evaluate(FIG_STATE)[0]
+                remove = pg.locator("#st-image button[aria-label='Remove Image']")
+                if remove.count():
+                    remove.first.click()
+                    _wait_idle(pg)
+                t = time.perf_counter()
+                pg.locator("#st-image input[type=file]").set_input_files(str(img))
+                _wait_new_figure(pg, old)
+                new.append(time.perf_counter() - t)
+                if i == 0:
+                    res["new_image_uncached_s"] = round(new[-1], 3)
+            _wait_idle(pg)
+            res["new_image_s"] = {"first": round(new[0], 3), "all": [round(x, 3) for x in new]}
+            # class picks 0.1 s apart: how many end up in the figure
+            pg.locator("#st-classes input").first.click()
+            opts = pg.locator("ul[role=listbox] li")
+            labels = [opts.nth(i).get_attribute("aria-label") or "" for i in range(opts.count())]
+            pg.keyboard.press("Escape")
+            chips = pg.locator("#st-classes .token")
+            current = [c.inner_text().strip() for c in chips.all()]
+            wanted = [c for c in labels if c not in current][:4]
+            box = pg.locator("#st-classes input").first
+            box.click()
+            for c in wanted:  # typed and chosen with Enter, 0.1 s apart
+                t = time.perf_counter()
+                pg.keyboard.type(c)
+                pg.keyboard.press("Enter")
+                pg.wait_for_timeout(max(0, 100 - 1000 * (time.perf_counter() - t)))
+            pg.keyboard.press("Escape")
+            pg.wait_for_timeout(1500)
+            _wait_idle(pg)
+            pg.wait_for_timeout(1500)
+            _wait_idle(pg)
+            # the chips after the runs settle are the classes of the last figure (the page sets them from it)
+            shown = [c.inner_text().strip() for c in pg.locator("#st-classes .token").all()]
+            picked = [c for c in wanted if any(c == s.split("\n")[-1].strip() for s in shown)]
+            res["chips_after"] = shown
+            res["picked"] = wanted
+            res["lost_picks"] = len(wanted) - len(picked)
+            boxes: dict[str, Any] = {}
+            # figure sizes per analysis, as displayed
+            for key, info in grid.items():
+                pg.locator("#st-analysis label", has_text=info["label"]).first.click()
+                pg.wait_for_function(
+                    TITLE_IS,
+                    arg=info["title"],
+                    timeout=WAIT_MS,
+                )
+                _wait_idle(pg)
+                pg.wait_for_function(
+                    "() => { const i = document.querySelector('#st-figure img'); return !!i && i.complete; }"
+                )
+                pg.wait_for_timeout(300)
+                box = pg.evaluate(FIGURE_BOX)
+                entry: dict[str, Any] = {"displayed_wh": [round(box[0]), round(box[1])], "natural_wh": box[2:4]}
+                entry["fits_viewport_height"] = bool(box[1] <= VIEWPORT["height"])
+                if info.get("cell_hw") and box[2]:
+                    entry["map_px"] = round(info["cell_hw"][1] * box[0] / box[2], 1)
+                boxes[key] = entry
+            res["figures"] = boxes
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    res["loadavg_after"] = _loadavg()
+    print(json.dumps(res, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
