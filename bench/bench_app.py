@@ -16,11 +16,26 @@ Measures, against ``python app.py`` started as a subprocess on 127.0.0.1:
   <= 100 MB), with requests cycling through analyses, normalisations, blocks and a few images; ``trace``
   records the RSS every ``--trace-every`` requests, to tell a plateau from a slow leak (run a long
   ``--total`` for that).
+
+Two more modes (issue 24), each against a server of its own whose temporary files go to a folder of the bench
+(``TMPDIR`` of the server), so the temp area can be measured:
+
+* ``--worst``: uploads the worst checkpoints of issue 24 through ``/analyze``'s checkpoint input (``depth``
+  1e6, ``num_blocks`` 1e6, ``depth`` 3000, ``test_scale`` 100000 and 6000x4500, a zip bomb, NaN weights, a
+  0-byte ``.pth``, a 100,000-deep config), each after a clean request; per file the outcome (the message),
+  seconds and the server's RSS after it, then RSS before / after all of them and after 5 clean requests
+  (target: within 200 MB of before, every file refused in seconds).
+* ``--soak-minutes N``: two clients back to back for N minutes, each request a random held-out CamVid image
+  (``val``, else variants of the example) with a random analysis, head, readout, normalisation and block;
+  every 15th request a corrupt image, every 25th a corrupt checkpoint. Per ``--window-s`` window: requests,
+  refusals, unexpected failures, median latency, RSS and the temp area's size; then the temp area after the
+  server is stopped with SIGINT (and its exit code).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -76,13 +91,23 @@ def cpu_s(pid: int) -> float | None:
 
 
 def start_server(
-    model: str | None, port: int, log_path: Path, limit_s: float = 600, malloc: str | None = None
+    model: str | None,
+    port: int,
+    log_path: Path,
+    limit_s: float = 600,
+    malloc: str | None = None,
+    tmpdir: Path | None = None,
 ) -> tuple[subprocess.Popen, float]:
     """Spawn ``python app.py`` and wait for the first HTTP 200 on ``/``; returns (process, seconds).
-    ``malloc``: the server's ``STRUCTTOKEN_MALLOC`` (see :func:`structtoken.devices.malloc_settings`)."""
+    ``malloc``: the server's ``STRUCTTOKEN_MALLOC`` (see :func:`structtoken.devices.malloc_settings`);
+    ``tmpdir``: the server's ``TMPDIR`` (its temporary files and Gradio's cache go there)."""
     env = dict(
         os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False"
     )
+    if tmpdir is not None:
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
+        env.pop("GRADIO_TEMP_DIR", None)
     if model:
         env["STRUCTTOKEN_DEFAULT_MODEL"] = model
     if malloc is not None:
@@ -171,6 +196,188 @@ def call(
     return time.perf_counter() - t0
 
 
+def folder_mb(folder: Path) -> float:
+    """Bytes under ``folder`` (files only), in MB."""
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            with contextlib.suppress(OSError):  # removed while walking
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return round(total / 2**20, 1)
+
+
+def request(client: Any, image: Path, model: str, checkpoint: Path | None = None, timeout: float = 300, **kw: Any):
+    """One ``/analyze`` call by parameter name; returns (outcome, message, seconds): ``ok``, ``refused`` (the
+    app's own readable refusal) or ``failed`` (anything else: a cut connection, a timeout, an internal error)."""
+    from gradio_client import handle_file
+
+    t0 = time.perf_counter()
+    try:
+        job = client.submit(
+            image=handle_file(str(image)),
+            model=model,
+            checkpoint=None if checkpoint is None else handle_file(str(checkpoint)),
+            api_name="/analyze",
+            **kw,
+        )
+        job.result(timeout=timeout)
+        return "ok", "", time.perf_counter() - t0
+    except Exception as e:
+        msg = str(e)
+        own = type(e).__name__ == "AppError" and "internal error" not in msg
+        return ("refused" if own else "failed"), f"{type(e).__name__}: {msg[:300]}", time.perf_counter() - t0
+
+
+def worst_files(folder: Path) -> dict[str, Path]:
+    """The worst checkpoints of issue 24 (from ``tests/helpers.hostile_checkpoints``)."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from helpers import hostile_checkpoints
+
+    every = hostile_checkpoints(folder)
+    names = ("depth_1e6", "num_blocks_1e6", "depth_3000", "test_scale_1e5", "test_scale_6000", "zip_bomb")
+    names += ("declares_4gb", "nan_weights", "empty_pth", "nested_config", "newline_name", "long_names")
+    return {n: every[n] for n in names}
+
+
+def run_worst(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
+    """``--worst``: see the module docstring."""
+    port = args.port or free_port()
+    proc, startup = start_server(model, port, tmp / "server.log", args.startup_timeout, args.malloc, tmp / "server_tmp")
+    out: dict[str, Any] = {"mode": "worst", "startup_s": round(startup, 3), "server_log": str(tmp / "server.log")}
+    try:
+        image = make_images(args.image, tmp, 1)[0]
+        client = make_client(port)
+        for _ in range(3):
+            request(client, image, model)
+        out["rss_before_mb"] = round(rss_mb(proc.pid) or 0, 1)
+        cases = {}
+        for name, path in worst_files(tmp / "worst").items():
+            outcome, msg, dt = request(client, image, model, checkpoint=path, timeout=args.case_timeout)
+            clean = request(client, image, model)
+            cases[name] = {
+                "outcome": outcome,
+                "seconds": round(dt, 2),
+                "message": msg,
+                "rss_after_mb": round(rss_mb(proc.pid) or 0, 1),
+                "next_clean_request": clean[0],
+                "file_kb": round(path.stat().st_size / 1024, 1),
+            }
+            print(name, json.dumps(cases[name]), file=sys.stderr, flush=True)
+        out["cases"] = cases
+        out["rss_after_all_mb"] = round(rss_mb(proc.pid) or 0, 1)
+        for _ in range(5):
+            request(client, image, model)
+        out["rss_after_5_clean_mb"] = round(rss_mb(proc.pid) or 0, 1)
+        out["rss_growth_mb"] = round(out["rss_after_5_clean_mb"] - out["rss_before_mb"], 1)
+        out["pass"] = {
+            "all_refused": all(c["outcome"] == "refused" for c in cases.values()),
+            "seconds": max(c["seconds"] for c in cases.values()) < 10,
+            "memory_returns": out["rss_growth_mb"] <= 200,
+        }
+        out["server_alive"] = proc.poll() is None
+    finally:
+        stop_server(proc)
+    return out
+
+
+def soak_images(tmp: Path) -> list[Path]:
+    """Held-out CamVid images (``val``) when ../shared is there, else variants of the example."""
+    val = ROOT.parent / "shared" / "data" / "camvid" / "val" / "images"
+    found = sorted(val.glob("*.jpg")) + sorted(val.glob("*.png")) if val.is_dir() else []
+    return found or fresh_images(DEFAULT_IMAGE, tmp, 20)
+
+
+def run_soak(args: argparse.Namespace, model: str, tmp: Path) -> dict[str, Any]:
+    """``--soak-minutes``: see the module docstring."""
+    import random
+    import signal
+
+    port = args.port or free_port()
+    server_tmp = tmp / "server_tmp"
+    proc, startup = start_server(model, port, tmp / "server.log", args.startup_timeout, args.malloc, server_tmp)
+    out: dict[str, Any] = {"mode": "soak", "minutes": args.soak_minutes, "startup_s": round(startup, 3)}
+    images = soak_images(tmp)
+    corrupt = tmp / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+    bad_ckpts = list(worst_files(tmp / "worst").values())
+    choices = {
+        "analysis": ("prediction", "comparison", "focus", "probe", "attention"),
+        "head": (None, "cse", "sse", "pwe", "per_pixel", "per_pixel_ds"),
+        "readout": ("raw", "head", "fitted"),
+        "normalize": ("shared", "per_map", "softmax"),
+        "block": (-1, 1, 2, 3),
+    }
+    lock = threading.Lock()
+    counter = itertools.count(1)
+    window: dict[str, Any] = {"requests": 0, "refused": 0, "failed": 0, "latency": [], "examples": [], "refusals": {}}
+    windows: list[dict[str, Any]] = []
+    stop_at = time.monotonic() + 60 * args.soak_minutes
+
+    def client_loop(seed: int) -> None:
+        rng = random.Random(seed)
+        client = make_client(port)
+        while time.monotonic() < stop_at:
+            n = next(counter)
+            kw = {k: rng.choice(v) for k, v in choices.items()}
+            image, ckpt = rng.choice(images), None
+            if n % 15 == 0:
+                image = corrupt
+            elif n % 25 == 0:
+                ckpt = bad_ckpts[(n // 25) % len(bad_ckpts)]
+            outcome, msg, dt = request(client, image, model, checkpoint=ckpt, timeout=args.case_timeout, **kw)
+            with lock:
+                window["requests"] += 1
+                window["latency"].append(dt)
+                if outcome != "ok":
+                    window[outcome] += 1
+                if outcome == "failed" and len(window["examples"]) < 3:
+                    window["examples"].append(msg[:200])
+                if outcome == "refused":
+                    window["refusals"][msg[:90]] = window["refusals"].get(msg[:90], 0) + 1
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(2)]
+    t0 = time.monotonic()
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            if time.monotonic() < stop_at:
+                time.sleep(min(args.window_s, max(0.5, stop_at - time.monotonic())))
+            else:  # the last requests finish into the last window
+                for t in threads:
+                    t.join()
+            with lock:
+                lat = window.pop("latency")
+                common = sorted(window.pop("refusals").items(), key=lambda kv: -kv[1])[:3]
+                windows.append(
+                    {
+                        "t_s": round(time.monotonic() - t0),
+                        **window,
+                        "common_refusals": common,
+                        "median_latency_s": round(statistics.median(lat), 3) if lat else None,
+                        "rss_mb": _round(rss_mb(proc.pid), 1),
+                        "temp_mb": folder_mb(server_tmp),
+                    }
+                )
+                print(json.dumps(windows[-1]), file=sys.stderr, flush=True)
+                window.update(requests=0, refused=0, failed=0, latency=[], examples=[], refusals={})
+        out["windows"] = windows
+        out["server_alive"] = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out["exit_code"] = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stop_server(proc)
+            out["exit_code"] = "killed after 30 s"
+    out["temp_mb_after_exit"] = folder_mb(server_tmp)
+    out["temp_files_after_exit"] = sum(len(f) for _, _, f in os.walk(server_tmp))
+    out["requests"] = sum(w["requests"] for w in windows)
+    out["refused"] = sum(w["refused"] for w in windows)
+    out["failed"] = sum(w["failed"] for w in windows)
+    return out
+
+
 def _round(v: float | None, nd: int = 3) -> float | None:
     return None if v is None else round(v, nd)
 
@@ -199,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0, help="0 = a free port")
     ap.add_argument("--startup-timeout", type=float, default=600, help="seconds to wait for the first 200")
     ap.add_argument("--malloc", default=None, help="the server's STRUCTTOKEN_MALLOC, e.g. trim_threshold=0")
+    ap.add_argument("--worst", action="store_true", help="upload issue 24's worst checkpoints; RSS before/after")
+    ap.add_argument("--soak-minutes", type=float, default=0, help="N minutes of mixed traffic (0 = off)")
+    ap.add_argument("--window-s", type=float, default=60, help="soak: report every this many seconds")
+    ap.add_argument("--case-timeout", type=float, default=120, help="worst / soak: seconds one request may take")
     args = ap.parse_args(argv)
 
     port = args.port or free_port()
@@ -206,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.sep in model or model.endswith((".safetensors", ".pth")):
         model = str(Path(model).resolve())
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
+    if args.worst or args.soak_minutes:
+        result = run_worst(args, model, tmp) if args.worst else run_soak(args, model, tmp)
+        print(json.dumps(result, indent=2))
+        return 0
     result: dict[str, Any] = {"model": model, "image": str(args.image), "targets": TARGETS, "malloc": args.malloc}
     proc, startup = start_server(model, port, tmp / "server.log", args.startup_timeout, args.malloc)
     result["startup_s"] = round(startup, 3)
