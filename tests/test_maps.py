@@ -81,6 +81,11 @@ def test_stages_are_the_head_outputs(model, image, maps: ImageMaps) -> None:
         out = model(model.preprocess(image))
     for name, ho in out.heads.items():
         st = maps.heads[name].stages
+        if "raw" in maps.heads[name].unavailable:  # per_pixel: no raw readout, so the stages are the head readout
+            with torch.no_grad():
+                want = [model.heads[name].readout(s, m, ho)[0].numpy() for s, m in enumerate(ho.stage_maps())]
+            np.testing.assert_allclose(np.stack(want), st, rtol=1e-5, atol=1e-5)
+            continue
         np.testing.assert_allclose(st[0], ho.tokens_init[0].numpy(), rtol=1e-6, atol=1e-6)
         for i, b in enumerate(ho.blocks):
             np.testing.assert_allclose(st[i + 1], b.tokens[0].numpy(), rtol=1e-6, atol=1e-6)
@@ -234,32 +239,40 @@ def test_readouts(maps: ImageMaps) -> None:
         assert readout_problem(maps, h, "fitted") == NO_FITTED_REASON
         with pytest.raises(ValueError, match=r"fitted readout of .* is unavailable: no fitted readout file"):
             readout_stages(maps, h, "fitted")
-    assert not np.allclose(readout_stages(maps, "per_pixel", "head")[1], maps.heads["per_pixel"].stages[1])
+    assert not np.allclose(readout_stages(maps, "per_pixel_ds", "head")[1], maps.heads["per_pixel_ds"].stages[1])
+    assert "not class maps by construction" in readout_problem(maps, "per_pixel", "raw")
     with pytest.raises(ValueError, match=r"^unknown readout 'lens'; choose one of raw, head, fitted$"):
         readout_stages(maps, "cse", "lens")
     with pytest.raises(ValueError, match="unknown head 'nope'"):
         readout_problem(maps, "nope", "raw")
 
 
-def test_fitted_readout_and_raw_caveat(model, image) -> None:
+def test_fitted_readout_reads_what_each_stage_hands_on(model, image) -> None:
     from analysis.maps import readout_caveat, readout_problem, readout_stages
     from structtoken.readouts import FittedReadouts, StageLens
 
     k = model.cfg.num_classes
-    lens = StageLens(2.0 * torch.eye(k), torch.arange(k, dtype=torch.float32))
-    model.fitted_readouts = FittedReadouts(lenses={h: (lens,) * 4 for h in HEADS})
+    with torch.no_grad():
+        out = model(model.preprocess(image))
+    lenses = {}
+    for h in HEADS:  # 2 x the first K channels + k: StructToken's stages 0..N-1 read K + C channels
+        widths = [m.shape[1] for m in model.heads[h].fitted_maps(out.heads[h])]
+        lenses[h] = tuple(StageLens(2.0 * torch.eye(k, w), torch.arange(k, dtype=torch.float32)) for w in widths)
+    model.fitted_readouts = FittedReadouts(lenses=lenses)
     try:
         m = compute_maps(model, image)
     finally:
         model.fitted_readouts = None
     for h in HEADS:
         assert readout_problem(m, h, "fitted") is None
-        want = 2.0 * m.heads[h].stages + np.arange(k, dtype=np.float32)[None, :, None, None]
+        tokens = np.stack([t[0, :k].numpy() for t in model.heads[h].fitted_maps(out.heads[h])])
+        want = 2.0 * tokens + np.arange(k, dtype=np.float32)[None, :, None, None]
         np.testing.assert_allclose(readout_stages(m, h, "fitted"), want, rtol=1e-5, atol=1e-5)
-    # only the per-pixel head without deep supervision is not class-aligned under raw
-    assert "not class-aligned" in readout_caveat(m, "per_pixel", "raw")
-    assert readout_caveat(m, "per_pixel", "head") is None
-    assert all(readout_caveat(m, h, "raw") is None for h in HEADS if h != "per_pixel")
+    assert lenses["cse"][0].weight.shape == (k, k + model.cfg.embed_dim) and lenses["cse"][-2].weight.shape == (k, k)
+    # raw exists only where channel k is class k by construction: not per_pixel; nothing is left to caveat
+    assert "not class maps by construction" in readout_problem(m, "per_pixel", "raw")
+    assert all(readout_problem(m, h, "raw") is None for h in HEADS if h != "per_pixel")
+    assert all(readout_caveat(m, h, r) is None for h in HEADS for r in ("raw", "head"))
 
 
 def test_head_without_raw_readout_says_why() -> None:
