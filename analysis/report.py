@@ -344,7 +344,6 @@ def collect_probe(json_files: Sequence[str | Path] = (), run_dirs: Sequence[str 
     return sources
 
 
-# ------------------------------------------------------------------------------------- claims
 # ------------------------------------------------------------------------------------ figures
 # ------------------------------------------------------------------------------------ figures
 def _example_figure(maps: ImageMaps, label: np.ndarray, cfg: ModelConfig, ignore_index: int, title: str) -> Any:
@@ -611,6 +610,7 @@ def build_report(
             "data": Path(dataset.root).name,  # the folder's name: no machine path in a shipped report
             "seed": seed,  # the set's training seed (None: unknown)
             "set_file": set_file_meta(model_name),
+            "result_files": [{"file": src["source"], "seed": src["seed"]} for src in sources],
             "readout_definitions": {h: readout_definitions(h, model.heads[h]) for h in heads},
             "fitted_input_channels": widths,
             "n_images": n,

@@ -65,6 +65,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import HEAD_NAMES
+from .errors import StructTokenError
 from .heads import Head, HeadOutput
 
 READOUTS = ("raw", "head", "fitted")
@@ -78,7 +79,7 @@ FIT_COMMAND = "python -m structtoken.fit_readouts --model SET --data DATA_DIR --
 NO_FITTED_REASON = f"no fitted readout file beside the set; fit one with {FIT_COMMAND}"
 
 
-class ReadoutError(ValueError):
+class ReadoutError(StructTokenError):
     """A fitted-readout file that cannot be used, or a readout that cannot be computed; the message
     names the file or the reason."""
 

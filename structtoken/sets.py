@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import file_sha256, load_model, read_metadata, save_model
 from .config import ModelConfig
+from .errors import StructTokenError
 from .readouts import FittedReadouts, readouts_path
 from .segmentor import Segmentor, build_model
 
@@ -33,7 +34,7 @@ HEADS_KEY = "structtoken_heads"
 """Metadata key of a head file: JSON ``{"config", "heads", "provenance"}``."""
 
 
-class SetAssemblyError(ValueError):
+class SetAssemblyError(StructTokenError):
     """Parts that do not make one set; the message says which file and why."""
 
 

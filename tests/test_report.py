@@ -185,6 +185,7 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     assert set(m["claims"]["head"]["per_pixel"]) == {"cse", "sse", "pwe"}
     assert all(e["n"] == 1 and e["verdict"] is None for e in m["claims"]["head"]["per_pixel"]["cse"])
     assert m["meta"]["set_file"]["file"] == tiny_set.name and len(m["meta"]["set_file"]["sha256"]) == 64
+    assert m["meta"]["result_files"] == [{"file": f"seed{s}.json", "seed": s} for s in (0, 1, 2)]
     assert m["meta"]["readout_definitions"]["per_pixel"]["raw"].startswith("not applicable")
     assert m["meta"]["fitted_input_channels"]["cse"][0] == 4 + 32
     assert m["readouts"]["raw"]["per_pixel"]["applicable"] is False
