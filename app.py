@@ -84,27 +84,93 @@ INTRO = """
 Upload an image or pick an example in the sidebar.
 """
 HELP = """
-* **Focus on one class**: one class, every head of the set as a row (StructToken and per-pixel), every stage as a
-  column: the class map entering block 1 (*input*), after each block, the head *output*. Pick the class in
-  *Focus class*. The white line is the class's boundary in the prediction of the head named in *Boundary from head*.
-* **Paper comparison** (the paper's Fig. 3 layout): rows are classes, columns the stages, for the chosen StructToken
-  head and the per-pixel baseline side by side. The numbers give, per stage, the share of feature-grid cells whose
-  strongest class already equals the head's output.
-* **Deep-supervision probe**: the same grid for the per-pixel baseline without and with deep supervision next to
-  StructToken. The verdict and the dataset numbers come from the set's shipped report (training seeds).
-* **Token–feature attention** (CSE and SSE heads): how much each class token reads each feature channel.
-* **Prediction**: the chosen head's segmentation; the numbers give each class's area for every head, and a
-  check of how far the image is from the set's training domain.
-* **Readout**: how a stage's maps are read as class scores. *raw (as in the paper)*: channel k is class k (true
-  for StructToken; a per-pixel head's last layer mixes channels, so its raw maps are not class maps); *through the
-  head*: the head's own remaining output layers applied to the stage; *fitted*: a per-stage linear map fitted on
-  the train split.
-* **Classes**: automatic (the classes with the largest predicted area, following each new image) until you pick
-  classes yourself; *Automatic classes* returns to automatic.
-* **Normalisation**: *shared per class* puts every map of a class on one colour scale (compare stages and heads);
-  *per map* stretches each map on its own (see shape); *softmax* shows class probabilities.
-* **Downloads**: the figure (PNG/PDF), every map of every head (`.npz`) and the numbers (`.json`).
+* **Paper comparison** (the paper's Fig. 3, stages as rows): a column per class and head, the chosen StructToken
+  head beside the per-pixel baseline; the top row is the image with the class's boundary (white line), then the
+  class map entering block 1 (*input*), after each block and the head's *output*. The table gives, per stage, the
+  share of feature-grid cells whose strongest class already equals the head's output.
+* **Focus on one class**: one class (*Focus class*), a column per head of the set, the stages as rows; the white
+  line is the class's boundary in the prediction of the head named in *Boundary from head*.
+* **Deep-supervision probe**: the per-pixel baseline without and with deep supervision beside StructToken (two
+  classes unless you pick more). The verdict and the dataset numbers come from the set's shipped report.
+* **Token–feature attention** (CSE and SSE heads): how much each class token reads each channel in one block.
+* **Prediction**: the chosen head's segmentation; the table gives each class's area for every head.
+* **Classes**: automatic (largest predicted area, following each new image) until you pick classes yourself;
+  *Automatic classes* returns to automatic. **Normalisation**: *shared per class* puts every map of a class on one
+  colour scale (compare stages and heads); *per map* stretches each map on its own (see shape); *softmax* shows
+  class probabilities.
+* **Downloads** are rendered when you click them (progress on the file box): the figure (PNG, PDF), every map of
+  every head (`.npz`) and the numbers (JSON). The API gives them with its `downloads` input.
+
 """
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    (
+        "StructToken",
+        "a segmentation head that keeps one learnable *structure token* (a spatial map) per class and refines"
+        " them block by block (Lin et al., arXiv 2203.12612)",
+    ),
+    (
+        "CSE",
+        "*cross-slice extraction*: each block's class tokens attend to the feature channels (cross attention,"
+        " class × channel)",
+    ),
+    (
+        "SSE",
+        "*self-slice extraction*: self attention over the tokens and the feature channels together",
+    ),
+    (
+        "PWE",
+        "*point-wise extraction*: a 1x1 convolution mixes tokens and features instead of attention",
+    ),
+    (
+        "Per-pixel",
+        "the baseline: residual blocks on K class channels, then a 1x1 classifier; *+ deep sup.*: the same "
+        "trained with a loss on every block's map",
+    ),
+    (
+        "stage",
+        "*input* (the maps entering block 1), *block i* (after block i), *output* (the head's logits)",
+    ),
+    (
+        "readout *raw*",
+        "channel k read as class k, as in the paper (not applicable to a head whose channels are not classes)",
+    ),
+    (
+        "readout *head*",
+        "the head's own remaining output layers applied to the stage: the *logit lens*",
+    ),
+    (
+        "readout *fitted*",
+        "an affine map per stage fitted on the train split with the model frozen: the *tuned lens*",
+    ),
+    (
+        "mIoU",
+        "mean over classes of intersection over union of the predicted and true masks",
+    ),
+    (
+        "mask AP",
+        "average precision of a class map's values ranking its class's pixels (how well the map separates the"
+        " class, before any threshold)",
+    ),
+    (
+        "boundary F1",
+        "F1 of predicted against true class boundaries, within a small pixel tolerance",
+    ),
+    (
+        "entropy (nats)",
+        "of a class's attention softmax over channels, natural log: 0 = all weight on one channel, ln C = "
+        "uniform over C",
+    ),
+    (
+        "paired t",
+        "a t test on per-seed differences (the same seed trained both heads); the 95 % CI is of the mean difference",
+    ),
+    (
+        "out of domain",
+        "the predicted class areas are far (total-variation distance) from the training split's class frequencies",
+    ),
+)
+"""Terms a reader of the page meets, and what they mean (the glossary under "How to read this")."""
+HELP += "\n**Glossary**\n\n| term | meaning |\n| --- | --- |\n" + "\n".join(f"| {t} | {m} |" for t, m in GLOSSARY)
 READOUT_LABELS: dict[str, str] = {
     "raw": "raw (as in the paper)",
     "head": "through the head",
@@ -1251,10 +1317,30 @@ def main() -> None:
     tune_malloc()
     configure_cpu_threads()
     area = own_temp_area()
+    explorer = Explorer()
     try:
-        build_demo(Explorer(), area=area).launch(**launch_kwargs())
+        demo = build_demo(explorer, area=area)
+        demo.launch(prevent_thread_lock=True, **launch_kwargs())
+        # the page is up; load the default set and draw one small analysis meanwhile, so the visitor's
+        # first analysis finds the model loaded and the figure code warm
+        threading.Thread(target=warm_up, args=(explorer,), name="structtoken-warm-up", daemon=True).start()
+        demo.block_thread()  # until SIGINT / SIGTERM (see own_temp_area)
     finally:
         area.remove()
+
+
+def warm_up(explorer: Explorer) -> None:
+    """Load the default set and run one small analysis of the synthetic street (errors only logged: the
+    page reports them when a visitor asks)."""
+    import numpy as np
+
+    try:
+        t0 = time.perf_counter()
+        image = np.zeros((64, 96, 3), np.uint8)
+        explorer.analyze(AnalysisRequest(image, model=default_model(), analysis=DEFAULT_ANALYSIS, readout="head"))
+        log.info("warmed up in %.1f s (model %s loaded)", time.perf_counter() - t0, default_model())
+    except Exception as e:  # a missing or offline default set: the first request says so
+        log.warning("warm-up skipped: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def own_temp_area() -> TempArea:

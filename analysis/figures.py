@@ -44,6 +44,7 @@ __all__ = [
     "MAP_CMAP",
     "METRIC_LABELS",
     "as_rgb_uint8",
+    "attention_figure",
     "attention_plotly",
     "block_curves_figure",
     "block_curves_plotly",
@@ -56,6 +57,7 @@ __all__ = [
     "head_label",
     "hover_escape",
     "overlay",
+    "overlay_with_legend",
     "prediction_figure",
     "probe_figure",
     "resize_nearest",
@@ -208,6 +210,52 @@ def overlay(
     blend = (1.0 - alpha) * img.astype(np.float64) + alpha * colour
     out = np.where(((label >= 0) & (label != ignore_index))[..., None], blend, img)
     return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def overlay_with_legend(
+    image: np.ndarray,
+    label: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    ignore_index: int = 255,
+    font_px: int = 14,
+) -> np.ndarray:
+    """:func:`overlay` with a class legend on its right: a swatch, the name and the % area of every class
+    present, largest first (the Overlay tab is a plain image, so the legend is drawn into it).
+
+    Returns:
+        ``[max(H, legend height), W + legend width, 3]`` uint8 (white where nothing is drawn).
+    """
+    from PIL import ImageDraw, ImageFont
+
+    blended = overlay(image, label, palette, alpha=alpha, ignore_index=ignore_index)
+    pal = _palette_array(palette)
+    ids, counts = np.unique(np.asarray(label).astype(np.int64), return_counts=True)
+    keep = (ids >= 0) & (ids != ignore_index)
+    ids, counts = ids[keep], counts[keep]
+    order = np.argsort(-counts, kind="stable")
+    font = ImageFont.load_default(size=font_px)
+    entries = []
+    for i in order:
+        k = int(ids[i])
+        name = class_names[k] if k < len(class_names) else f"class {k}"
+        rgb = tuple(int(v) for v in (pal[k] if k < len(pal) else _UNKNOWN_CLASS_RGB))
+        entries.append((rgb, f"{name} ({100.0 * counts[i] / label.size:.1f}%)"))
+    line = int(font_px * 1.5)
+    text_w = max((int(font.getlength(t)) for _, t in entries), default=0)
+    legend_w = font_px + 8 + text_w + 16
+    h, w = blended.shape[:2]
+    out_h = max(h, line * len(entries) + 8)
+    out = np.full((out_h, w + legend_w, 3), 255, dtype=np.uint8)
+    out[:h, :w] = blended
+    canvas = Image.fromarray(out)
+    draw = ImageDraw.Draw(canvas)
+    for j, (rgb, text) in enumerate(entries):
+        y = 4 + j * line
+        draw.rectangle([w + 8, y + 2, w + 8 + font_px, y + 2 + font_px], fill=rgb, outline=(77, 77, 77))
+        draw.text((w + 8 + font_px + 6, y), text, fill=(30, 30, 30), font=font)
+    return np.asarray(canvas)
 
 
 def prediction_figure(
@@ -800,6 +848,86 @@ def attention_plotly(
         height=int(min(1400, max(360, 24 * n_rows + 200))),
         margin={"l": 100, "r": 40, "t": 120},
     )
+    return fig
+
+
+def attention_figure(
+    attn: np.ndarray,
+    class_names: Sequence[str],
+    title: str | None = None,
+    token_columns: Sequence[str] = (),
+    entropy: np.ndarray | None = None,
+    channels: tuple[np.ndarray, np.ndarray, Sequence[int], Sequence[float], str] | None = None,
+    width_px: int = 1030,
+    dpi: int = 100,
+) -> Figure:
+    """The static class x channel attention (what :func:`attention_plotly` shows, for the page's figure and
+    its PNG / PDF): log10 weights of every column (floored at :data:`LOG_WEIGHT_FLOOR`), each class's
+    softmax entropy beside it, and, when ``channels`` = (image ``[H, W, 3]``, maps ``[N, H, W]``, channel
+    ids, weights, class name) is given, the feature maps of the channels that class draws on below.
+
+    Returns:
+        Matplotlib figure ``width_px`` wide at ``dpi``.
+    """
+    a = _check_attention(attn, class_names)
+    r, c = a.shape
+    n_tok = len(token_columns)
+    logw = np.log10(np.clip(a, LOG_WEIGHT_FLOOR, None))
+    heat_h = min(6.0, max(1.6, 0.2 * r + 0.9))
+    n_maps = 0 if channels is None else len(channels[2])
+    row_h = 0.0
+    if channels is not None:
+        ih, iw = channels[0].shape[:2]
+        per = 6  # fixed slots: one channel is a thumbnail, not a full-width picture
+        row_h = (width_px / dpi - 0.6) / per * ih / iw * ((n_maps + per) // per) + 0.55
+    fig = Figure(figsize=(width_px / dpi, heat_h + row_h + (0.5 if title else 0.1)), dpi=dpi, layout="constrained")
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, int(width_px / dpi * 10))), fontsize=10)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[heat_h, max(row_h, 1e-3)]) if channels else (fig, None)
+    axes = top.subplots(1, 2, width_ratios=[5, 1], sharey=True) if entropy is not None else [top.subplots()]
+    ax = axes[0]
+    im = ax.imshow(
+        logw, aspect="auto", cmap=MAP_CMAP, vmin=math.log10(LOG_WEIGHT_FLOOR), vmax=0.0, interpolation="nearest"
+    )
+    ax.set_yticks(range(r), [str(n) for n in class_names], fontsize=_SMALL)
+    ax.set_xlabel(
+        f"channel (0..{c - 1})" + (f"; left of the white line: the {n_tok} token channels" if n_tok else ""),
+        fontsize=_SMALL,
+    )
+    ax.tick_params(axis="x", labelsize=_SMALL)
+    if n_tok:
+        ax.axvline(n_tok - 0.5, color="white", lw=1.5)
+    ax.set_title("log10 attention weight of each channel", fontsize=_SMALL + 1)
+    cb = top.colorbar(im, ax=axes if entropy is not None else ax, shrink=0.9, pad=0.01)
+    cb.set_label("log10 weight", fontsize=_SMALL)
+    cb.ax.tick_params(labelsize=_SMALL)
+    if entropy is not None:
+        e = np.asarray(entropy, dtype=np.float64)
+        axes[1].barh(range(r), e, color="0.45")
+        for i, v in enumerate(e):  # the value too: a saturated row's bar is too short to see
+            axes[1].text(float(v), i, f" {v:.2f}", va="center", ha="left", fontsize=_SMALL - 1)
+        axes[1].axvline(math.log(c), color="0.2", lw=1, ls=":")
+        axes[1].set_xlim(0, max(math.log(c) * 1.05, float(np.nanmax(e)) * 1.05 if e.size else 1.0))
+        axes[1].set_title("entropy (nats)", fontsize=_SMALL + 1)
+        axes[1].tick_params(labelsize=_SMALL)
+        axes[1].set_xlabel(f"dotted: uniform, ln {c} = {math.log(c):.2f}", fontsize=_SMALL)
+    if channels is not None and bottom is not None:
+        image, maps, ids, weights, name = channels
+        m = np.asarray(maps, dtype=np.float64)
+        per = 6
+        panels = bottom.subplots((n_maps + per) // per, per, squeeze=False).ravel()
+        panels[0].imshow(as_rgb_uint8(image))
+        panels[0].set_title("image", fontsize=_SMALL)
+        for i in range(n_maps):
+            panels[i + 1].imshow(m[i], cmap=MAP_CMAP, interpolation="nearest")
+            panels[i + 1].set_title(f"ch {int(ids[i])} · w={float(weights[i]):.3f}", fontsize=_SMALL)
+        for i, p in enumerate(panels):
+            p.set_xticks([])
+            p.set_yticks([])
+            p.set_visible(i <= n_maps)
+        bottom.suptitle(
+            f"the feature channels '{name}' draws on most (each map on its own colour scale)", fontsize=_SMALL + 1
+        )
     return fig
 
 

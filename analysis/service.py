@@ -42,6 +42,7 @@ from structtoken.segmentor import Segmentor
 
 from . import figures as F
 from .analyses import ANALYSES, Analysis, View, ViewRequest
+from .domain import class_areas, domain_check, reference_frequencies
 from .labels import head_label
 from .maps import (
     NORMALIZATIONS,
@@ -130,7 +131,8 @@ class AnalysisResult:
     Attributes:
         figure: static matplotlib figure (the grid, the prediction, or channel maps).
         plot: interactive plotly view.
-        overlay: ``[H, W, 3]`` uint8 prediction overlay of the chosen head on the image the model saw.
+        overlay: ``[H', W', 3]`` uint8 prediction overlay of the chosen head on the image the model saw, with
+            a class legend on its right (:func:`analysis.figures.overlay_with_legend`).
         curves: dataset-level per-block curves from the set's shipped report (None without a report).
         table, table_headers: numbers shown beside the picture (rows of ``len(table_headers)`` cells).
         summary: markdown: what is shown, verdicts, notices.
@@ -494,9 +496,13 @@ class Explorer:
             view = analysis.view(maps, view_request)
         except ValueError as e:
             raise AnalysisError(str(e)) from None
-        overlay = F.overlay(maps.image, maps.pred[head], view_request.palette, alpha=view_request.opacity)
+        overlay = F.overlay_with_legend(
+            maps.image, maps.pred[head], view_request.palette, maps.class_names, alpha=view_request.opacity
+        )
         t_fig = time.perf_counter() - t_fig
         notices += _notices(cfg, rgb, maps, report is not None, rpath)
+        if analysis.name != "prediction":  # the prediction view words the check itself, typical or not
+            notices += _domain_notice(maps, head)
         timings = {
             "model_load": round(t_load, 4),
             "backbone+heads": round(t_fwd, 4),
@@ -744,6 +750,16 @@ def _readout_heads(maps: ImageMaps, heads: list[str], chosen: str | None, readou
 
 
 # ---------------------------------------------------------------------------------- result parts
+def _domain_notice(maps: ImageMaps, head: str) -> list[str]:
+    """The out-of-domain sentence (:func:`analysis.domain.domain_check` of ``head``'s prediction) when the
+    image is unusual or far from the set's training domain; nothing for a typical image or an unknown set."""
+    reference = reference_frequencies(maps.class_names)
+    if reference is None:
+        return []
+    check = domain_check(class_areas(maps.pred[head], len(maps.class_names)), reference, maps.class_names)
+    return [] if check.level == "typical" else [check.message.rstrip(".")]
+
+
 def _notices(cfg: ModelConfig, rgb: np.ndarray, maps: ImageMaps, has_report: bool, report_at: Path | None) -> list[str]:
     """Sentences about what happened to the image and what the set lacks."""
     out = []
@@ -773,9 +789,10 @@ def _summary(
     notices: list[str],
 ) -> str:
     """Markdown: the heading, the set and image, the analysis's own prose, notes, notices and the table."""
+    heads = ", ".join(head_label(h) for h in cfg.heads)
     lines = [
         f"### {analysis.title}",
-        f"Model set **{cfg.name or spec}** ({', '.join(cfg.heads)}); shown head: **{head_label(request.head)}**; "
+        f"Model set **{cfg.name or spec}** ({heads}); shown head: **{head_label(request.head)}**; "
         f"image {_wh(maps.image.shape)} px, feature grid {maps.grid[0]}x{maps.grid[1]} cells.",
         analysis.describe(view, request),
         *view.notes,

@@ -151,11 +151,11 @@ class Attention(Analysis):
                 "entropy_nats": rounded(float(entropy[c]), 4),
                 "token_share_percent": rounded(token_share, 3),
             }
-        figure = None
         notes = []
         notice = saturation_notice(attn, entropy)
         if notice:
             notes.append(notice)
+        channels = None
         if hm.block_features is not None and class_ids:
             c0 = class_ids[0]
             ids, weights = top_channels(attn, c0, k, feature_offset=offset, min_weight=MIN_WEIGHT)
@@ -163,14 +163,12 @@ class Attention(Analysis):
                 h, w = maps.image.shape[:2]
                 f = min(1.0, CHANNEL_SIDE / max(h, w))
                 size = (max(1, round(h * f)), max(1, round(w * f)))
-                figure = F.channel_maps_figure(
+                channels = (
                     F.resize_rgb(maps.image, size),
                     upsample_maps(hm.block_features[b - 1][ids], size),
                     ids,
                     weights,
                     names[c0],
-                    title=f"{head_label(head)}, block {b}: the feature channels '{names[c0]}' draws on "
-                    f"(weight >= {MIN_WEIGHT:g}; features entering the block)",
                 )
             else:
                 notes.append(f"'{names[c0]}' puts no feature channel above weight {MIN_WEIGHT:g}: no channel maps.")
@@ -179,6 +177,14 @@ class Attention(Analysis):
                     f"The channel maps are those of '{names[c0]}', the first selected class; the table lists "
                     "the channels of every selected class."
                 )
+        figure = F.attention_figure(
+            attn[rows_ids],
+            [names[i] for i in rows_ids],
+            title=title + f"; features entering the block, weight >= {MIN_WEIGHT:g}",
+            token_columns=names[:offset],
+            entropy=entropy[rows_ids],
+            channels=channels,
+        )
         headers = [
             "class",
             f"feature channels with weight >= {MIN_WEIGHT:g} (at most {k})",

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from structtoken.config import ModelConfig
 
 from ..grid import block_grid, render_plotly, render_static_stages_as_rows
-from ..labels import NORMALIZATION_NOTES, head_label
+from ..labels import NORMALIZATION_LABELS, NORMALIZATION_NOTES, head_label
 from ..maps import ImageMaps, readout_stages
 from ..roles import structtoken_heads
 from ..values import rounded
@@ -212,7 +212,7 @@ class BlockGridAnalysis(Analysis):
             "Rows: classes; columns: the class maps entering block 1 (*input*), after each block, and the head "
             f"output, for {', '.join(head_label(h) for h in request.heads)}, read as class scores by the "
             f"**{request.readout}** readout ({READOUT_NOTES[request.readout]}). Normalisation: "
-            f"**{request.normalize}** ({NORMALIZATION_NOTES[request.normalize]})."
+            f"**{NORMALIZATION_LABELS[request.normalize]}** ({NORMALIZATION_NOTES[request.normalize]})."
         ]
         lines += self.explain(view, request)
         if request.block is not None:

@@ -22,7 +22,7 @@ class Comparison(BlockGridAnalysis):
                 "(the embedded CamVid set has it)"
             )
         if not structtoken_heads(cfg.heads):
-            return f"{what_set(cfg)} has no StructToken head (cse, sse or pwe) to compare with the per-pixel baseline"
+            return f"{what_set(cfg)} has no StructToken head (CSE, SSE or PWE) to compare with the per-pixel baseline"
         return None
 
     def heads(self, cfg: ModelConfig, chosen: str) -> list[str]:

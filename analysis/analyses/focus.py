@@ -15,7 +15,7 @@ import numpy as np
 from structtoken.config import ModelConfig
 
 from ..grid import GridGroup, GridLayout, Outline, display_size, render_plotly, render_static_stages_as_rows
-from ..labels import NORMALIZATION_NOTES, head_label
+from ..labels import NORMALIZATION_LABELS, NORMALIZATION_NOTES, head_label
 from ..maps import ImageMaps, normalize_maps, readout_stages, stage_names
 from ..values import rounded
 from .base import Analysis, View, ViewRequest, stage_agreement
@@ -127,7 +127,7 @@ class Focus(Analysis):
         return (
             f"One class, **{cls}**, in every head of the set (rows) at every stage (columns: the map entering "
             "block 1, after each block, the output), read as class scores the "
-            f"**{request.readout}** way. Normalisation: **{request.normalize}** "
+            f"**{request.readout}** way. Normalisation: **{NORMALIZATION_LABELS[request.normalize]}** "
             f"({NORMALIZATION_NOTES[request.normalize]}). The white line is {cls}'s boundary in the "
             f"{head_label(request.head)} prediction, the same on every row."
         )

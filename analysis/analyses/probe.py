@@ -52,7 +52,7 @@ class Probe(BlockGridAnalysis):
         if deep_supervision_pairs(cfg.heads):
             return None
         pair = deep_supervision_pairs(list(HEAD_NAMES))[0]
-        missing = [h for h in pair if h not in cfg.heads]
+        missing = [head_label(h) for h in pair if h not in cfg.heads]
         return (
             f"{what_set(cfg)} has no {' and no '.join(missing)} head; the deep-supervision probe needs both the "
             "per-pixel baseline and its deeply supervised twin (the embedded CamVid set has them)"
