@@ -384,7 +384,8 @@ def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytes
     assert c["analysis"]["value"] == "prediction"  # probe and comparison need the per-pixel heads
     labels = dict((v, lab) for lab, v in c["analysis"]["choices"])
     assert labels["probe"].endswith("(n/a)") and labels["comparison"].endswith("(n/a)")
-    assert "per_pixel" in c["availability"] and "Deep-supervision probe" in c["availability"]
+    assert "no Per-pixel and no Per-pixel + deep sup. head" in c["availability"]  # display names, not keys
+    assert "Deep-supervision probe" in c["availability"] and "per_pixel" not in c["availability"]
     assert c["classes"]["choices"] == ["road", "sky", "car", "tree"] and c["classes"]["value"] == []
     assert c["head"]["choices"] == [("StructToken-CSE", "cse")]
     assert c["class_mode"] == "auto" and c["focus_pick"] is None  # a new set: automatic classes again
