@@ -890,10 +890,10 @@ def attention_figure(
         logw, aspect="auto", cmap=MAP_CMAP, vmin=math.log10(LOG_WEIGHT_FLOOR), vmax=0.0, interpolation="nearest"
     )
     ax.set_yticks(range(r), [str(n) for n in class_names], fontsize=_SMALL)
-    ax.set_xlabel(
-        f"channel (0..{c - 1})" + (f"; left of the white line: the {n_tok} token channels" if n_tok else ""),
-        fontsize=_SMALL,
-    )
+    xlabel = f"channel (0..{c - 1})" + (f"; left of the white line: the {n_tok} token channels" if n_tok else "")
+    if entropy is not None:
+        xlabel += f"; entropy's dotted line: uniform weights, ln {c} = {math.log(c):.2f} nats"
+    ax.set_xlabel(xlabel, fontsize=_SMALL)
     ax.tick_params(axis="x", labelsize=_SMALL)
     if n_tok:
         ax.axvline(n_tok - 0.5, color="white", lw=1.5)
@@ -910,7 +910,6 @@ def attention_figure(
         axes[1].set_xlim(0, max(math.log(c) * 1.05, float(np.nanmax(e)) * 1.05 if e.size else 1.0))
         axes[1].set_title("entropy (nats)", fontsize=_SMALL + 1)
         axes[1].tick_params(labelsize=_SMALL)
-        axes[1].set_xlabel(f"dotted: uniform, ln {c} = {math.log(c):.2f}", fontsize=_SMALL)
     if channels is not None and bottom is not None:
         image, maps, ids, weights, name = channels
         m = np.asarray(maps, dtype=np.float64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import math
+from typing import Any
 
 import matplotlib
 
@@ -495,3 +496,63 @@ def test_colorize_labels_uint8_lookup_equals_the_general_path(ignore_index: int)
     np.testing.assert_array_equal(
         colorize_labels(label, palette, ignore_index), colorize_labels(label.astype(np.int64), palette, ignore_index)
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Every analysis's figure: no text outside the canvas, no two texts overlapping
+# --------------------------------------------------------------------------------------------------
+LONG_CLASSES = (
+    "road surface with lane markings and manholes",
+    "sky",
+    "a very long class name that no column could ever hold on one line",
+    "tree",
+)
+
+
+def _text_boxes(fig: Figure) -> tuple[list[tuple[str, Any]], tuple[float, float]]:
+    """(text, window extent) of every visible, non-empty text of ``fig`` once drawn, and the canvas size (px)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = []
+    for t in fig.findobj(Text):
+        if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible()):
+            boxes.append((t.get_text(), t.get_window_extent(renderer)))
+    return boxes, (renderer.width, renderer.height)
+
+
+@pytest.mark.parametrize("analysis", ["prediction", "comparison", "focus", "probe", "attention"])
+@pytest.mark.parametrize("block", [None, 1])
+def test_no_figure_text_is_cut_or_overlaps(
+    tmp_path_factory: pytest.TempPathFactory, analysis: str, block: int | None
+) -> None:
+    """Long class names (wrapped, shrunk or shortened to fit), one stage or all, every normalisation's
+    footnote: every text box lies inside the canvas and no two overlap (matplotlib's own text extents)."""
+    from analysis.service import AnalysisRequest, Explorer
+    from tests.helpers import save_tiny_set
+
+    path = tmp_path_factory.mktemp("long") / "long_names.safetensors"
+    save_tiny_set(path, classes=LONG_CLASSES, palette=())
+    image = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    if analysis in ("prediction", "focus") and block is not None:
+        pytest.skip("no block control")
+    ex = Explorer()
+    for normalize in ("shared", "per_map", "softmax"):
+        request = AnalysisRequest(
+            image, str(path), analysis, classes=list(LONG_CLASSES), normalize=normalize, block=block, readout="head"
+        )
+        fig = ex.analyze(request).figure
+        boxes, (width, height) = _text_boxes(fig)
+        assert boxes
+        for text, b in boxes:
+            assert b.x0 >= -1 and b.y0 >= -1 and b.x1 <= width + 1 and b.y1 <= height + 1, (
+                f"{analysis}/{normalize}: {text!r} leaves the {width:.0f}x{height:.0f} canvas: {b}"
+            )
+        for i, (ta, a) in enumerate(boxes):
+            for tb, b in boxes[i + 1 :]:
+                overlap_w = min(a.x1, b.x1) - max(a.x0, b.x0)
+                overlap_h = min(a.y1, b.y1) - max(a.y0, b.y0)
+                assert overlap_w <= 1 or overlap_h <= 1, f"{analysis}/{normalize}: {ta!r} overlaps {tb!r}"
