@@ -873,7 +873,7 @@ class ExplorerUI:
         rendered on request (the maps come from the cache). Works whenever it is clicked: before the
         page's own run has finished, it shares that run's model pass. A refusal is a message (toast)."""
         out = self.analyze_image(*self._page_api_args(args), downloads=[what], progress=progress, display=False)
-        return out[OUTPUT_NAMES.index(f"download_{what}")]
+        return gr.update(value=out[OUTPUT_NAMES.index(f"download_{what}")], visible=True)
 
     # ---------------------------------------------------------------- controls
     def control_updates(
@@ -1080,6 +1080,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 value=models[0],
                 label="Model set",
                 info="camvid is embedded (offline); released ADE20K sets download on first use.",
+                elem_id="st-model",
             )
             with gr.Accordion("Local checkpoint (overrides the model set)", open=False):
                 checkpoint = gr.File(
@@ -1171,6 +1172,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 label="Download (rendered when you click a button above)",
                 interactive=False,
                 height=60,
+                visible=False,  # shown with its first file
                 elem_id="st-download",
             )
             with gr.Accordion(
@@ -1237,6 +1239,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 concurrency_id="analyze",
                 api_visibility="private",
                 show_progress="full",
+                show_progress_on=[button],  # the file box is hidden until its first file
             ).success(fn=None, js=SAVE_DOWNLOAD_JS)
         private = dict(api_visibility="private", trigger_mode="always_last")
         page_run(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")

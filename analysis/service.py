@@ -793,7 +793,8 @@ def _summary(
     lines = [
         f"### {analysis.title}",
         f"Model set **{cfg.name or spec}** ({heads}); shown head: **{head_label(request.head)}**; "
-        f"image {_wh(maps.image.shape)} px, feature grid {maps.grid[0]}x{maps.grid[1]} cells.",
+        f"image {_wh(maps.image.shape)} px, feature grid {maps.grid[0]}x{maps.grid[1]} cells; classes shown: "
+        f"{', '.join(maps.class_names[c] for c in request.class_ids)}.",
         analysis.describe(view, request),
         *view.notes,
     ]

@@ -87,7 +87,7 @@ class Focus(Analysis):
             cell_hw=display_size(hw, 1 + len(titles)),
             image=maps.image,
             outlines=(Outline(maps.pred[request.head]),),
-            title=f"{class_name}: {request.title}" if request.title else f"{class_name}: every head, block by block",
+            title=(request.title or "One class, every head, block by block").replace("One class", class_name, 1),
             colorbar_label="class probability" if request.normalize == "softmax" else "normalised map value",
             note=note,
         )

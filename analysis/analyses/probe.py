@@ -3,13 +3,14 @@ StructToken, block by block; with the verdict of the set's shipped report (train
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from structtoken.config import HEAD_NAMES, ModelConfig
 
 from ..figures import METRIC_LABELS
-from ..labels import head_label
+from ..labels import HEAD_LABELS, head_label
 from ..maps import ImageMaps
 from ..probe import probe_from_report, report_heads
 from ..roles import deep_supervision_pairs, structtoken_heads
@@ -38,6 +39,12 @@ def dataset_table(
         vals.append(percent((m.get("final") or {}).get(metric)))
         rows.append([head_label(h), *(None if v is None else round(v, 1) for v in vals)])
     return headers, rows
+
+
+def display_names(text: str) -> str:
+    """``text`` with every head key (``per_pixel_ds``, ``cse``, ...) replaced by its display name."""
+    keys = sorted(HEAD_LABELS, key=len, reverse=True)
+    return re.sub(r"\b(" + "|".join(map(re.escape, keys)) + r")\b", lambda m: HEAD_LABELS[m.group(1)], text)
 
 
 class Probe(BlockGridAnalysis):
@@ -80,9 +87,12 @@ class Probe(BlockGridAnalysis):
         ]
         info = view.metrics.get("probe")
         if info is not None:
-            lines.append(f"**Verdict (training seeds):** {info['verdict']}")
-            if info.get("blocks"):
-                lines.append(f"**Block maps (dataset, {request.readout} readout):** {info['blocks']['verdict']}")
+            lines.append(f"**Verdict (training seeds):** {display_names(info['verdict'])}")
+            if info.get("blocks"):  # the per-block numbers are the table's; the JSON keeps the sentence
+                lines.append(
+                    f"**Block maps (dataset, {request.readout} readout):** mask AP of every stage in the table "
+                    "below (the numbers download has the block-by-block comparison)."
+                )
         elif request.report is not None:
             lines.append("The shipped report has no seed results for the probe yet.")
         return lines
