@@ -1,6 +1,7 @@
 """The page at the speed of thought, measured in a real browser (issue 25's targets).
 
     python bench/bench_browser.py [--root PATH] [--repeats 5] [--image PATH] [--json out.json]
+    python bench/bench_browser.py --soak 200 --clients 2 --budget-mb 40   # the temp area under traffic
 
 Starts ``python app.py`` from ``--root`` (default: this checkout; give another checkout, e.g. a
 ``git worktree`` of an older commit, to measure "before") on a free port and measures:
@@ -22,6 +23,7 @@ numbers what else ran (the script prints the load average before and after).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -92,7 +94,8 @@ for a, an in e.analyses.items():
     seen.clear()
     r = e.analyze(AnalysisRequest(img, analysis=a, readout="head"))
     fig = r.figure
-    out[a] = {"cell_hw": seen[0] if seen else None, "label": an.label, "title": an.title,
+    drawn = getattr(fig, "structtoken_cell_hw", None)
+    out[a] = {"cell_hw": list(drawn) if drawn else (seen[0] if seen else None), "label": an.label, "title": an.title,
               "figure_wh": [int(round(v)) for v in fig.get_size_inches() * fig.dpi] if fig is not None else None}
 print(json.dumps(out))
 """
@@ -163,6 +166,81 @@ def other_option(pg: Any, elem: str, i: int) -> Any:
     return opts.nth(i % max(1, opts.count()))
 
 
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(dirpath, name))
+    return total
+
+
+def soak(root: Path, requests: int, clients: int, budget_mb: float, image: Path) -> dict[str, Any]:
+    """``python app.py`` under ``clients`` API clients making ``requests`` requests in all, each asking
+    for every download (the heaviest disk use); the temp area's size sampled after each request; then
+    SIGINT and the area checked gone. Returns the numbers."""
+    import glob
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    before = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "structtoken_app_*")))
+    port = _free_port()
+    os.environ["STRUCTTOKEN_TEMP_BUDGET_MB"] = str(budget_mb)
+    proc, _cold = start_app(root, port)
+    area = None
+    sizes: list[int] = []
+    errors = 0
+    try:
+        made = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "structtoken_app_*"))) - before
+        area = Path(made.pop()) if made else None
+        analyses = ["comparison", "probe", "focus", "prediction", "attention"]
+
+        def one(i: int) -> None:
+            nonlocal errors
+            c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+            try:
+                c.predict(
+                    handle_file(str(image)),
+                    "camvid",
+                    analyses[i % len(analyses)],
+                    None,
+                    [],
+                    ["shared", "per_map", "softmax"][i % 3],
+                    -1,
+                    0.5,
+                    None,
+                    "head",
+                    ["png", "pdf", "npz", "json"],
+                    api_name="/analyze",
+                )
+            except Exception:
+                errors += 1
+            if area is not None:
+                sizes.append(_tree_bytes(area))
+
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(one, range(requests)))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = None
+    return {
+        "requests": requests,
+        "clients": clients,
+        "errors": errors,
+        "budget_mb": budget_mb,
+        "temp_max_mb": round(max(sizes, default=0) / 1e6, 1),
+        "temp_last_mb": round((sizes or [0])[-1] / 1e6, 1),
+        "exit_code": rc,
+        "temp_left_after_exit": bool(area and area.exists()),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=HERE, help="the checkout whose app.py is measured")
@@ -170,7 +248,13 @@ def main() -> None:
     p.add_argument("--image", type=Path, default=HERE / "assets" / "examples" / "street_synthetic.jpg")
     p.add_argument("--image2", type=Path, default=HERE / "assets" / "examples" / "coffee.jpg")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--soak", type=int, default=0, help="instead: this many API requests asking for every download")
+    p.add_argument("--clients", type=int, default=2)
+    p.add_argument("--budget-mb", type=float, default=40.0, help="the temp area's budget during --soak")
     args = p.parse_args()
+    if args.soak:
+        print(json.dumps(soak(args.root.resolve(), args.soak, args.clients, args.budget_mb, args.image), indent=1))
+        return
     from playwright.sync_api import sync_playwright
 
     root = args.root.resolve()

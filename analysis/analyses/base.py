@@ -173,8 +173,9 @@ class BlockGridAnalysis(Analysis):
         return [("every stage", None), ("input", 0), *blocks, ("output", num_blocks + 1)]
 
     def view(self, maps: ImageMaps, request: ViewRequest) -> View:
-        """Rows = classes, columns = stages, a column group per head (the paper's Fig. 3 layout); the
-        white line is each row's class boundary in the chosen head's prediction."""
+        """The paper's Fig. 3 with stages as rows (maps large enough to read at the page's width): a column
+        group per class, a column per head in it; the white line is the class's boundary in the chosen
+        head's prediction. (The interactive grid keeps the classes as rows.)"""
         heads = list(request.heads)
         layout = block_grid(
             maps,
@@ -209,8 +210,10 @@ class BlockGridAnalysis(Analysis):
 
     def describe(self, view: View, request: ViewRequest) -> str:
         lines = [
-            "Rows: classes; columns: the class maps entering block 1 (*input*), after each block, and the head "
-            f"output, for {', '.join(head_label(h) for h in request.heads)}, read as class scores by the "
+            "Columns: a class each, one column per head under it "
+            f"({', '.join(head_label(h) for h in request.heads)}); rows: the image with the class's boundary, then "
+            "the class map entering block 1 (*input*), after each block, and the head output, read as class scores "
+            "by the "
             f"**{request.readout}** readout ({READOUT_NOTES[request.readout]}). Normalisation: "
             f"**{NORMALIZATION_LABELS[request.normalize]}** ({NORMALIZATION_NOTES[request.normalize]})."
         ]

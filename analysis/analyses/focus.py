@@ -1,11 +1,11 @@
-"""The focus view: one class, every head of the set (all paradigms) as rows, its stages as columns.
+"""The focus view: one class, every head of the set (all paradigms) as columns, its stages as rows.
 
 What a reader of the paper's Fig. 3 wants first: how one class's map forms, block by block, in
-StructToken and in the per-pixel heads, side by side at a readable size. Each row is one head; the
-first column is the image, then the class map entering block 1 (*input*), after each block and at
+StructToken and in the per-pixel heads, side by side at a readable size. Each column is one head;
+the first row is the image, then the class map entering block 1 (*input*), after each block and at
 the output, in the chosen readout; the white line is the class's boundary in the chosen head's
-prediction (one reference line for every row). The rows and columns are a
-:class:`~analysis.grid.GridLayout` drawn by the one grid renderer (:mod:`analysis.grid`).
+prediction (one reference line for every head). The heads and stages are a
+:class:`~analysis.grid.GridLayout` drawn by the grid module (:mod:`analysis.grid`), stages as rows.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Focus(Analysis):
         return list(cfg.heads)
 
     def view(self, maps: ImageMaps, request: ViewRequest) -> View:
-        """Rows = heads, columns = stages of the class ``request.class_ids[0]``.
+        """The layout's rows = heads, its columns = stages of the class ``request.class_ids[0]`` (drawn
+        transposed: heads as columns, stages as rows).
 
         Cells are ``[R = heads, S, h, w]`` on the feature grid, normalised over all K classes and
         every head's stages (so ``shared`` compares heads and stages on one scale per class).
@@ -125,8 +126,8 @@ class Focus(Analysis):
     def describe(self, view: View, request: ViewRequest) -> str:
         cls = view.metrics.get("focus_class", "")
         return (
-            f"One class, **{cls}**, in every head of the set (rows) at every stage (columns: the map entering "
-            "block 1, after each block, the output), read as class scores the "
+            f"One class, **{cls}**, in every head of the set (columns) at every stage (rows: the image, then the "
+            "map entering block 1, after each block, the output), read as class scores the "
             f"**{request.readout}** way. Normalisation: **{NORMALIZATION_LABELS[request.normalize]}** "
             f"({NORMALIZATION_NOTES[request.normalize]}). The white line is {cls}'s boundary in the "
             f"{head_label(request.head)} prediction, the same on every row."
