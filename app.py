@@ -822,7 +822,7 @@ class ExplorerUI:
         """The page's inputs (the API's, then the class mode and the clicked focus class) -> the API's:
         ``auto`` class mode asks for automatic classes (the page's chips are the last automatic pick,
         so the classes are chosen afresh for this image); a clicked focus class is the focus view's class."""
-        *api, class_mode, focus_pick = args
+        *api, class_mode, focus_pick = args[:12]
         if class_mode != "user":
             api[4] = None  # classes: automatic
         if focus_pick and self._analysis_key_or_none(api[2]) == "focus":
@@ -848,8 +848,13 @@ class ExplorerUI:
             empty = (None, None, None, None, None, "", None, None)
             return (*empty, error_box(str(e.message)), gr.update(visible=False), gr.update(visible=False))
         state = out[-1]
+        # the interactive plot (~0.5 MB of JSON for a comparison, and plotly's drawing in the browser) is
+        # sent only while its tab is open; opening the tab runs the analysis again (from the cache)
+        plot_open = bool(args[12]) if len(args) > 12 else True
         return (
-            *out[:7],
+            out[0],
+            out[1] if plot_open else None,
+            *out[2:7],
             state,
             error_box(None),
             gr.update(visible=bool(state.get("has_curves"))),
@@ -1138,7 +1143,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             gr.Markdown(INTRO, elem_id="st-intro")
             error = gr.Markdown("", visible=False, elem_id="st-error")
             with gr.Tabs():
-                with gr.Tab("Figure"):
+                with gr.Tab("Figure") as figure_tab:
                     figure = gr.Image(
                         label="Figure",
                         show_label=False,
@@ -1151,7 +1156,8 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                     plot = gr.Plot(label="Interactive plot", show_label=False, elem_id="st-plot")
                 # a plot drawn while its tab was hidden got plotly's fallback width (700 px): re-measure
                 interactive_tab.select(fn=None, js=RELAYOUT_PLOTS_JS)
-                with gr.Tab("Overlay"):
+                plot_open = gr.State(False)  # whether the Interactive tab is open (the plot is sent only then)
+                with gr.Tab("Overlay") as overlay_tab:
                     overlay = gr.Image(
                         label="Prediction overlay",
                         show_label=False,
@@ -1194,7 +1200,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
 
         inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
         outputs = [figure, plot, overlay, curves, table, summary, timings, *api_files, state]
-        page_inputs = [*inputs, class_mode, focus_pick]
+        page_inputs = [*inputs, class_mode, focus_pick, plot_open]
         page_outputs = [*outputs[:7], state, error, curves_box, table_box]
         controls = [analysis, availability, head, block, classes, normalize, readout]
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
@@ -1279,6 +1285,11 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 refit, inputs=refresh_in, outputs=refresh_out, preprocess=False, trigger_mode="always_last", **quiet
             )
             page_run(fitted.then, ui.analyze_if_image, api_visibility="private")
+        # the Interactive tab: open -> the plot is drawn (a run from the cache); closed -> no plot is sent
+        opened = interactive_tab.select(lambda: True, outputs=plot_open, **quiet)
+        page_run(opened.then, ui.analyze_if_image, **private)
+        for tab in (figure_tab, overlay_tab):
+            tab.select(lambda: False, outputs=plot_open, **quiet)
         demo.load(ui.refresh_controls, inputs=refresh_in, outputs=refresh_out, preprocess=False, **quiet)
 
     demo.queue(default_concurrency_limit=2, max_size=32)

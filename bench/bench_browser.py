@@ -67,8 +67,9 @@ FIG_STATE = """() => { const i = document.querySelector('#st-figure img');
 INSTALL_CLOCK = """() => {
   if (window.__stClock) return; window.__stClock = true;
   document.addEventListener('pointerdown', () => { window.__t0 = performance.now(); }, true);
+  window.__loads = [];
   document.addEventListener('load', e => { if (e.target.closest && e.target.closest('#st-figure'))
-    { window.__t1 = performance.now(); window.__src = e.target.getAttribute('src'); } }, true);
+    window.__loads.push([performance.now(), e.target.getAttribute('src')]); }, true);
 }"""
 TITLE_IS = "t => { const h = document.querySelector('#st-summary h3'); return h && h.innerText.trim() === t; }"
 FIGURE_BOX = """() => { const i = document.querySelector('#st-figure img'); if (!i) return null;
@@ -150,11 +151,13 @@ def timed_click(pg: Any, locator: Any) -> float:
     """Pointer-down on ``locator`` to the new figure loaded, by the page's clock (s)."""
     _wait_idle(pg)
     old = pg.evaluate(FIG_STATE)[0]
-    pg.evaluate("() => { window.__t0 = null; window.__t1 = null; }")
+    pg.evaluate("() => { window.__t0 = null; window.__loads = []; }")
     locator.click()
     _wait_new_figure(pg, old)
     _wait_idle(pg)
-    t0, t1 = pg.evaluate("() => [window.__t0, window.__t1]")
+    new = pg.evaluate(FIG_STATE)[0]
+    # the load of the new figure (not a late load of an earlier one)
+    t0, t1 = pg.evaluate("s => [window.__t0, (window.__loads.find(l => l[1] === s) || [null])[0]]", new)
     return (t1 - t0) / 1000.0
 
 

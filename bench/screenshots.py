@@ -78,7 +78,7 @@ def main() -> None:
                 if key != "comparison":
                     pg.locator("#st-analysis label", has_text=ANALYSES[key].label).click()
                 _wait_title(pg, ANALYSES[key].title)
-                pg.get_by_role("tab", name="Figure").click()
+                pg.get_by_role("tab", name="Figure").first.click()
                 pg.wait_for_function(
                     "() => { const i = document.querySelector('#st-figure img');"
                     " return i && i.complete && i.naturalWidth > 0; }"
@@ -87,11 +87,11 @@ def main() -> None:
                 sizes[key] = pg.evaluate(FIGURE)
                 pg.screenshot(path=str(args.out / f"{key}.png"))
                 pg.screenshot(path=str(args.out / f"{key}_full.png"), full_page=True)
-                pg.get_by_role("tab", name="Interactive").click()
+                pg.get_by_role("tab", name="Interactive").first.click()
                 pg.wait_for_selector("#st-plot .js-plotly-plot .main-svg")
                 pg.wait_for_timeout(500)
                 pg.locator("#st-results").screenshot(path=str(args.out / f"{key}_interactive.png"))
-                pg.get_by_role("tab", name="Figure").click()
+                pg.get_by_role("tab", name="Figure").first.click()
             bad = args.out / "not_an_image.jpg"
             bad.write_text("this is a text file renamed .jpg\n")
             pg.locator("#st-analysis label", has_text=ANALYSES["comparison"].label).click()

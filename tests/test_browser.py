@@ -142,12 +142,12 @@ FIGURE = """() => { const i = document.querySelector('#st-figure img');
 
 
 def _check_rendered(pg: Any, name: str) -> None:
-    pg.get_by_role("tab", name="Figure").click()
+    pg.get_by_role("tab", name="Figure").first.click()
     _wait_img(pg, "#st-figure")
     src, width, height = pg.evaluate(FIGURE)
     assert src and width > 100 and height > 50, f"{name}: figure not drawn ({src!r}, {width}x{height})"
     pg.screenshot(path=str(ARTIFACTS / f"browser_{name}.png"), full_page=True)
-    pg.get_by_role("tab", name="Interactive").click()
+    pg.get_by_role("tab", name="Interactive").first.click()
     pg.wait_for_selector("#st-plot .js-plotly-plot .main-svg", timeout=WAIT_MS)
     pg.wait_for_function(f"() => ({PLOT_TRACES})()?.length > 0", timeout=WAIT_MS)
     # drawn while its tab was hidden (the analysis ran with the Figure tab open), the plot must still
@@ -173,10 +173,10 @@ def _check_rendered(pg: Any, name: str) -> None:
     )
     assert sw <= cw + 2 or moved > 0, f"{name}: interactive plot clipped ({sw} px in {cw} px, not scrollable)"
     pg.locator("#st-plot").screenshot(path=str(ARTIFACTS / f"browser_{name}_interactive.png"))
-    pg.get_by_role("tab", name="Overlay").click()
+    pg.get_by_role("tab", name="Overlay").first.click()
     _wait_img(pg, "#st-overlay")
     assert _img_ok(pg, "#st-overlay")
-    pg.get_by_role("tab", name="Figure").click()
+    pg.get_by_role("tab", name="Figure").first.click()
 
 
 def test_every_analysis_renders(page: Any, tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_the_comparison_figure_is_displayed_wide_and_nothing_overflows(page: Any
     pg = page
     pg.locator("#st-analysis label", has_text=ANALYSES["comparison"]).click()
     _upload(pg, EXAMPLE, ANALYSIS_TITLES["comparison"])
-    pg.get_by_role("tab", name="Figure").click()
+    pg.get_by_role("tab", name="Figure").first.click()
     pg.evaluate("() => window.scrollTo(0, 0)")
     shown, natural, top, bottom = pg.evaluate(DISPLAYED)
     # the static mosaic's maps (stages as rows, a column per class and head): what the server drew
@@ -261,7 +261,7 @@ def test_the_comparison_figure_is_displayed_wide_and_nothing_overflows(page: Any
     assert cell_w * shown / natural >= 110, f"maps {cell_w * shown / natural:.0f} px wide on screen"
     assert bottom - top <= VIEWPORT["height"], f"the figure is {bottom - top:.0f} px tall, more than the window"
     for tab in ("Figure", "Interactive", "Overlay"):
-        pg.get_by_role("tab", name=tab).click()
+        pg.get_by_role("tab", name=tab).first.click()
         pg.wait_for_timeout(300)
         if tab == "Interactive":
             pg.wait_for_selector("#st-plot .js-plotly-plot .main-svg", timeout=WAIT_MS)
@@ -274,7 +274,7 @@ def test_the_comparison_figure_is_displayed_wide_and_nothing_overflows(page: Any
             " return e ? [e.scrollWidth, e.parentElement.clientWidth] : [0, 0]; }"
         )
         assert sw <= cw + 2, f"{sel}: {sw} px in a {cw} px box"
-    pg.get_by_role("tab", name="Figure").click()
+    pg.get_by_role("tab", name="Figure").first.click()
     pg.screenshot(path=str(ARTIFACTS / "browser_layout_1400x900.png"))
 
 
