@@ -131,7 +131,7 @@ def run_result(
             if r == "fitted":
                 entry["input_channels"] = widths[h]
             stages[r][h] = entry
-    costs = head_costs(model)
+    costs = head_costs(model)  # on the exact attention path (see head_costs)
     if heads_out is not None:
         shipped = list(ship_heads or heads)
         save_heads(model, heads_out, provenance=tc.get("provenance"), heads=shipped)

@@ -77,25 +77,43 @@ def evaluate_model(
 def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str, dict[str, float]]:
     """Parameters (millions) and forward GFLOPs (multiply-add = 2 FLOPs) of the shared backbone and of each head
     (with its own ViT blocks, where the set gives it some) for one image of ``size`` (H, W), counted with
-    :class:`torch.utils.flop_counter.FlopCounterMode`."""
+    :class:`torch.utils.flop_counter.FlopCounterMode` on the exact attention path (the counter has no formula for
+    the fused CPU attention kernel and would leave attention out). Parameters are frozen while counting (the
+    counter's module tracker fails on views of parameters made without autograd, e.g. Segmenter's class
+    embeddings) and restored afterwards, as is the attention path."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 3, *size, device=model.device)
-    with FlopCounterMode(display=False) as counter:
-        tokens, grid = model.backbone.forward_tokens(x)
-    out = {
-        "backbone": {
-            "params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
-            "gflops": counter.get_total_flops() / 1e9,
-        }
-    }
-    for name, head in model.heads.items():
+    flags = {p: p.requires_grad for p in model.parameters()}
+    exact = bool(model.cfg.exact_attention)
+    model.requires_grad_(False)
+    model.set_vit_attention(True)
+    heads_exact = [m for m in model.heads.modules() if hasattr(m, "fused_attn")]
+    heads_fused = [m.fused_attn for m in heads_exact]
+    for m in heads_exact:
+        m.fused_attn = False
+    try:
         with FlopCounterMode(display=False) as counter:
-            head(model.head_features(tokens, grid, [name])[name])
-        out[name] = {
-            "params_m": sum(p.numel() for p in model.head_parameters(name)) / 1e6,
-            "gflops": counter.get_total_flops() / 1e9,
+            tokens, grid = model.backbone.forward_tokens(x)
+        out = {
+            "backbone": {
+                "params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
+                "gflops": counter.get_total_flops() / 1e9,
+            }
         }
+        for name, head in model.heads.items():
+            with FlopCounterMode(display=False) as counter:
+                head(model.head_features(tokens, grid, [name])[name])
+            out[name] = {
+                "params_m": sum(p.numel() for p in model.head_parameters(name)) / 1e6,
+                "gflops": counter.get_total_flops() / 1e9,
+            }
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.set_vit_attention(exact)
+        for m, fused in zip(heads_exact, heads_fused, strict=True):
+            m.fused_attn = fused
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
 
 

@@ -243,3 +243,15 @@ def test_seed_head_inits_uses_the_official_rules_for_structtoken_heads():
         assert all(torch.count_nonzero(m.bias) == 0 for m in head.modules() if isinstance(m, torch.nn.Conv2d))
         conv = head.proj
         assert float(conv.weight.detach().std()) == pytest.approx((2.0 / conv.weight[0].numel()) ** 0.5, rel=0.15)
+
+
+def test_head_costs_count_attention_on_either_path_and_leave_the_model_as_it_was():
+    from structtoken.evaluate import head_costs
+
+    model = tiny_all()
+    model.set_exact_attention(False)
+    fused = head_costs(model, (64, 64))
+    assert not model.cfg.exact_attention and all(p.requires_grad for p in model.parameters())
+    model.set_exact_attention(True)
+    assert head_costs(model, (64, 64)) == fused  # the counter sees the attention matmuls either way
+    assert fused["segmenter"]["gflops"] > 0 and fused["backbone"]["gflops"] > 0
