@@ -80,6 +80,20 @@ def attention_saturation(
     return rows
 
 
+def saturation_sentence(rows: Sequence[dict[str, Any]]) -> str:
+    """One sentence for the page: the measured spread and entropy against the input size, and why."""
+    parts = ", ".join(f"SD {r['score_sd']:.1f} / gap {r['top_gap']:.1f} at {r['cells']} cells" for r in rows)
+    ent = " / ".join(f"{r['entropy_nats']:.2f}" for r in rows)
+    sizes = " / ".join(f"{r['scale']:g}x" for r in rows)
+    return (
+        f"Why the attention saturates: the official scaling divides q·k by sqrt(h·w), the number of grid cells, "
+        f"over spatially coherent channel maps, so the spread of the scores grows like sqrt(h·w) with the input "
+        f"size. Measured for this image at {sizes} its size: {parts} "
+        f"(score SD within a class row, top-1 minus top-2); softmax entropy {ent} nats "
+        f"(uniform: {rows[0]['max_entropy_nats']:.2f}). It is the design, not a bug."
+    )
+
+
 def saturation_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
     """Two small panels against the number of grid cells (log axis): score SD and top-1 minus top-2 gap, with
     the sqrt(cells) growth the 1/sqrt(hw) scaling predicts from the smallest size; softmax entropy (nats)."""

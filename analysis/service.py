@@ -54,7 +54,11 @@ from .maps import (
     select_classes,
 )
 from .probe import report_heads
+from .saturation import attention_saturation, saturation_sentence
 from .values import json_ready, md_table
+
+SATURATION_SCALES = (0.25, 0.5, 1.0)
+"""Input sizes (multiples of the image's) at which the attention view measures the score spread."""
 
 __all__ = [
     "ANALYSES",
@@ -434,6 +438,7 @@ class Explorer:
         self._reports: dict[tuple[str, str], tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
         self._reports_lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._saturation: _LRU[tuple[Any, ...], list[dict[str, Any]]] = _LRU(16)
 
     @property
     def analyses(self) -> dict[str, Analysis]:
@@ -496,6 +501,11 @@ class Explorer:
             view = analysis.view(maps, view_request)
         except ValueError as e:
             raise AnalysisError(str(e)) from None
+        if analysis.name == "attention":
+            rows = self._attention_saturation(entry, rgb, head, view.metrics.get("attention_block"))
+            if rows:
+                view.metrics["saturation"] = rows
+                view.notes.append(saturation_sentence(rows))
         overlay = F.overlay_with_legend(
             maps.image, maps.pred[head], view_request.palette, maps.class_names, alpha=view_request.opacity
         )
@@ -647,6 +657,23 @@ class Explorer:
             if evicted:
                 release_memory()  # the evicted sets' pages back to the system, not kept by the allocator
             return entry, time.perf_counter() - t0
+
+    def _attention_saturation(self, entry: _ModelEntry, rgb: np.ndarray, head: str, block: Any) -> list[dict[str, Any]]:
+        """Score spread and entropy of ``head``'s block ``block`` (1-based) at 1/4, 1/2 and 1x this image's size
+        (:func:`analysis.saturation.attention_saturation`), cached per (set, image, head, block); [] if it fails."""
+        if not isinstance(block, int):
+            return []
+        key = (entry.key, image_key(rgb), head, block)
+        hit = self._saturation.get(key)
+        if hit is not None:
+            return hit
+        try:
+            with entry.lock:
+                rows = attention_saturation(entry.model, rgb, head, block, SATURATION_SCALES)
+        except (RuntimeError, ValueError):
+            return []
+        self._saturation.put(key, rows)
+        return rows
 
     def _image_maps(
         self, entry: _ModelEntry, rgb: np.ndarray, progress: Callable[..., Any] | None

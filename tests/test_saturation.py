@@ -53,3 +53,23 @@ def test_spread_grows_with_the_input_size_and_entropy_falls():
     assert rows[-1]["entropy_nats"] < rows[0]["entropy_nats"]
     fig = saturation_figure(rows, "tiny")
     assert len(fig.axes) == 2
+
+
+def test_the_attention_view_says_why_it_saturates_with_this_images_numbers(tmp_path):
+    from analysis.service import SATURATION_SCALES, AnalysisRequest, Explorer
+    from structtoken import save_model
+
+    torch.manual_seed(0)
+    path = save_model(build_model(tiny_config()).eval(), tmp_path / "tiny.safetensors")
+    image = np.stack(np.mgrid[0:96, 0:128], -1).sum(-1, keepdims=True).repeat(3, -1).astype(np.uint8)
+    ex = Explorer()
+    res = ex.analyze(AnalysisRequest(image, model=str(path), analysis="attention", head="cse", block=1))
+    rows = res.metrics["saturation"]
+    assert [r["scale"] for r in rows] == list(SATURATION_SCALES)
+    from structtoken import load_model
+
+    want = attention_saturation(load_model(path).eval(), image, "cse", 1, SATURATION_SCALES)
+    for got, ref in zip(rows, want, strict=True):
+        assert got["cells"] == ref["cells"]
+        assert got["score_sd"] == pytest.approx(ref["score_sd"], rel=1e-3)
+    assert "Why the attention saturates" in res.summary and "sqrt(h·w)" in res.summary

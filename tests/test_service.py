@@ -137,12 +137,18 @@ def test_cache_does_not_rerun_the_backbone(fresh: Explorer, set_path: str, image
     for kwargs in (
         {"analysis": "probe"},
         {"analysis": "comparison", "normalize": "per_map", "classes": ["Sky"]},
-        {"analysis": "attention", "block": 1},
         {"analysis": "prediction", "opacity": 0.2},
     ):
         r = analyze(image, set_path, ex=fresh, **kwargs)
         assert r.timings["cached"] is True and r.timings["model_load"] == 0.0
     assert calls == []
+    # the attention view measures the score spread at 1/4, 1/2 and 1x the image (three passes of its own,
+    # once per image, head and block); asking again runs nothing
+    analyze(image, set_path, ex=fresh, analysis="attention", block=1)
+    assert calls == [1, 1, 1]
+    analyze(image, set_path, ex=fresh, analysis="attention", block=1, classes=["Sky"])
+    assert calls == [1, 1, 1]
+    calls.clear()
     analyze(image[::-1].copy(), set_path, "comparison", fresh)  # another image: one more pass
     assert calls == [1]
 
