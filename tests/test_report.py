@@ -40,10 +40,10 @@ def test_supported_analyses() -> None:
         "this checkpoint has no per-pixel baseline head; the paper comparison needs one "
         "(the embedded CamVid set has it)"
     )
-    assert "no per_pixel and no per_pixel_ds head" in released["probe"]
+    assert "no Per-pixel and no Per-pixel + deep sup. head" in released["probe"]  # display names
     pwe = supported_analyses(tiny_config(head="pwe", extra_heads=("per_pixel",)))
     assert pwe["comparison"] is None
-    assert "no per_pixel_ds head" in pwe["probe"]
+    assert "no Per-pixel + deep sup. head" in pwe["probe"]
     assert "no CSE or SSE head" in pwe["attention"]
     pp = supported_analyses(tiny_config(head="per_pixel", extra_heads=("per_pixel_ds",)))
     assert "no StructToken head" in pp["comparison"] and pp["probe"] is None
