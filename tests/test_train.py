@@ -508,10 +508,18 @@ def _script(runs: Path, **env: str) -> subprocess.CompletedProcess:
 def test_train_v2_script_runs_every_v2_run_with_valid_arguments(tmp_path):
     """DRY_RUN prints the commands; each parses into the intended training config (no training here), every run
     starts from the shipped set's backbone and is followed by its run-result command."""
+    import shutil
+
     from analysis.runs import main as _  # noqa: F401 - the evaluation command exists
 
     runs = tmp_path / "runs"
-    res = _script(runs, DRY_RUN="1", THREADS="2", DEVICE="cuda")
+    repo = tmp_path / "repo"  # a checkout layout without committed results: every run is still to do
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, repo / "scripts" / "train_v2.sh")
+    full = {**os.environ, "RUNS": str(runs), "DRY_RUN": "1", "THREADS": "2", "DEVICE": "cuda"}
+    res = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_v2.sh")], env=full, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     configs, evaluations = {}, {}
     for line in res.stdout.splitlines():
