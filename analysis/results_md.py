@@ -157,7 +157,7 @@ def v2_block(folder: Path) -> list[str]:
     if finals:
         lines += [
             "",
-            "Stage 2, final val mIoU (%), mean ± SD over the seeds finished so far (n per head in brackets); "
+            "Stage 2, final val mIoU (%), mean ± SD over the seeds finished so far; "
             "not yet the set-v2 result while seeds are missing:",
             "",
             "| head | whole image | sliding window | seeds |",
