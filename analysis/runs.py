@@ -39,13 +39,11 @@ from structtoken.readouts import (
     READOUTS,
     FittedReadouts,
     fit_readouts,
-    fitted_input_channels,
     readout_definitions,
     readouts_path,
 )
-from structtoken.segmentor import Segmentor
 
-from .report import BOUNDARY_TOLERANCE, MASK_AP_NOTE, evaluate_stages
+from .report import BOUNDARY_TOLERANCE, MASK_AP_NOTE, evaluate_stages, stage_input_channels
 from .values import json_ready
 
 FORMAT = "structtoken-run-result/1"
@@ -58,14 +56,6 @@ def slide_geometry(train_config: dict[str, Any]) -> tuple[tuple[int, int], tuple
     crop = tuple(int(v) for v in train_config.get("crop_size", (256, 256)))
     stride = tuple(-(-2 * c // 3) for c in crop)
     return crop, stride  # type: ignore[return-value]
-
-
-def _input_channels(model: Segmentor) -> dict[str, list[int]]:
-    cfg = model.cfg
-    gh, gw = cfg.token_grid
-    x = torch.zeros(1, cfg.embed_dim, gh, gw, device=model.device)
-    with torch.no_grad():
-        return {h: fitted_input_channels(model.heads[h], model.heads[h](x)) for h in cfg.heads}
 
 
 def run_result(
@@ -118,7 +108,7 @@ def run_result(
     acc, _, n, phases, unavailable = evaluate_stages(model, val, limit, progress, (), workers=1, mask_ap="exact")
     times["stages"] = time.perf_counter() - t
     heads = list(model.cfg.heads)
-    widths = _input_channels(model)
+    widths = stage_input_channels(model)
     stages: dict[str, dict[str, Any]] = {}
     for r in READOUTS:
         stages[r] = {}

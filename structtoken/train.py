@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import re
+import statistics
 import sys
 import time
 import zlib
@@ -489,12 +490,7 @@ def run_timing(log_path: Path) -> dict[str, Any]:
             if "interval_s" in rec and rec.get("interval_iters"):
                 wall += rec["interval_s"]
                 rates.append(rec["interval_s"] / rec["interval_iters"])
-    rates.sort()
-    median = (
-        (rates[len(rates) // 2] if len(rates) % 2 else sum(rates[len(rates) // 2 - 1 : len(rates) // 2 + 1]) / 2)
-        if rates
-        else None
-    )
+    median = statistics.median(rates) if rates else None
     return {"train_wall_s": round(wall, 3), "median_s_per_iter": round(median, 4) if median else None}
 
 

@@ -500,26 +500,26 @@ SHIPS_ALL |= {"camvid_v2_ds_seed4"}
 SHIPS_PAIR = {"camvid_v2_stage2_baselines_seed1", "camvid_v2_stage2_baselines_seed2"}
 
 
-def _script(runs: Path, **env: str) -> subprocess.CompletedProcess:
+def _script_copy(tmp: Path) -> Path:
+    """The script in a copy of the checkout layout without committed results (they land in the copy)."""
+    import shutil
+
+    (tmp / "repo" / "scripts").mkdir(parents=True)
+    return Path(shutil.copy(SCRIPT, tmp / "repo" / "scripts" / "train_v2.sh"))
+
+
+def _script(script: Path, runs: Path, **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "RUNS": str(runs), **env}
-    return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(script)], env=full, capture_output=True, text=True, timeout=60)
 
 
 def test_train_v2_script_runs_every_v2_run_with_valid_arguments(tmp_path):
     """DRY_RUN prints the commands; each parses into the intended training config (no training here), every run
     starts from the shipped set's backbone and is followed by its run-result command."""
-    import shutil
-
     from analysis.runs import main as _  # noqa: F401 - the evaluation command exists
 
     runs = tmp_path / "runs"
-    repo = tmp_path / "repo"  # a checkout layout without committed results: every run is still to do
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, repo / "scripts" / "train_v2.sh")
-    full = {**os.environ, "RUNS": str(runs), "DRY_RUN": "1", "THREADS": "2", "DEVICE": "cuda"}
-    res = subprocess.run(
-        ["bash", str(repo / "scripts" / "train_v2.sh")], env=full, capture_output=True, text=True, timeout=60
-    )
+    res = _script(_script_copy(tmp_path), runs, DRY_RUN="1", THREADS="2", DEVICE="cuda")
     assert res.returncode == 0, res.stderr
     configs, evaluations = {}, {}
     for line in res.stdout.splitlines():
@@ -571,11 +571,8 @@ def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
         "done\n"
     )
     fake.chmod(0o755)
-    import shutil
-
-    repo = tmp_path / "repo"  # a copy of the script's checkout layout, so results land in the copy
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, repo / "scripts" / "train_v2.sh")
+    copy = _script_copy(tmp_path)
+    repo = copy.parent.parent
     runs, calls = tmp_path / "runs", tmp_path / "calls.txt"
     results = repo / "assets" / "camvid" / "v2" / "runs"
     results.mkdir(parents=True)
@@ -583,11 +580,8 @@ def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
     (runs / "camvid_v2_ds_seed3").mkdir(parents=True)
     (runs / "camvid_v2_ds_seed3" / "final.safetensors").touch()  # trained, not yet evaluated
 
-    def script(**env: str) -> subprocess.CompletedProcess:
-        full = {**os.environ, "RUNS": str(runs), "PYTHON": str(fake), "CALLS": str(calls), "NICE": "0", **env}
-        return subprocess.run(
-            ["bash", str(repo / "scripts" / "train_v2.sh")], env=full, capture_output=True, text=True, timeout=60
-        )
+    def script() -> subprocess.CompletedProcess:
+        return _script(copy, runs, PYTHON=str(fake), CALLS=str(calls), NICE="0")
 
     res = script()
     assert res.returncode == 0, res.stderr
@@ -600,23 +594,11 @@ def test_train_v2_script_skips_finished_runs_and_stops_on_a_failure(tmp_path):
     assert "skip camvid_v2_probe_ft_seed1" in log and "are done" in log
     calls.unlink()
     assert script().returncode == 0 and not calls.exists()  # everything has its result: nothing runs
-    failing = subprocess.run(
-        ["bash", str(repo / "scripts" / "train_v2.sh")],
-        env={**os.environ, "RUNS": str(tmp_path / "other"), "PYTHON": "false", "NICE": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert failing.returncode == 0  # every run already has its result in the copy
+    other = tmp_path / "other"
+    assert _script(copy, other, PYTHON="false", NICE="0").returncode == 0  # every run has its result in the copy
     for f in results.glob("*.json"):
         f.unlink()
-    failing = subprocess.run(
-        ["bash", str(repo / "scripts" / "train_v2.sh")],
-        env={**os.environ, "RUNS": str(tmp_path / "other"), "PYTHON": "false", "NICE": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    failing = _script(copy, other, PYTHON="false", NICE="0")
     assert failing.returncode == 1 and "FAILED camvid_v2_stage2_structtoken_seed0" in failing.stderr
     assert not (tmp_path / "other" / "camvid_v2_stage2_baselines_seed0").exists()
 
