@@ -88,10 +88,6 @@ def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str
     exact = bool(model.cfg.exact_attention)
     model.requires_grad_(False)
     model.set_vit_attention(True)
-    heads_exact = [m for m in model.heads.modules() if hasattr(m, "fused_attn")]
-    heads_fused = [m.fused_attn for m in heads_exact]
-    for m in heads_exact:
-        m.fused_attn = False
     try:
         with FlopCounterMode(display=False) as counter:
             tokens, grid = model.backbone.forward_tokens(x)
@@ -112,8 +108,6 @@ def head_costs(model: Segmentor, size: tuple[int, int] = (360, 480)) -> dict[str
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.set_vit_attention(exact)
-        for m, fused in zip(heads_exact, heads_fused, strict=True):
-            m.fused_attn = fused
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
 
 

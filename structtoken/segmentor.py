@@ -201,6 +201,9 @@ class Segmentor(nn.Module):
         self.backbone.set_exact_attention(exact)
         for blocks in self.head_vit.values():
             blocks.set_exact_attention(exact)
+        for m in self.heads.modules():  # heads built from timm blocks (Segmenter's layers)
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = not exact
 
     def head_parameters(self, name: str) -> Iterator[nn.Parameter]:
         """The parameters of head ``name`` alone: the head's and its own ViT blocks' (``head_vit``), if any."""

@@ -253,5 +253,7 @@ def test_head_costs_count_attention_on_either_path_and_leave_the_model_as_it_was
     fused = head_costs(model, (64, 64))
     assert not model.cfg.exact_attention and all(p.requires_grad for p in model.parameters())
     model.set_exact_attention(True)
+    attn = [m for m in model.heads.modules() if hasattr(m, "fused_attn")]  # Segmenter's timm blocks follow it
+    assert attn and not any(m.fused_attn for m in attn)
     assert head_costs(model, (64, 64)) == fused  # the counter sees the attention matmuls either way
     assert fused["segmenter"]["gflops"] > 0 and fused["backbone"]["gflops"] > 0
