@@ -35,9 +35,9 @@ SPACE_FILES: tuple[str, ...] = (
     "LICENSE",
     "app.py",
     "requirements.txt",
-    "structtoken/*.py",  # fnmatch: * crosses folders, so subpackages are in
+    "structtoken/**.py",  # ** crosses folders: subpackages are in
     "structtoken/resources/*.json",
-    "analysis/*.py",
+    "analysis/**.py",
     "assets/camvid/*.safetensors",
     "assets/camvid/*.json",
     "assets/camvid/report/metrics.json",
@@ -46,7 +46,8 @@ SPACE_FILES: tuple[str, ...] = (
     "docs/*.md",
     "docs/img/*.png",
 )
-"""fnmatch patterns (on POSIX paths relative to the checkout) of what the Space gets."""
+"""fnmatch patterns (on POSIX paths relative to the checkout) of what the Space gets: ``*`` stays within a folder,
+``**`` crosses folders (:func:`_matches`)."""
 
 
 def tracked_files(root: Path = ROOT) -> list[str]:
@@ -60,12 +61,20 @@ def tracked_files(root: Path = ROOT) -> list[str]:
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
 
 
+def _matches(path: str, pattern: str) -> bool:
+    """fnmatch within one folder level: ``*`` does not cross ``/`` (``assets/camvid/*.safetensors`` is the set,
+    not ``assets/camvid/v2/heads/*``), ``**`` does."""
+    if "**" in pattern:
+        return fnmatch.fnmatchcase(path, pattern)
+    return path.count("/") == pattern.count("/") and fnmatch.fnmatchcase(path, pattern)
+
+
 def space_files(root: Path = ROOT) -> list[tuple[str, int]]:
     """``(path, bytes)`` of every file the Space gets, sorted by path."""
     keep = [
         p
         for p in tracked_files(root)
-        if any(fnmatch.fnmatchcase(p, pat) for pat in SPACE_FILES) and "__pycache__" not in p.split("/")
+        if any(_matches(p, pat) for pat in SPACE_FILES) and "__pycache__" not in p.split("/")
     ]
     return [(p, (root / p).stat().st_size) for p in keep]
 
