@@ -40,22 +40,40 @@ from typing import Any
 
 import gradio as gr
 
-from analysis.labels import HEAD_LABELS, NORMALIZATION_LABELS
-from analysis.service import (
-    READOUTS,
-    AnalysisError,
-    AnalysisInfo,
-    AnalysisRequest,
-    AnalysisResult,
-    Explorer,
-    ModelInfo,
-    save_downloads,
-    save_images,
-)
+from structtoken.assets import CHECKOUT_ASSETS, asset_path
 from structtoken.errors import StructTokenError
 
-ROOT = Path(__file__).resolve().parent
-EXAMPLES_DIR = ROOT / "assets" / "examples"
+if __package__:  # installed by pip: this file is structtoken.app, the analysis layer structtoken.analysis (setup.py)
+    from .analysis.labels import HEAD_LABELS, NORMALIZATION_LABELS
+    from .analysis.service import (
+        READOUTS,
+        AnalysisError,
+        AnalysisInfo,
+        AnalysisRequest,
+        AnalysisResult,
+        Explorer,
+        ModelInfo,
+        save_downloads,
+        save_images,
+    )
+else:  # a checkout or a Space: app.py beside the repository's analysis/
+    from analysis.labels import HEAD_LABELS, NORMALIZATION_LABELS
+    from analysis.service import (
+        READOUTS,
+        AnalysisError,
+        AnalysisInfo,
+        AnalysisRequest,
+        AnalysisResult,
+        Explorer,
+        ModelInfo,
+        save_downloads,
+        save_images,
+    )
+
+ROOT = CHECKOUT_ASSETS.parent
+"""The checkout's root (where ../shared/data/camvid is looked for)."""
+EXAMPLES_DIR = asset_path("examples")
+"""The shipped example photos: ``assets/examples`` of the checkout, or of the install."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 MAX_FILE_SIZE = "20mb"

@@ -1,13 +1,12 @@
 """The model sets shipped in ``assets/`` and one entry point to load any model by name or path.
 
-The embedded sets are looked for in the checkout's ``assets/`` folder (a development tree) and then
-in the installed ``structtoken_assets`` package, which is what ``pip install .`` makes of
-``assets/`` (see setup.py).
+The embedded sets (and the example photos) are looked for in the checkout's ``assets/`` folder (a
+development tree) and then in the installed ``structtoken/_assets/`` folder, which is what
+``pip install .`` makes of ``assets/`` (see setup.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -18,24 +17,17 @@ from .segmentor import Segmentor
 
 CHECKOUT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 """``assets/`` of a development checkout (absent in an install)."""
-
-
-def installed_assets() -> Path | None:
-    """The folder of the installed ``structtoken_assets`` package (``assets/`` of a wheel), or None."""
-    spec = importlib.util.find_spec("structtoken_assets")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    return Path(locations[0]) if locations else None
+INSTALLED_ASSETS = Path(__file__).resolve().parent / "_assets"
+"""``assets/`` as ``pip install .`` installs it (the data package ``structtoken._assets``; absent in a checkout)."""
 
 
 def asset_path(relative: str) -> Path:
-    """``assets/<relative>`` of the checkout if it is there, else of the install (if there), else the checkout's."""
-    checkout = CHECKOUT_ASSETS / relative
-    if checkout.is_file():
-        return checkout
-    installed = installed_assets()
-    if installed is not None and (installed / relative).is_file():
-        return installed / relative
-    return checkout
+    """``assets/<relative>`` (a file or a folder) of the checkout if it is there, else of the install (if there),
+    else the checkout's (which does not exist: the caller's error names it)."""
+    for root in (CHECKOUT_ASSETS, INSTALLED_ASSETS):
+        if (root / relative).exists():
+            return root / relative
+    return CHECKOUT_ASSETS / relative
 
 
 ASSETS_DIR = asset_path("camvid/camvid_set.safetensors").parent.parent

@@ -98,22 +98,31 @@ def test_wheel_holds_every_module_resource_and_the_embedded_set(tmp_path: Path) 
     wheels = list(tmp_path.glob("*.whl"))
     assert len(wheels) == 1, wheels
     names = set(zipfile.ZipFile(wheels[0]).namelist())
+    # one import name: structtoken (analysis/ -> structtoken/analysis/, app.py -> structtoken/app.py, assets/ ->
+    # structtoken/_assets/), plus the distribution's metadata
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"structtoken"}, tops
     expected = {
-        str(p.relative_to(ROOT)).replace(os.sep, "/")
-        for pkg in ("structtoken", "analysis")
-        for p in (ROOT / pkg).rglob("*")
+        installed_as + "/" + str(p.relative_to(ROOT / folder)).replace(os.sep, "/")
+        for folder, installed_as in (("structtoken", "structtoken"), ("analysis", "structtoken/analysis"))
+        for p in (ROOT / folder).rglob("*")
         if p.suffix in (".py", ".json") and "__pycache__" not in p.parts
     }
     assert "structtoken/heads/cse.py" in expected and "structtoken/resources/released_models.json" in expected
+    assert "structtoken/analysis/analyses/__init__.py" in expected
     assert expected - names == set()
     data = {
-        "structtoken_assets/" + str(p.relative_to(ROOT / "assets")).replace(os.sep, "/")
-        for p in [*(ROOT / "assets" / "camvid").glob("*.safetensors"), ROOT / "assets/camvid/report/metrics.json"]
+        "structtoken/_assets/" + str(p.relative_to(ROOT / "assets")).replace(os.sep, "/")
+        for p in [
+            *(ROOT / "assets" / "camvid").glob("*.safetensors"),
+            ROOT / "assets/camvid/report/metrics.json",
+            *(ROOT / "assets" / "examples").glob("*.jpg"),
+        ]
     }
-    assert "structtoken_assets/camvid/camvid_set.safetensors" in data
+    assert {"structtoken/_assets/camvid/camvid_set.safetensors", "structtoken/_assets/examples/chelsea.jpg"} <= data
     assert data - names == set()
-    assert not any(n.startswith(("tests/", "bench/", "app.py", "assets/")) for n in names)
-    assert "structtoken_app.py" in names  # app.py, for the structtoken-app command
+    assert not any(n.startswith("structtoken/_assets/camvid/v2/") for n in names)  # run results stay in the checkout
+    assert "structtoken/app.py" in names  # app.py, for the structtoken-app command
     assert _tree_state() == before, "building the wheel left files in the tree"
     assert before[1] == []
 
@@ -142,11 +151,21 @@ def test_wheel_holds_every_module_resource_and_the_embedded_set(tmp_path: Path) 
     assert sorted((site / "bin").iterdir()) == sorted(site / "bin" / name for name in scripts)
     clean = {**env, "PYTHONPATH": str(site)}
     for name in scripts:
-        argv = [sys.executable, "-c", "import structtoken_app; print(structtoken_app.main.__module__)"]
-        if name != "structtoken-app":  # that one would serve: its module is imported instead
-            argv = [str(site / "bin" / name), "--help"]
+        argv = [str(site / "bin" / name), "--help"]
+        if name == "structtoken-app":  # that one would serve: its module is imported instead, from the install
+            pytest.importorskip("gradio")
+            probe = (
+                "import structtoken.app as A, structtoken.analysis.service as S; print(A.__file__, S.__file__); "
+                "print(*[p.name for p, _ in A.example_entries('street')]); print(A.Explorer is S.Explorer)"
+            )
+            argv = [sys.executable, "-c", probe]
         out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=clean, timeout=300)
         assert out.returncode == 0 and out.stdout.strip(), (name, out.stderr[-2000:])
+        if name == "structtoken-app":
+            files, examples, same = out.stdout.strip().splitlines()[-3:]
+            assert all(f.startswith(str(site)) for f in files.split()), files  # the installed copies
+            assert "street_synthetic.jpg" in examples.split(), examples  # the installed app offers the examples
+            assert same == "True"
 
 
 def _console_scripts() -> dict[str, str]:
@@ -162,24 +181,24 @@ def test_console_commands_point_at_the_command_lines() -> None:
     assert {"structtoken-predict", "structtoken-evaluate", "structtoken-report", "structtoken-app"} <= set(scripts)
     for name, target in scripts.items():
         module, _, func = target.partition(":")
-        if module == "structtoken_app":  # installed from app.py (setup.py)
+        if module == "structtoken.app":  # installed from app.py (setup.py)
             pytest.importorskip("gradio")
             module = "app"
+        module = module.replace("structtoken.analysis", "analysis")  # installed from analysis/ (setup.py)
         assert callable(getattr(importlib.import_module(module), func)), name
 
 
 def test_embedded_sets_are_found_in_the_checkout_then_in_an_install(tmp_path: Path, monkeypatch) -> None:
-    import importlib
-
     import structtoken.assets as A
 
     assert A.EMBEDDED["camvid"] == ROOT / "assets" / "camvid" / "camvid_set.safetensors"  # this checkout
-    installed = tmp_path / "site" / "structtoken_assets" / "camvid"
-    installed.mkdir(parents=True)
-    (installed / "x.safetensors").write_bytes(b"")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    importlib.invalidate_caches()
-    assert A.asset_path("camvid/x.safetensors") == installed / "x.safetensors"  # not in the checkout
+    assert A.INSTALLED_ASSETS == ROOT / "structtoken" / "_assets"  # where setup.py installs assets/
+    installed = tmp_path / "site" / "structtoken" / "_assets"
+    (installed / "camvid").mkdir(parents=True)
+    (installed / "camvid" / "x.safetensors").write_bytes(b"")
+    monkeypatch.setattr(A, "INSTALLED_ASSETS", installed)
+    assert A.asset_path("camvid/x.safetensors") == installed / "camvid" / "x.safetensors"  # not in the checkout
+    assert A.asset_path("examples") == ROOT / "assets" / "examples"  # the checkout first
     monkeypatch.setattr(A, "CHECKOUT_ASSETS", tmp_path / "no-checkout")
-    assert A.asset_path("camvid/x.safetensors") == installed / "x.safetensors"
+    assert A.asset_path("camvid") == installed / "camvid"  # folders too
     assert A.asset_path("camvid/missing.safetensors") == tmp_path / "no-checkout" / "camvid" / "missing.safetensors"
