@@ -710,12 +710,19 @@ class ExplorerUI:
         downloads: Any = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
         display: bool = True,
+        *,
+        interactive: bool = True,
+        shown_curves: tuple[str, str] | None = None,
     ) -> tuple[Any, ...]:
         """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
 
         ``downloads``: which of :data:`DOWNLOADS` to write (a list, or one name); none by default, so a
         request renders only what it shows. ``display=False`` (a page download) skips the figure and
-        overlay images. Every bad input (an :class:`analysis.service.AnalysisError` or a bad argument) becomes a
+        overlay images. The page's own calls also say whether its interactive plot is wanted
+        (``interactive``) and which (set, readout) curves it already shows (``shown_curves``: those are not
+        sent again, the curves output is skipped).
+
+        Every bad input (an :class:`analysis.service.AnalysisError` or a bad argument) becomes a
         ``gr.Error`` with its message, free of server paths, logged as one line; any other exception
         is logged with its traceback and reported as ``internal error: ...`` (the server stays up).
         """
@@ -734,6 +741,8 @@ class ExplorerUI:
                 progress,
                 _downloads_arg(downloads),
                 display,
+                interactive,
+                shown_curves,
             )
         except gr.Error as e:
             e.message = scrub_paths(str(e.message), _payload_path(checkpoint) or "")
@@ -765,6 +774,8 @@ class ExplorerUI:
         progress: Any,
         downloads: tuple[str, ...],
         display: bool,
+        interactive: bool = True,
+        shown_curves: tuple[str, str] | None = None,
     ) -> tuple[Any, ...]:
         t0 = time.perf_counter()
         img = image if _is_array(image) else _payload_path(image)
@@ -773,6 +784,8 @@ class ExplorerUI:
         if not _is_array(img):
             _check_upload(img, "image")
         spec = self.model_spec(model, checkpoint)
+        readout_key = _key_of(readout, READOUT_LABELS, "readout", "raw")
+        curves_shown = shown_curves == (spec, readout_key)
         request = AnalysisRequest(
             image=img,
             model=spec,
@@ -782,7 +795,9 @@ class ExplorerUI:
             normalize=_key_of(normalize, NORMALIZATION_LABELS, "normalisation", "shared"),
             block=_block_arg(block),
             opacity=_opacity_arg(opacity),
-            readout=_key_of(readout, READOUT_LABELS, "readout", "raw"),
+            readout=readout_key,
+            interactive=interactive and display,
+            curves=display and not curves_shown,
         )
         t_gc = time.perf_counter()
         self.tidy_memory()
@@ -818,14 +833,14 @@ class ExplorerUI:
             "focus_class": metrics.get("focus_class"),
             "image_classes": _classes_by_area(metrics, result.selected_classes),
             "readout": request.readout,
-            "has_curves": result.curves is not None,
+            "has_curves": result.curves is not None or curves_shown,
             "has_table": bool(result.table),
         }
         return (
             None if figure is None else str(figure),
             fit_plot(result.plot) if display else None,
             None if overlay is None else str(overlay),
-            fit_plot(result.curves) if display else None,
+            gr.skip() if curves_shown and display else fit_plot(result.curves) if display else None,
             _table_value(result.table, result.table_headers),
             scrub_paths(result.summary or "", spec),
             timings,
@@ -860,15 +875,20 @@ class ExplorerUI:
         the notice (it stays until the next run), instead of a toast that fades while the page still
         points to it; the sections without content are hidden.
         """
+        # the interactive plot (~0.5 MB of JSON for a comparison, and plotly's drawing in the browser) is
+        # built and sent only while its tab is open; opening the tab runs the analysis again (from the cache).
+        # The dataset curves already on the page (the last run's set and readout) are not sent again.
+        plot_open = bool(args[12]) if len(args) > 12 else True
+        last = args[13] if len(args) > 13 and isinstance(args[13], dict) else None
+        shown = (last["spec"], last["readout"]) if last and last.get("has_curves") else None
         try:
-            out = self.analyze_image(*self._page_api_args(args), progress=progress)
+            out = self.analyze_image(
+                *self._page_api_args(args), progress=progress, interactive=plot_open, shown_curves=shown
+            )
         except gr.Error as e:
             empty = (None, None, None, None, None, "", None, None)
             return (*empty, error_box(str(e.message)), gr.update(visible=False), gr.update(visible=False))
         state = out[-1]
-        # the interactive plot (~0.5 MB of JSON for a comparison, and plotly's drawing in the browser) is
-        # sent only while its tab is open; opening the tab runs the analysis again (from the cache)
-        plot_open = bool(args[12]) if len(args) > 12 else True
         return (
             out[0],
             out[1] if plot_open else None,
@@ -895,7 +915,9 @@ class ExplorerUI:
         """A page download button: ``what`` (one of :data:`DOWNLOADS`) of what the controls show now,
         rendered on request (the maps come from the cache). Works whenever it is clicked: before the
         page's own run has finished, it shares that run's model pass. A refusal is a message (toast)."""
-        out = self.analyze_image(*self._page_api_args(args), downloads=[what], progress=progress, display=False)
+        out = self.analyze_image(
+            *self._page_api_args(args), downloads=[what], progress=progress, display=False, interactive=False
+        )
         return gr.update(value=out[OUTPUT_NAMES.index(f"download_{what}")], visible=True)
 
     # ---------------------------------------------------------------- controls
@@ -1218,7 +1240,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
 
         inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
         outputs = [figure, plot, overlay, curves, table, summary, timings, *api_files, state]
-        page_inputs = [*inputs, class_mode, focus_pick, plot_open]
+        page_inputs = [*inputs, class_mode, focus_pick, plot_open, state]
         page_outputs = [*outputs[:7], state, error, curves_box, table_box]
         controls = [analysis, availability, head, block, classes, normalize, readout]
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")

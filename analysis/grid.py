@@ -35,9 +35,16 @@ __all__ = [
     "PLOTLY_MAX_SIDE",
     "GridGroup",
     "GridLayout",
+    "Label",
     "Outline",
+    "PlacedFigure",
+    "Placement",
     "block_grid",
     "display_size",
+    "fit_text",
+    "paint_matplotlib",
+    "paint_raster",
+    "place_stages_as_rows",
     "render_plotly",
     "render_static",
     "render_static_stages_as_rows",
@@ -360,57 +367,159 @@ PAGE_MAX_HEIGHT_PX = 820
 """The figure's height is kept under this (a 900 px window, less the page's margins): maps shrink to fit."""
 MIN_MAP_PX = 40
 MAX_MAP_PX = 240
+FIGURE_DPI = 100
+"""Pixels per inch of the static figures: a point is FIGURE_DPI / 72 pixels."""
 _CHAR_EM = 0.62
-"""A generous average character width of the figure font, in ems (used only for a first wrap; every text
-is then measured and shrunk or shortened until it fits its box)."""
+"""A generous average character width of the figure font, in ems (to reserve the label column)."""
+NOTE_GREY = "#4d4d4d"
+_LINE_SPACING = 1.2
+"""Baseline to baseline, in font sizes (matplotlib's default)."""
 
 
-def _fit(text: Any, renderer: Any, max_px: float, min_size: float) -> None:
-    """Make a matplotlib text at most ``max_px`` wide: wrap it onto two lines, then shrink its font down
-    to ``min_size``, then shorten it with an ellipsis."""
-    full = text.get_text()
-    if text.get_window_extent(renderer).width <= max_px:
-        return
-    size = text.get_fontsize()
-    per_line = max(4, int(max_px / (_CHAR_EM * size * text.figure.dpi / 72.0)))
-    lines = textwrap.wrap(full, per_line)
-    if 1 < len(lines) <= 2:
-        text.set_text("\n".join(lines))
-    while text.get_window_extent(renderer).width > max_px and size > min_size:
-        size = max(min_size, size * 0.9)
-        text.set_fontsize(size)
-    cut = len(full)
-    while text.get_window_extent(renderer).width > max_px and cut > 1:
-        cut -= 1
-        text.set_text(full[:cut].rstrip() + "…")
+@dataclass(frozen=True)
+class Label:
+    """One line of text of a placed figure, in figure pixels (origin top left, y down).
+
+    Attributes:
+        text: one line (fitted: it fits its box at ``size``).
+        x, y: the anchor point; anchor: Pillow's two letters, horizontal ``l``/``m``/``r`` and vertical
+            ``a`` (top of the ascender), ``m`` (middle) or ``d`` (bottom of the descender).
+        size: font size in points; bold; color: a ``#rrggbb`` string.
+    """
+
+    text: str
+    x: float
+    y: float
+    anchor: str
+    size: float
+    bold: bool = False
+    color: str = "#000000"
 
 
-def render_static_stages_as_rows(
-    layout: GridLayout,
-    width_px: int = PAGE_WIDTH_PX,
-    max_height_px: int = PAGE_MAX_HEIGHT_PX,
-    dpi: int = 100,
-) -> Figure:
+@dataclass(frozen=True)
+class Placement:
+    """Where everything of a static figure goes, in pixels: drawn the same by :func:`paint_raster` (the
+    page's PNG) and :func:`paint_matplotlib` (the PDF, and the figure tests measure).
+
+    Attributes:
+        size: (width, height) of the canvas.
+        mosaic: ``[Hm, Wm, 3]`` uint8 maps and images; mosaic_xy: its top-left corner.
+        labels: every text line; rules: (x0, x1, y, colour, width) horizontal lines.
+        colorbar: (x, y, w, h) of the horizontal colour bar, or None; colorbar_range: its (vmin, vmax);
+            ticks: (value, label) under it.
+        cell_hw: one map's (h, w).
+    """
+
+    size: tuple[int, int]
+    mosaic: np.ndarray
+    mosaic_xy: tuple[int, int]
+    labels: tuple[Label, ...]
+    rules: tuple[tuple[float, float, float, str, float], ...] = ()
+    colorbar: tuple[int, int, int, int] | None = None
+    colorbar_range: tuple[float, float] = (0.0, 1.0)
+    ticks: tuple[tuple[float, str], ...] = ()
+    cell_hw: tuple[int, int] = (0, 0)
+
+
+@functools.cache
+def _font(size_pt: float, bold: bool = False) -> Any:
+    """The figure font (matplotlib's DejaVu Sans) at ``size_pt`` points and FIGURE_DPI, for Pillow."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal"))
+    return ImageFont.truetype(path, size_pt * FIGURE_DPI / 72.0)
+
+
+def text_width(text: str, size_pt: float, bold: bool = False) -> float:
+    """Width in pixels of one line of ``text`` in the figure font."""
+    return float(_font(round(size_pt, 2), bold).getlength(text))
+
+
+def _ellipsize(text: str, max_px: float, size: float, bold: bool) -> str:
+    if text_width(text, size, bold) <= max_px:
+        return text
+    lo, hi = 0, len(text)  # the longest prefix that fits with the ellipsis
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if text_width(text[:mid].rstrip() + "…", size, bold) <= max_px:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "…" if lo else "…"
+
+
+def _wrap(text: str, max_px: float, size: float, bold: bool) -> list[str]:
+    """Greedy word wrap at the measured width (a word longer than a line stays whole: it is ellipsized later)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_width(f"{lines[-1]} {word}", size, bold) <= max_px:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def fit_text(
+    text: str, max_px: float, size: float, bold: bool = False, max_lines: int = 1, min_scale: float = 0.75
+) -> tuple[list[str], float]:
+    """Fit ``text`` into ``max_px`` pixels across: wrap it onto up to ``max_lines`` lines, shrink it down to
+    ``min_scale`` of ``size``, then shorten the last line with an ellipsis. Returns (lines, size)."""
+    # slack for the two rasterisers: matplotlib's hinted text runs up to ~2 % wider than Pillow's
+    max_px = max(1.0, 0.97 * max_px - 1.0)
+    floor = size * min_scale
+    while True:
+        lines = _wrap(text, max_px, size, bold) if max_lines > 1 else [text]
+        if len(lines) <= max_lines and all(text_width(s, size, bold) <= max_px for s in lines):
+            return lines, size
+        if size <= floor:
+            break
+        size = max(floor, size * 0.9)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], " ".join(lines[max_lines - 1 :])]
+    return [_ellipsize(s, max_px, size, bold) for s in lines], size
+
+
+def _stacked(
+    text: str, x: float, y: float, anchor: str, max_px: float, size: float, *, max_lines: int = 1, **kw: Any
+) -> list[Label]:
+    """``text`` fitted to ``max_px`` as Labels; extra lines stack above (bottom anchors) or below (top anchors)
+    the first, so the block keeps its anchor."""
+    lines, size = fit_text(text, max_px, size, kw.get("bold", False), max_lines)
+    step = _LINE_SPACING * size * FIGURE_DPI / 72.0
+    if anchor[1] == "d":  # the last line sits on y
+        return [Label(s, x, y - (len(lines) - 1 - i) * step, anchor, size, **kw) for i, s in enumerate(lines)]
+    if anchor[1] == "m":
+        y -= (len(lines) - 1) * step / 2
+    return [Label(s, x, y + i * step, anchor, size, **kw) for i, s in enumerate(lines)]
+
+
+def _tick_labels(values: Sequence[float]) -> list[str]:
+    """Fewest decimals (one at least, as matplotlib's colour bars) that tell the values apart."""
+    for d in range(1, 4):
+        out = [f"{v:.{d}f}" for v in values]
+        if len(set(out)) == len(out):
+            return out
+    return [f"{v:.3g}" for v in values]
+
+
+def place_stages_as_rows(
+    layout: GridLayout, width_px: int = PAGE_WIDTH_PX, max_height_px: int = PAGE_MAX_HEIGHT_PX
+) -> Placement:
     """The grid with stages as rows: a column per (row of the layout, head), grouped by the layout's row
     (a class; the focus view's rows are heads), the image with the row's outline on top, then one row
-    per stage. Drawn ``width_px`` wide, the maps as large as the width and ``max_height_px`` allow, so
+    per stage. Placed ``width_px`` wide, the maps as large as the width and ``max_height_px`` allow, so
     at the page's width each map is ~110 px or more for up to 8 columns (the comparison's 4 classes x 2
-    heads); the colour bar lies under the maps and the note under it. Every text is measured and made
-    to fit its box (wrapped, shrunk, shortened): nothing leaves the canvas or overlaps.
-
-    Returns:
-        Matplotlib figure with the axes ``"mosaic"`` and a colour-bar axes; ``fig.structtoken_cell_hw``
-        is one map's (h, w) in figure pixels.
+    heads); the colour bar lies under the maps and the note under it. Every text is measured in the
+    figure font and made to fit its box (wrapped, shrunk, shortened): nothing leaves the canvas or overlaps.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     groups = layout.groups
     n_rows_l, n_groups = len(layout.rows), len(groups)
     stage_titles = list(max((g.titles for g in groups), key=len))
     n_cols = n_rows_l * n_groups
     ih, iw = layout.image.shape[:2] if layout.image is not None else groups[0].cells.shape[2:]
     fs = 9.0  # points; at 100 dpi 12.5 px
-    fpx = fs * dpi / 72.0
+    fpx = fs * FIGURE_DPI / 72.0
     left = int(max(len(t) for t in [*stage_titles, "image"]) * _CHAR_EM * fpx) + 14
     right = 12
     gap = 3
@@ -431,7 +540,7 @@ def render_static_stages_as_rows(
     span = layout.vmax - layout.vmin or 1.0
     cells = {id(g): np.clip((upsample_maps(g.cells, (h, w)) - layout.vmin) / span, 0.0, 1.0) for g in groups}
     lut = _lut(F.MAP_CMAP)
-    col_x: list[tuple[int, int, int]] = []  # (layout row, group index, x)
+    col_x: list[tuple[int, int, int]] = []  # (layout row, group index, x in the mosaic)
     x = 0
     for r in range(n_rows_l):
         for gi in range(n_groups):
@@ -456,78 +565,164 @@ def render_static_stages_as_rows(
                 rgb[bounds[r]] = 255
             y = (s + 1) * (h + gap)
             mosaic[y : y + h, cx : cx + w] = rgb
-    fig_w_px = max(min(width_px, 640), left + mosaic_w + right)  # no blank band beside a narrow grid
-    fig_h_px = top + mosaic_h + bottom
-    fig = Figure(figsize=(fig_w_px / dpi, fig_h_px / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
-    renderer = canvas.get_renderer()
-    ax = fig.add_axes((left / fig_w_px, bottom / fig_h_px, mosaic_w / fig_w_px, mosaic_h / fig_h_px), label="mosaic")
-    ax.imshow(mosaic, interpolation="none", aspect="equal")
-    ax.set_axis_off()
-    ax.set_xlim(-0.5, mosaic_w - 0.5)
-    ax.set_ylim(mosaic_h - 0.5, -0.5)
-    texts = []
+    fig_w = max(min(width_px, 640), left + mosaic_w + right)  # no blank band beside a narrow grid
+    fig_h = top + mosaic_h + bottom
+    labels: list[Label] = []
+    rules: list[tuple[float, float, float, str, float]] = []
     for s, name in enumerate(["image", *stage_titles]):
-        t = ax.text(-0.6 * fpx, s * (h + gap) + h / 2, name, ha="right", va="center", fontsize=fs)
-        texts.append((t, left - 8))
+        labels += _stacked(name, left - 0.6 * fpx, top + s * (h + gap) + h / 2, "rm", left - 8, fs)
     for r in range(n_rows_l):
-        xs = [cx for rr, _, cx in col_x if rr == r]
+        xs = [left + cx for rr, _, cx in col_x if rr == r]
         x0, x1 = xs[0], xs[-1] + w
-        y_row = -(0.5 + 1.3 * head_lines) * fpx
-        t = ax.text((x0 + x1) / 2, y_row, str(layout.rows[r]), ha="center", va="bottom", fontsize=fs + 1)
-        t.set_fontweight("bold")
-        texts.append((t, x1 - x0))
+        y_row = top - (0.5 + 1.3 * head_lines) * fpx
+        labels += _stacked(str(layout.rows[r]), (x0 + x1) / 2, y_row, "md", x1 - x0, fs + 1, bold=True)
         if n_groups > 1:
-            ax.plot([x0, x1], [y_row + 0.15 * fpx] * 2, color="0.4", lw=1, solid_capstyle="butt", clip_on=False)
+            rules.append((x0, x1, y_row + 0.15 * fpx, "#666666", 1.0))
             for rr, gi, cx in col_x:
-                if rr != r:
-                    continue
-                hd = groups[gi].head
-                t = ax.text(
-                    cx + w / 2,
-                    -0.3 * fpx,
-                    head_label(hd),
-                    ha="center",
-                    va="bottom",
-                    fontsize=fs - 0.5,
-                    color=F.head_color(hd),
-                    fontweight="bold",
-                )
-                texts.append((t, w + gap - 2))
-    # colour bar under the maps, its label beside it
-    cb_w = min(260, mosaic_w * 0.4)
-    cb_h = 0.9 * fpx
-    cb_y = bottom - 1.1 * fpx - cb_h
-    cax = fig.add_axes((left / fig_w_px, cb_y / fig_h_px, cb_w / fig_w_px, cb_h / fig_h_px))
-    cb = fig.colorbar(
-        ScalarMappable(norm=Normalize(layout.vmin, layout.vmax), cmap=F.MAP_CMAP), cax=cax, orientation="horizontal"
-    )
-    cb.ax.tick_params(labelsize=fs - 1, length=2, pad=1)
-    cb.ax.set_xticks([layout.vmin, (layout.vmin + layout.vmax) / 2, layout.vmax])
-    lab = fig.text(
-        (left + cb_w + 0.8 * fpx) / fig_w_px,
-        (cb_y + cb_h / 2) / fig_h_px,
-        layout.colorbar_label,
-        ha="left",
-        va="center",
-        fontsize=fs,
-    )
-    texts.append((lab, fig_w_px - (left + cb_w + 0.8 * fpx) - right))
+                if rr == r:
+                    hd = groups[gi].head
+                    labels += _stacked(
+                        head_label(hd), left + cx + w / 2, top - 0.3 * fpx, "md", w + gap - 2, fs - 0.5,
+                        max_lines=2, bold=True, color=F.head_color(hd),
+                    )  # fmt: skip
+    # the colour bar under the maps, its ticks under it and its label beside it
+    cb_w, cb_h = int(min(260, mosaic_w * 0.4)), round(0.9 * fpx)
+    cb_y = round(fig_h - (bottom - 1.1 * fpx))
+    ticks = [layout.vmin, (layout.vmin + layout.vmax) / 2, layout.vmax]
+    label_x = left + cb_w + 0.8 * fpx
+    labels += _stacked(layout.colorbar_label, label_x, cb_y + cb_h / 2, "lm", fig_w - label_x - right, fs)
     if layout.title:
-        t = fig.text(0.5, 1 - 0.4 * fpx / fig_h_px, layout.title, ha="center", va="top", fontsize=1.3 * fs)
-        texts.append((t, fig_w_px - 2 * right))
+        labels += _stacked(layout.title, fig_w / 2, 0.4 * fpx, "ma", fig_w - 2 * right, 1.3 * fs)
     if layout.note:
-        avail = fig_w_px - 2 * right
-        per_line = max(30, int(avail / (_CHAR_EM * 0.9 * fpx)))
-        lines = textwrap.wrap(layout.note, per_line)[:note_lines]
-        t = fig.text(
-            right / fig_w_px, 4 / fig_h_px, "\n".join(lines), ha="left", va="bottom", fontsize=0.9 * fs, color="0.3"
+        lines, size = fit_text(layout.note, fig_w - 2 * right, 0.9 * fs, max_lines=note_lines)
+        step = _LINE_SPACING * size * FIGURE_DPI / 72.0
+        for i, s in enumerate(lines):
+            labels.append(Label(s, right, fig_h - 4 - (len(lines) - 1 - i) * step, "ld", size, color=NOTE_GREY))
+    return Placement(
+        size=(int(fig_w), int(fig_h)),
+        mosaic=mosaic,
+        mosaic_xy=(left, top),
+        labels=tuple(labels),
+        rules=tuple(rules),
+        colorbar=(left, cb_y, cb_w, cb_h),
+        colorbar_range=(layout.vmin, layout.vmax),
+        ticks=tuple(zip(ticks, _tick_labels(ticks), strict=True)),
+        cell_hw=(h, w),
+    )
+
+
+_TICK_PX = 3
+_TICK_FS = 8.0
+
+
+def _tick_x(p: Placement, value: float) -> float:
+    x, _, w, _ = p.colorbar or (0, 0, 0, 0)
+    lo, hi = p.colorbar_range
+    return x + (value - lo) / ((hi - lo) or 1.0) * (w - 1)
+
+
+def paint_raster(p: Placement) -> np.ndarray:
+    """``[H, W, 3]`` uint8: the placed figure drawn with Pillow (the page's figure and its PNG download;
+    a few milliseconds, where matplotlib's Agg takes a few hundred)."""
+    from PIL import Image, ImageDraw
+
+    width, height = p.size
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(Image.fromarray(p.mosaic), p.mosaic_xy)
+    draw = ImageDraw.Draw(canvas)
+    for x0, x1, y, color, lw in p.rules:
+        draw.line([(x0, y), (x1, y)], fill=color, width=max(1, round(lw)))
+    if p.colorbar is not None:
+        x, y, w, h = p.colorbar
+        ramp = _lut(F.MAP_CMAP)[np.linspace(0, 255, w).round().astype(int)]
+        canvas.paste(Image.fromarray(np.repeat(ramp[None], h, axis=0)), (x, y))
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline="black", width=1)
+        for value, text in p.ticks:
+            tx = _tick_x(p, value)
+            draw.line([(tx, y + h), (tx, y + h + _TICK_PX)], fill="black", width=1)
+            draw.text((tx, y + h + _TICK_PX + 1), text, fill="black", font=_font(_TICK_FS), anchor="ma")
+    for lab in p.labels:
+        draw.text((lab.x, lab.y), lab.text, fill=lab.color, font=_font(round(lab.size, 2), lab.bold), anchor=lab.anchor)
+    return np.asarray(canvas)
+
+
+_HA = {"l": "left", "m": "center", "r": "right"}
+_VA = {"a": "top", "m": "center", "d": "bottom"}
+
+
+def paint_matplotlib(p: Placement) -> Figure:
+    """The placed figure as a matplotlib figure (vector text: the PDF download), built without axes (cheap:
+    nothing is drawn until it is saved). ``fig.structtoken_cell_hw`` is one map's (h, w)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    width, height = p.size
+    fig = Figure(figsize=(width / FIGURE_DPI, height / FIGURE_DPI), dpi=FIGURE_DPI)
+
+    def fx(x: float) -> float:
+        return x / width
+
+    def fy(y: float) -> float:
+        return 1.0 - y / height
+
+    mx, my = p.mosaic_xy
+    fig.figimage(p.mosaic, xo=mx, yo=height - my - p.mosaic.shape[0], origin="upper")
+    for x0, x1, y, color, lw in p.rules:
+        fig.add_artist(Line2D([fx(x0), fx(x1)], [fy(y)] * 2, color=color, lw=lw * 72 / FIGURE_DPI))
+    if p.colorbar is not None:
+        x, y, w, h = p.colorbar
+        ramp = _lut(F.MAP_CMAP)[np.linspace(0, 255, w).round().astype(int)]
+        fig.figimage(np.repeat(ramp[None], h, axis=0), xo=x, yo=height - y - h, origin="upper")
+        fig.add_artist(Rectangle((fx(x), fy(y + h)), w / width, h / height, fill=False, lw=0.72, color="black"))
+        for value, text in p.ticks:
+            tx = _tick_x(p, value)
+            fig.add_artist(Line2D([fx(tx)] * 2, [fy(y + h), fy(y + h + _TICK_PX)], color="black", lw=0.72))
+            fig.text(fx(tx), fy(y + h + _TICK_PX + 1), text, ha="center", va="top", fontsize=_TICK_FS)
+    for lab in p.labels:
+        fig.text(
+            fx(lab.x),
+            fy(lab.y),
+            lab.text,
+            ha=_HA[lab.anchor[0]],
+            va=_VA[lab.anchor[1]],
+            fontsize=lab.size,
+            fontweight="bold" if lab.bold else "normal",
+            color=lab.color,
         )
-        texts.append((t, avail))
-    for t, max_px in texts:
-        _fit(t, renderer, max_px, 0.75 * t.get_fontsize())
-    fig.structtoken_cell_hw = (h, w)  # type: ignore[attr-defined]  # for benchmarks and tests
+    fig.structtoken_cell_hw = p.cell_hw  # type: ignore[attr-defined]  # for benchmarks and tests
     return fig
+
+
+class PlacedFigure:
+    """A placed static figure, drawn when asked: :attr:`pixels` (the page's figure and the PNG, by Pillow)
+    and :attr:`figure` (matplotlib, vector text: the PDF), each once. A control change then costs only the
+    pixels: no matplotlib figure is built (nor left to the garbage collector) unless a PDF is asked for."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self._pixels: np.ndarray | None = None
+        self._figure: Figure | None = None
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """``[H, W, 3]`` uint8 (:func:`paint_raster`)."""
+        if self._pixels is None:
+            self._pixels = paint_raster(self.placement)
+        return self._pixels
+
+    @property
+    def figure(self) -> Figure:
+        """The matplotlib figure (:func:`paint_matplotlib`)."""
+        if self._figure is None:
+            self._figure = paint_matplotlib(self.placement)
+        return self._figure
+
+
+def render_static_stages_as_rows(
+    layout: GridLayout, width_px: int = PAGE_WIDTH_PX, max_height_px: int = PAGE_MAX_HEIGHT_PX
+) -> Figure:
+    """:func:`place_stages_as_rows` drawn by matplotlib (see :func:`paint_matplotlib`)."""
+    return paint_matplotlib(place_stages_as_rows(layout, width_px, max_height_px))
 
 
 # --------------------------------------------------------------------------------- interactive

@@ -12,6 +12,7 @@ message meant for a person. An Explorer owns its caches and is thread-safe.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from structtoken.segmentor import Segmentor
 from . import figures as F
 from .analyses import ANALYSES, Analysis, View, ViewRequest
 from .domain import class_areas, domain_check, reference_frequencies
+from .grid import PlacedFigure
 from .labels import head_label
 from .maps import (
     NORMALIZATIONS,
@@ -114,6 +116,10 @@ class AnalysisRequest:
         opacity: overlay opacity in [0, 1].
         device: one of :data:`DEVICES`.
         readout: how stages are read as class scores, one of :data:`READOUTS`.
+        interactive: build the interactive plotly view (False: ``plot`` is None, a cheaper request; the page
+            asks for it only while its tab is open).
+        curves: put the set's dataset curves into the result (False: ``curves`` is None; a page that already
+            shows them for this set and readout).
     """
 
     image: Any
@@ -126,6 +132,8 @@ class AnalysisRequest:
     opacity: float = 0.5
     device: str = "auto"
     readout: str = "raw"
+    interactive: bool = True
+    curves: bool = True
 
 
 @dataclass
@@ -133,7 +141,9 @@ class AnalysisResult:
     """Everything the UI shows for one :meth:`Explorer.analyze` call.
 
     Attributes:
-        figure: static matplotlib figure (the grid, the prediction, or channel maps).
+        static: the static figure (the grid, the prediction, or channel maps): a matplotlib figure, or a
+            :class:`analysis.grid.PlacedFigure` (the block grids); read it through :attr:`figure` (matplotlib:
+            the PDF; a placed figure is built on first use) and :attr:`pixels`.
         plot: interactive plotly view.
         overlay: ``[H', W', 3]`` uint8 prediction overlay of the chosen head on the image the model saw, with
             a class legend on its right (:func:`analysis.figures.overlay_with_legend`).
@@ -149,7 +159,7 @@ class AnalysisResult:
         available: analysis -> None if the set supports it, else the reason.
     """
 
-    figure: Figure | None
+    static: Figure | PlacedFigure | None
     plot: go.Figure | None
     overlay: np.ndarray | None
     curves: go.Figure | None
@@ -162,6 +172,16 @@ class AnalysisResult:
     classes: list[str]
     selected_classes: list[str]
     available: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def figure(self) -> Figure | None:
+        """The static figure as a matplotlib figure (the PDF; a placed figure is drawn now, once), or None."""
+        return self.static.figure if isinstance(self.static, PlacedFigure) else self.static
+
+    @property
+    def pixels(self) -> np.ndarray | None:
+        """``[H, W, 3]`` uint8 of a placed static figure (the page's figure and the PNG), else None."""
+        return self.static.pixels if isinstance(self.static, PlacedFigure) else None
 
 
 @dataclass(frozen=True)
@@ -439,6 +459,7 @@ class Explorer:
         self._reports_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._saturation: _LRU[tuple[Any, ...], list[dict[str, Any]]] = _LRU(16)
+        self._overlays: _LRU[tuple[Any, ...], np.ndarray] = _LRU(16)
 
     @property
     def analyses(self) -> dict[str, Analysis]:
@@ -497,6 +518,7 @@ class Explorer:
                 palette=cfg.class_palette(),
                 title=f"{analysis.title}: {cfg.name or Path(spec).name}",
                 report=report,
+                interactive=request.interactive,
             )
             view = analysis.view(maps, view_request)
         except ValueError as e:
@@ -506,9 +528,7 @@ class Explorer:
             if rows:
                 view.metrics["saturation"] = rows
                 view.notes.append(saturation_sentence(rows))
-        overlay = F.overlay_with_legend(
-            maps.image, maps.pred[head], view_request.palette, maps.class_names, alpha=view_request.opacity
-        )
+        overlay = self._overlay(entry, maps, head, view_request)
         t_fig = time.perf_counter() - t_fig
         notices += _notices(cfg, rgb, maps, report is not None, rpath)
         if analysis.name != "prediction":  # the prediction view words the check itself, typical or not
@@ -523,11 +543,11 @@ class Explorer:
         names = list(cfg.class_names())
         _progress(progress, 1.0, "done")
         return AnalysisResult(
-            figure=view.figure,
+            static=view.figure,
             plot=view.plot,
             overlay=overlay,
             # the cached figure is shared: a copy (of an already validated figure: 3 ms instead of 50)
-            curves=None if curves is None else go.Figure(curves.to_dict(), _validate=False),
+            curves=None if curves is None or not request.curves else go.Figure(curves.to_dict(), _validate=False),
             table=view.table,
             table_headers=view.table_headers,
             summary=_summary(analysis, view, view_request, cfg, spec, maps, notices),
@@ -610,6 +630,7 @@ class Explorer:
         """Forget every loaded set, image maps and report."""
         self._models.clear()
         self._maps.clear()
+        self._overlays.clear()
         with self._reports_lock:
             self._reports.clear()
         release_memory()
@@ -674,6 +695,17 @@ class Explorer:
             return []
         self._saturation.put(key, rows)
         return rows
+
+    def _overlay(self, entry: _ModelEntry, maps: ImageMaps, head: str, view: ViewRequest) -> np.ndarray:
+        """The prediction overlay with its legend (read-only; cached: a control change other than the head or
+        the opacity redraws nothing of it, and :func:`save_images` encodes it once)."""
+        key = (entry.key, image_key(maps.image), head, round(view.opacity, 4))
+        hit = self._overlays.get(key)
+        if hit is None:
+            hit = F.overlay_with_legend(maps.image, maps.pred[head], view.palette, maps.class_names, alpha=view.opacity)
+            hit.setflags(write=False)
+            self._overlays.put(key, hit)
+        return hit
 
     def _image_maps(
         self, entry: _ModelEntry, rgb: np.ndarray, progress: Callable[..., Any] | None
@@ -885,18 +917,41 @@ def _metrics(
 
 
 # ------------------------------------------------------------------------------------ downloads
+def figure_png_bytes(result: AnalysisResult) -> bytes:
+    """The result's static figure as PNG bytes: its ``pixels`` when it has them, else ``figure`` drawn."""
+    if result.pixels is not None:
+        return _png_of(result.pixels)
+    return F.figure_to_png_bytes(result.figure)
+
+
 def save_images(result: AnalysisResult, folder: Path, stem: str) -> tuple[Path | None, Path | None]:
     """The images a page shows of one result, written once into ``folder``: (the figure PNG, which is
     also its PNG download, and the prediction overlay PNG); None for what the result lacks. PNGs at
     zlib level 1 (:data:`analysis.figures.PNG_COMPRESS_LEVEL`): lossless, a few times faster to write."""
     figure = overlay = None
-    if result.figure is not None:
+    if result.static is not None:
         figure = folder / f"{stem}.png"
-        figure.write_bytes(F.figure_to_png_bytes(result.figure))
+        figure.write_bytes(figure_png_bytes(result))
     if result.overlay is not None:
         overlay = folder / f"{stem}_overlay.png"
-        Image.fromarray(result.overlay).save(overlay, compress_level=F.PNG_COMPRESS_LEVEL)
+        overlay.write_bytes(_png_of(result.overlay))
     return figure, overlay
+
+
+_PNGS: _LRU[int, tuple[np.ndarray, bytes]] = _LRU(8)
+"""PNG bytes of recently encoded read-only images (the cached overlays), by ``id`` (checked by identity)."""
+
+
+def _png_of(image: np.ndarray) -> bytes:
+    """``[H, W, 3]`` uint8 as PNG bytes; a read-only image (a cached one) is encoded once."""
+    hit = _PNGS.get(id(image))
+    if hit is not None and hit[0] is image:
+        return hit[1]
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="png", compress_level=F.PNG_COMPRESS_LEVEL)
+    if not image.flags.writeable:
+        _PNGS.put(id(image), (image, buf.getvalue()))
+    return buf.getvalue()
 
 
 def save_downloads(
@@ -906,10 +961,10 @@ def save_downloads(
     the numbers) of one result into ``folder``, each once, named from ``stem``. Returns
     ``{"png", "pdf", "npz", "json"}`` paths (None for what was not asked for, or has nothing to write)."""
     out: dict[str, Path | None] = {"png": None, "pdf": None, "npz": None, "json": None}
-    if result.figure is not None:
+    if result.static is not None:
         if "png" in which:
             out["png"] = folder / f"{stem}.png"
-            out["png"].write_bytes(F.figure_to_png_bytes(result.figure))
+            out["png"].write_bytes(figure_png_bytes(result))
         if "pdf" in which:
             out["pdf"] = folder / f"{stem}.pdf"
             out["pdf"].write_bytes(F.figure_to_pdf_bytes(result.figure))

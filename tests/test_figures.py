@@ -18,7 +18,22 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import figures as F
-from analysis.grid import PLOTLY_MAX_SIDE, GridGroup, GridLayout, Outline, render_plotly, render_static
+from analysis.grid import (
+    PLOTLY_MAX_SIDE,
+    GridGroup,
+    GridLayout,
+    Label,
+    Outline,
+    PlacedFigure,
+    Placement,
+    fit_text,
+    paint_matplotlib,
+    paint_raster,
+    place_stages_as_rows,
+    render_plotly,
+    render_static,
+    text_width,
+)
 
 H, W = 32, 48
 NAMES = ["road", "sky", "car"]
@@ -544,7 +559,10 @@ def test_no_figure_text_is_cut_or_overlaps(
         request = AnalysisRequest(
             image, str(path), analysis, classes=list(LONG_CLASSES), normalize=normalize, block=block, readout="head"
         )
-        fig = ex.analyze(request).figure
+        result = ex.analyze(request)
+        if isinstance(result.static, PlacedFigure):  # the page's pixels too: Pillow's own text boxes
+            _check_raster_boxes(result.static.placement, f"{analysis}/{normalize}")
+        fig = result.figure
         boxes, (width, height) = _text_boxes(fig)
         assert boxes
         for text, b in boxes:
@@ -556,3 +574,72 @@ def test_no_figure_text_is_cut_or_overlaps(
                 overlap_w = min(a.x1, b.x1) - max(a.x0, b.x0)
                 overlap_h = min(a.y1, b.y1) - max(a.y0, b.y0)
                 assert overlap_w <= 1 or overlap_h <= 1, f"{analysis}/{normalize}: {ta!r} overlaps {tb!r}"
+
+
+def _check_raster_boxes(p: Placement, what: str) -> None:
+    """Every label of a placed figure, as Pillow draws it, lies inside the canvas and overlaps no other."""
+    from PIL import Image, ImageDraw
+
+    from analysis.grid import _font
+
+    draw = ImageDraw.Draw(Image.new("RGB", p.size))
+    width, height = p.size
+    boxes = [
+        (lab.text, draw.textbbox((lab.x, lab.y), lab.text, font=_font(round(lab.size, 2), lab.bold), anchor=lab.anchor))
+        for lab in p.labels
+        if lab.text.strip()
+    ]
+    assert boxes
+    for text, (x0, y0, x1, y1) in boxes:
+        assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height, f"{what}: {text!r} leaves the canvas"
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1 :]:
+            overlap_w = min(a[2], b[2]) - max(a[0], b[0])
+            overlap_h = min(a[3], b[3]) - max(a[1], b[1])
+            assert overlap_w <= 1 or overlap_h <= 1, f"{what}: {ta!r} overlaps {tb!r}"
+
+
+def test_fit_text_wraps_shrinks_then_shortens() -> None:
+    assert fit_text("road", 200, 9.0) == (["road"], 9.0)  # fits: unchanged
+    lines, size = fit_text("road surface with lane markings", 10_000, 9.0, max_lines=2)
+    assert lines == ["road surface with lane markings"] and size == 9.0
+    narrow = text_width("road surface", 9.0) + 2
+    lines, size = fit_text("road surface with lane markings", narrow, 9.0, max_lines=2)
+    assert len(lines) == 2 and all(text_width(s, size) <= narrow for s in lines)
+    lines, size = fit_text("a very long class name that no column could hold", 40, 9.0)
+    assert len(lines) == 1 and lines[0].endswith("…") and size == pytest.approx(9.0 * 0.75)
+    assert text_width(lines[0], size) <= 40
+
+
+def test_the_page_pixels_and_the_pdf_figure_are_one_drawing(image: np.ndarray, label: np.ndarray, rng) -> None:
+    """The placed figure drawn by Pillow (the page, the PNG) and by matplotlib (the PDF): the same size, the
+    mosaic pixel for pixel, the text in the same places (the two text rasterisers differ by antialiasing)."""
+    import io
+
+    from PIL import Image
+    from scipy.ndimage import binary_dilation
+
+    titles = ("input", "block 1", "block 2", "output")
+    groups = tuple(GridGroup(hd, titles, rng.random((3, 4, H, W)).astype(np.float32)) for hd in ("cse", "per_pixel"))
+    layout = GridLayout(
+        rows=tuple(NAMES), class_ids=(0, 1, 2), groups=groups, cell_hw=(H, W), image=image,
+        outlines=(Outline(label),), title="A title", note="a footnote " * 30,
+    )  # fmt: skip
+    placed = PlacedFigure(place_stages_as_rows(layout))
+    pixels = placed.pixels
+    png = F.figure_to_png_bytes(paint_matplotlib(placed.placement))
+    agg = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert pixels.shape == agg.shape == (*placed.placement.size[::-1], 3)
+    x, y = placed.placement.mosaic_xy
+    mh, mw = placed.placement.mosaic.shape[:2]
+    np.testing.assert_array_equal(agg[y : y + mh, x : x + mw], pixels[y : y + mh, x : x + mw])
+    ink_p, ink_a = pixels.min(axis=2) < 128, agg.min(axis=2) < 128  # dark pixels: text, ticks, frames
+    ink_p[y : y + mh, x : x + mw] = ink_a[y : y + mh, x : x + mw] = False
+    assert ink_p.sum() > 500
+    # the same glyphs in the same places: nearly every dark pixel of one lies within 3 px of the other's
+    near_a, near_p = binary_dilation(ink_a, iterations=3), binary_dilation(ink_p, iterations=3)
+    assert (ink_p & near_a).sum() / ink_p.sum() > 0.95 and (ink_a & near_p).sum() / ink_a.sum() > 0.95
+    for lab in placed.placement.labels:
+        assert isinstance(lab, Label) and lab.anchor[0] in "lmr" and lab.anchor[1] in "amd"
+    assert placed.pixels is pixels and placed.figure is placed.figure  # each drawn once
+    assert paint_raster(placed.placement).tobytes() == pixels.tobytes()  # deterministic

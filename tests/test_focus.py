@@ -52,7 +52,13 @@ def test_rows_are_every_head_columns_every_stage(explorer: Explorer, tiny: Path)
     ]
     # one heatmap per (head, stage) in the interactive view; one mosaic in the static one
     assert len(res.plot.data) == len(rows) * 4
-    assert next(a.get_label() for a in res.figure.axes) == "mosaic"
+    # the static figure is placed once and drawn twice: pixels (the page, the PNG) and matplotlib (the PDF),
+    # the mosaic and the colour bar as figure images, no axes
+    mosaic = res.static.placement.mosaic
+    assert next(im.get_array().shape for im in res.figure.images) == mosaic.shape
+    assert res.pixels.shape == (*res.static.placement.size[::-1], 3)
+    x, y = res.static.placement.mosaic_xy
+    np.testing.assert_array_equal(res.pixels[y : y + mosaic.shape[0], x : x + mosaic.shape[1]], mosaic)
     assert "**Road**" in res.summary and "raw" in res.summary
 
 

@@ -128,12 +128,16 @@ class Attention(Analysis):
         saturated, n_saturated = saturation(attn)
         title = f"{head_label(head)}, block {b}: class × channel attention ({attn.shape[1]} channels"
         title += f": {offset} token + {attn.shape[1] - offset} feature)" if offset else ")"
-        plot = F.attention_plotly(
-            attn[rows_ids],
-            [names[i] for i in rows_ids],
-            title=title,
-            token_columns=names[:offset],
-            entropy=entropy[rows_ids],
+        plot = (
+            F.attention_plotly(
+                attn[rows_ids],
+                [names[i] for i in rows_ids],
+                title=title,
+                token_columns=names[:offset],
+                entropy=entropy[rows_ids],
+            )
+            if request.interactive
+            else None
         )
         table = []
         tops: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from structtoken.config import ModelConfig
 
-from ..grid import block_grid, render_plotly, render_static_stages_as_rows
+from ..grid import PlacedFigure, block_grid, place_stages_as_rows, render_plotly
 from ..labels import NORMALIZATION_LABELS, NORMALIZATION_NOTES, head_label
 from ..maps import ImageMaps, readout_stages
 from ..roles import structtoken_heads
@@ -52,6 +52,7 @@ class ViewRequest:
         palette: ``[K]`` RGB class colours.
         title: figure title.
         report: the set's shipped dataset report (``metrics.json`` as a dict), or None.
+        interactive: whether to build the interactive plotly view (False: ``View.plot`` stays None).
     """
 
     head: str
@@ -64,13 +65,18 @@ class ViewRequest:
     palette: tuple[tuple[int, int, int], ...] = ()
     title: str | None = None
     report: Mapping[str, Any] | None = None
+    interactive: bool = True
 
 
 @dataclass
 class View:
-    """What one analysis of one image shows: figures, a table, notes and arrays for download."""
+    """What one analysis of one image shows: figures, a table, notes and arrays for download.
 
-    figure: Figure | None = None
+    ``figure``: the static figure, a matplotlib figure or, for the block grids, a
+    :class:`analysis.grid.PlacedFigure` (drawn as pixels for the page and the PNG, as a matplotlib figure only
+    for the PDF)."""
+
+    figure: Figure | PlacedFigure | None = None
     plot: go.Figure | None = None
     table: list[list[Any]] = field(default_factory=list)
     table_headers: list[str] = field(default_factory=list)
@@ -196,8 +202,8 @@ class BlockGridAnalysis(Analysis):
             table.append([head_label(hd), *cells])
         columns = {g.head: list(g.titles) for g in layout.groups}
         return View(
-            figure=render_static_stages_as_rows(layout),
-            plot=render_plotly(layout),
+            figure=PlacedFigure(place_stages_as_rows(layout)),
+            plot=render_plotly(layout) if request.interactive else None,
             table=table,
             table_headers=[f"head (% grid cells agreeing with its output, {request.readout} readout)", *stage_titles],
             metrics={

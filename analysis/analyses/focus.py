@@ -14,7 +14,15 @@ import numpy as np
 
 from structtoken.config import ModelConfig
 
-from ..grid import GridGroup, GridLayout, Outline, display_size, render_plotly, render_static_stages_as_rows
+from ..grid import (
+    GridGroup,
+    GridLayout,
+    Outline,
+    PlacedFigure,
+    display_size,
+    place_stages_as_rows,
+    render_plotly,
+)
 from ..labels import NORMALIZATION_LABELS, NORMALIZATION_NOTES, head_label
 from ..maps import ImageMaps, normalize_maps, readout_stages, stage_names
 from ..values import rounded
@@ -101,8 +109,8 @@ class Focus(Analysis):
             [head_label(hd), rounded(area[hd]), *self._cells(maps, hd, titles, cells[r])] for r, hd in enumerate(heads)
         ]
         return View(
-            figure=render_static_stages_as_rows(layout),
-            plot=render_plotly(layout),
+            figure=PlacedFigure(place_stages_as_rows(layout)),
+            plot=render_plotly(layout) if request.interactive else None,
             table=table,
             table_headers=[f"head ({class_name}: mean normalised map)", "predicted area %", *titles],
             metrics={

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -38,29 +40,7 @@ class Prediction(Analysis):
             img, pred = F.resize_rgb(img, size), F.resize_nearest(pred, size)
         label = f"{head_label(head)} prediction"
         fig = F.prediction_figure(img, pred, palette, names, alpha=opacity, title=label)
-        f = min(1.0, HOVER_SIDE / max(h, w))
-        size = (max(1, round(h * f)), max(1, round(w * f)))
-        small_pred = F.resize_nearest(maps.pred[head], size)
-        small = F.overlay(F.resize_rgb(maps.image, size), small_pred, palette, alpha=opacity)
-        hover = np.asarray(names, dtype=object)[small_pred.astype(np.int64)]
-        plot = go.Figure(
-            go.Image(
-                z=small,
-                dx=w / size[1],
-                dy=h / size[0],
-                hovertext=hover,
-                hovertemplate="%{hovertext}<br>x=%{x:.0f}, y=%{y:.0f}<extra></extra>",
-            )
-        )
-        plot.update_layout(
-            title={"text": label, "x": 0.5, "xanchor": "center"},
-            template="plotly_white",
-            margin={"l": 10, "r": 10, "t": 40, "b": 10},
-            width=int(min(900, max(400, 640 * w / max(h, 1)))),
-            height=int(min(900, max(300, 640 * h / max(w, 1) if w > h else 640))),
-        )
-        plot.update_xaxes(visible=False)
-        plot.update_yaxes(visible=False)
+        plot = self._plot(maps, head, palette, opacity, label) if request.interactive else None
         heads = list(maps.heads)
         areas = {hd: np.bincount(maps.pred[hd].ravel().astype(np.int64), minlength=len(names)) for hd in heads}
         total = max(1, maps.pred[head].size)
@@ -96,6 +76,38 @@ class Prediction(Analysis):
                 },
             },
         )
+
+    @staticmethod
+    def _plot(
+        maps: ImageMaps, head: str, palette: Sequence[tuple[int, int, int]], opacity: float, label: str
+    ) -> go.Figure:
+        """The overlay as an interactive image (hover: the class), at most HOVER_SIDE long."""
+        names = list(maps.class_names)
+        h, w = maps.image.shape[:2]
+        f = min(1.0, HOVER_SIDE / max(h, w))
+        size = (max(1, round(h * f)), max(1, round(w * f)))
+        small_pred = F.resize_nearest(maps.pred[head], size)
+        small = F.overlay(F.resize_rgb(maps.image, size), small_pred, palette, alpha=opacity)
+        hover = np.asarray(names, dtype=object)[small_pred.astype(np.int64)]
+        plot = go.Figure(
+            go.Image(
+                z=small,
+                dx=w / size[1],
+                dy=h / size[0],
+                hovertext=hover,
+                hovertemplate="%{hovertext}<br>x=%{x:.0f}, y=%{y:.0f}<extra></extra>",
+            )
+        )
+        plot.update_layout(
+            title={"text": label, "x": 0.5, "xanchor": "center"},
+            template="plotly_white",
+            margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            width=int(min(900, max(400, 640 * w / max(h, 1)))),
+            height=int(min(900, max(300, 640 * h / max(w, 1) if w > h else 640))),
+        )
+        plot.update_xaxes(visible=False)
+        plot.update_yaxes(visible=False)
+        return plot
 
     def describe(self, view: View, request: ViewRequest) -> str:
         return (
