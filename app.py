@@ -53,6 +53,7 @@ if __package__:  # installed by pip: this file is structtoken.app, the analysis 
         AnalysisResult,
         Explorer,
         ModelInfo,
+        figure_png_bytes,
         save_downloads,
         save_images,
     )
@@ -66,6 +67,7 @@ else:  # a checkout or a Space: app.py beside the repository's analysis/
         AnalysisResult,
         Explorer,
         ModelInfo,
+        figure_png_bytes,
         save_downloads,
         save_images,
     )
@@ -1384,14 +1386,20 @@ def main() -> None:
 
 
 def warm_up(explorer: Explorer) -> None:
-    """Load the default set and run one small analysis of the synthetic street (errors only logged: the
-    page reports them when a visitor asks)."""
+    """Load the default set and run the page's first analysis of its first example (the synthetic street,
+    at its own size), PNG included: the visitor's first analysis then finds the model loaded, the kernels
+    for that image size ready, and, for that example, its maps cached (errors only logged: the page reports
+    them when a visitor asks)."""
     import numpy as np
 
     try:
         t0 = time.perf_counter()
-        image = np.zeros((64, 96, 3), np.uint8)
-        explorer.analyze(AnalysisRequest(image, model=default_model(), analysis=DEFAULT_ANALYSIS, readout="head"))
+        first = next(iter(example_entries("street")), None)
+        image = first[0] if first else np.zeros((360, 480, 3), np.uint8)
+        result = explorer.analyze(
+            AnalysisRequest(image, model=default_model(), analysis=DEFAULT_ANALYSIS, readout="head", interactive=False)
+        )
+        figure_png_bytes(result)
         log.info("warmed up in %.1f s (model %s loaded)", time.perf_counter() - t0, default_model())
     except Exception as e:  # a missing or offline default set: the first request says so
         log.warning("warm-up skipped: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)

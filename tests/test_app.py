@@ -664,3 +664,42 @@ def test_app_script_sets_the_library_thread_policy() -> None:
         n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("analysis")
     ]
     assert all(n.lineno > first_imports.end_lineno for n in torch_loaders)
+
+
+def test_the_warm_up_leaves_the_first_example_ready(tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's first analysis of its first example, as the browser sends it (decoded pixels), finds the
+    maps the warm-up computed."""
+    import app
+    from analysis.service import AnalysisRequest, Explorer
+
+    monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
+    explorer = Explorer()
+    app.warm_up(explorer)
+    first = app.example_entries("street")[0][0]
+    pixels = np.asarray(Image.open(first).convert("RGB"))
+    result = explorer.analyze(AnalysisRequest(pixels, str(tiny_set), "comparison", readout="head"))
+    assert result.timings["cached"] is True
+
+
+def test_the_page_sends_the_plot_and_the_curves_only_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interactive plot is built only with its tab open; curves already on the page (same set and readout)
+    are skipped, and sent again after a readout change or an error (the page then shows none)."""
+    import gradio as gr
+
+    import app
+    from analysis.service import Explorer
+
+    ui = app.ExplorerUI(Explorer())
+    base = [str(EXAMPLE), "camvid", "comparison", None, None, "shared", -1, 0.5, None, "head"]
+    first = _page(ui.analyze_page(*base, "auto", None, False, None, progress=None))
+    assert first["plot"] is None and first["curves"] is not None and first["state"]["has_curves"]
+    again = _page(
+        ui.analyze_page(*[*base[:5], "per_map", *base[6:]], "auto", None, False, first["state"], progress=None)
+    )
+    assert isinstance(again["curves"], type(gr.skip())) and again["state"]["has_curves"]
+    opened = _page(ui.analyze_page(*base, "auto", None, True, again["state"], progress=None))
+    assert opened["plot"] is not None
+    other = _page(ui.analyze_page(*[*base[:9], "fitted"], "auto", None, False, opened["state"], progress=None))
+    assert other["curves"] is not None and not isinstance(other["curves"], type(gr.skip()))
+    after_error = _page(ui.analyze_page(*base, "auto", None, False, None, progress=None))  # state cleared
+    assert after_error["curves"] is not None
