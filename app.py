@@ -99,9 +99,8 @@ def default_model() -> str:
 
 TITLE = "StructToken Explorer"
 INTRO = """
-**StructToken Explorer**: block by block, how StructToken heads (Lin et al.,
-[arXiv:2203.12612](https://arxiv.org/abs/2203.12612)) and per-pixel heads build their class maps.
-Upload an image or pick an example in the sidebar.
+**StructToken Explorer**: how StructToken ([arXiv:2203.12612](https://arxiv.org/abs/2203.12612)) and
+per-pixel heads build their class maps, block by block.
 """
 HELP = """
 * **Paper comparison** (the paper's Fig. 3, stages as rows): a column per class and head, the chosen StructToken

@@ -363,8 +363,9 @@ def render_static(layout: GridLayout, dpi: int = 100) -> Figure:
 PAGE_WIDTH_PX = 1030
 """The page shows the figure about this wide at a 1400 px window with the sidebar open: the figure is
 drawn at this width, so it is shown one figure pixel per screen pixel and its text at its true size."""
-PAGE_MAX_HEIGHT_PX = 820
-"""The figure's height is kept under this (a 900 px window, less the page's margins): maps shrink to fit."""
+PAGE_MAX_HEIGHT_PX = 750
+"""The figure's height is kept under this (a 900 px window less the page's header, ~140 px, so the whole
+figure is on screen): maps shrink to fit."""
 MIN_MAP_PX = 40
 MAX_MAP_PX = 240
 FIGURE_DPI = 100
@@ -494,6 +495,11 @@ def _stacked(
     return [Label(s, x, y + i * step, anchor, size, **kw) for i, s in enumerate(lines)]
 
 
+def _common_size(texts: Sequence[str], max_px: float, size: float, max_lines: int) -> float:
+    """The one font size at which every text of ``texts`` fits ``max_px`` (as :func:`fit_text` shrinks them)."""
+    return min((fit_text(t, max_px, size, bold=True, max_lines=max_lines)[1] for t in texts), default=size)
+
+
 def _tick_labels(values: Sequence[float]) -> list[str]:
     """Fewest decimals (one at least, as matplotlib's colour bars) that tell the values apart."""
     for d in range(1, 4):
@@ -525,9 +531,20 @@ def place_stages_as_rows(
     gap = 3
     class_gap = 10 if n_groups > 1 else gap
     head_lines = 2 if n_groups > 1 else 0
-    top = int((2.2 if layout.title else 0.4) * 1.5 * fpx + (2.6 + 1.3 * head_lines) * fpx)
-    note_lines = 3 if layout.note else 0
-    bottom = int(2.8 * fpx + note_lines * 1.3 * 0.9 * fpx + 8)
+    line = _LINE_SPACING * FIGURE_DPI / 72.0  # a line's height per point of font size
+    # top: the title, the row (class) labels over a rule, the head labels (up to two lines each)
+    title_h = (0.4 * fpx + 1.3 * fs * line + 0.3 * fpx) if layout.title else 0.3 * fpx
+    head_h = head_lines * (fs - 0.5) * line + 0.3 * fpx
+    row_lines = 1 if n_groups > 1 else 2  # a single group's column labels (the focus view's heads) may wrap
+    row_h = row_lines * (fs + 1) * line + 4
+    top = math.ceil(title_h + row_h + head_h)
+    # bottom: the colour bar and its ticks, then the note (its lines as fitted to the width, at most 3)
+    bar_h = 0.5 * fpx + round(0.9 * fpx) + _TICK_PX + 1 + _TICK_FS * line + 4
+
+    def note_fit(width: float) -> tuple[list[str], float]:
+        return fit_text(layout.note, width - 2 * right, 0.9 * fs, max_lines=3) if layout.note else ([], 0.9 * fs)
+
+    bottom = math.ceil(bar_h + len(note_fit(width_px)[0]) * 0.9 * fs * line + 4)
     n_stage = len(stage_titles) + 1  # + the image row
     avail_w = width_px - left - right - (n_cols - n_rows_l) * gap - (n_rows_l - 1) * class_gap
     w = int(np.clip(avail_w / n_cols, MIN_MAP_PX, MAX_MAP_PX))
@@ -566,38 +583,43 @@ def place_stages_as_rows(
             y = (s + 1) * (h + gap)
             mosaic[y : y + h, cx : cx + w] = rgb
     fig_w = max(min(width_px, 640), left + mosaic_w + right)  # no blank band beside a narrow grid
+    note_lines, note_size = note_fit(fig_w)  # a narrower figure may need one more line
+    bottom = math.ceil(bar_h + len(note_lines) * note_size * line + 4)
     fig_h = top + mosaic_h + bottom
     labels: list[Label] = []
     rules: list[tuple[float, float, float, str, float]] = []
     for s, name in enumerate(["image", *stage_titles]):
         labels += _stacked(name, left - 0.6 * fpx, top + s * (h + gap) + h / 2, "rm", left - 8, fs)
+    # column labels of one kind share one font size (the smallest any of them needs to fit)
+    row_w = n_groups * w + (n_groups - 1) * gap
+    row_size = _common_size([str(r) for r in layout.rows], row_w, fs + 1, row_lines)
+    head_size = _common_size([head_label(g.head) for g in groups], w + gap - 2, fs - 0.5, 2)
     for r in range(n_rows_l):
         xs = [left + cx for rr, _, cx in col_x if rr == r]
         x0, x1 = xs[0], xs[-1] + w
-        y_row = top - (0.5 + 1.3 * head_lines) * fpx
-        labels += _stacked(str(layout.rows[r]), (x0 + x1) / 2, y_row, "md", x1 - x0, fs + 1, bold=True)
+        y_row = top - head_h - 3
+        labels += _stacked(str(layout.rows[r]), (x0 + x1) / 2, y_row, "md", x1 - x0, row_size, max_lines=row_lines,
+                           bold=True)  # fmt: skip
         if n_groups > 1:
             rules.append((x0, x1, y_row + 0.15 * fpx, "#666666", 1.0))
             for rr, gi, cx in col_x:
                 if rr == r:
                     hd = groups[gi].head
                     labels += _stacked(
-                        head_label(hd), left + cx + w / 2, top - 0.3 * fpx, "md", w + gap - 2, fs - 0.5,
+                        head_label(hd), left + cx + w / 2, top - 0.3 * fpx, "md", w + gap - 2, head_size,
                         max_lines=2, bold=True, color=F.head_color(hd),
                     )  # fmt: skip
     # the colour bar under the maps, its ticks under it and its label beside it
     cb_w, cb_h = int(min(260, mosaic_w * 0.4)), round(0.9 * fpx)
-    cb_y = round(fig_h - (bottom - 1.1 * fpx))
+    cb_y = round(top + mosaic_h + 0.5 * fpx)
     ticks = [layout.vmin, (layout.vmin + layout.vmax) / 2, layout.vmax]
     label_x = left + cb_w + 0.8 * fpx
     labels += _stacked(layout.colorbar_label, label_x, cb_y + cb_h / 2, "lm", fig_w - label_x - right, fs)
     if layout.title:
         labels += _stacked(layout.title, fig_w / 2, 0.4 * fpx, "ma", fig_w - 2 * right, 1.3 * fs)
-    if layout.note:
-        lines, size = fit_text(layout.note, fig_w - 2 * right, 0.9 * fs, max_lines=note_lines)
-        step = _LINE_SPACING * size * FIGURE_DPI / 72.0
-        for i, s in enumerate(lines):
-            labels.append(Label(s, right, fig_h - 4 - (len(lines) - 1 - i) * step, "ld", size, color=NOTE_GREY))
+    step = note_size * line
+    for i, s in enumerate(note_lines):
+        labels.append(Label(s, right, fig_h - 4 - (len(note_lines) - 1 - i) * step, "ld", note_size, color=NOTE_GREY))
     return Placement(
         size=(int(fig_w), int(fig_h)),
         mosaic=mosaic,
