@@ -251,6 +251,7 @@ def main() -> None:
     p.add_argument("--image", type=Path, default=HERE / "assets" / "examples" / "street_synthetic.jpg")
     p.add_argument("--image2", type=Path, default=HERE / "assets" / "examples" / "coffee.jpg")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--before", type=Path, default=None, help="an earlier --json: print both against the targets")
     p.add_argument("--soak", type=int, default=0, help="instead: this many API requests asking for every download")
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--budget-mb", type=float, default=40.0, help="the temp area's budget during --soak")
@@ -359,7 +360,8 @@ def main() -> None:
                 pg.wait_for_timeout(300)
                 box = pg.evaluate(FIGURE_BOX)
                 entry: dict[str, Any] = {"displayed_wh": [round(box[0]), round(box[1])], "natural_wh": box[2:4]}
-                entry["fits_viewport_height"] = bool(box[1] <= VIEWPORT["height"])
+                entry["top_px"] = round(box[4])
+                entry["fits_viewport_height"] = bool(box[4] + box[1] <= VIEWPORT["height"])  # all of it on screen
                 if info.get("cell_hw") and box[2]:
                     entry["map_px"] = round(info["cell_hw"][1] * box[0] / box[2], 1)
                 boxes[key] = entry
@@ -375,6 +377,36 @@ def main() -> None:
     print(json.dumps(res, indent=1))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
+    before = json.loads(args.before.read_text()) if args.before else None
+    print(target_table(res, before))
+
+
+def _headline(res: dict[str, Any], key: str) -> Any:
+    """One number per target: a control's median, the first new image, the smallest map, or the value."""
+    if key == "map_px_min":
+        maps = [f["map_px"] for f in res.get("figures", {}).values() if f.get("map_px")]
+        return min(maps) if maps else None
+    value = res.get(key)
+    if isinstance(value, dict):
+        return value.get("median", value.get("first"))
+    return value
+
+
+def target_table(after: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """Markdown: each target of :data:`TARGETS` with the measured figure (before and after when given)."""
+    head = "| target | " + ("before | " if before else "") + "now | met |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for key, goal in TARGETS.items():
+        now = _headline(after, key)
+        met = now is not None and (now >= goal if key == "map_px_min" else now <= goal)
+        cells = [f"{key} {'>=' if key == 'map_px_min' else '<='} {goal}"]
+        if before:
+            cells.append(str(_headline(before, key)))
+        cells += [str(now), "yes" if met else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    fits = {k: f.get("fits_viewport_height") for k, f in after.get("figures", {}).items()}
+    lines.append(f"\nwhole figure on screen at 1400x900: {fits}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
