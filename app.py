@@ -656,10 +656,10 @@ def error_box(message: str | None) -> Any:
 
 def clear_for_new_image(image: Any) -> tuple[Any, ...]:
     """A new (or no) image: drop the previous image's results before analysing the new one (the page's
-    outputs, :data:`PAGE_OUTPUT_NAMES`)."""
+    outputs, :data:`PAGE_OUTPUT_NAMES`); the dataset curves, which belong to the set, stay."""
     summary = "*Analysing…*" if _has_image(image) else "*Upload an image or pick an example.*"
     hidden = gr.update(visible=False)
-    return (None, None, None, None, None, summary, None, None, error_box(None), hidden, hidden)
+    return (None, None, None, gr.skip(), None, summary, None, None, error_box(None), gr.skip(), hidden)
 
 
 class ProgressReport:
@@ -736,15 +736,15 @@ class ExplorerUI:
         display: bool = True,
         *,
         interactive: bool = True,
-        shown_curves: tuple[str, str] | None = None,
+        curves: bool = True,
     ) -> tuple[Any, ...]:
         """Run one analysis of ``image``: the outputs of :data:`OUTPUT_NAMES`, then the controls' state.
 
         ``downloads``: which of :data:`DOWNLOADS` to write (a list, or one name); none by default, so a
         request renders only what it shows. ``display=False`` (a page download) skips the figure and
         overlay images. The page's own calls also say whether its interactive plot is wanted
-        (``interactive``) and which (set, readout) curves it already shows (``shown_curves``: those are not
-        sent again, the curves output is skipped).
+        (``interactive``) and leave out the dataset curves (``curves=False``: the page draws them in an
+        event of their own, :meth:`page_curves`).
 
         Every bad input (an :class:`analysis.service.AnalysisError` or a bad argument) becomes a
         ``gr.Error`` with its message, free of server paths, logged as one line; any other exception
@@ -766,7 +766,7 @@ class ExplorerUI:
                 _downloads_arg(downloads),
                 display,
                 interactive,
-                shown_curves,
+                curves,
             )
         except gr.Error as e:
             e.message = scrub_paths(str(e.message), _payload_path(checkpoint) or "")
@@ -801,7 +801,7 @@ class ExplorerUI:
         downloads: tuple[str, ...],
         display: bool,
         interactive: bool = True,
-        shown_curves: tuple[str, str] | None = None,
+        curves: bool = True,
     ) -> tuple[Any, ...]:
         t0 = time.perf_counter()
         img = image if _is_array(image) else _payload_path(image)
@@ -811,7 +811,6 @@ class ExplorerUI:
             _check_upload(img, "image")
         spec = self.model_spec(model, checkpoint)
         readout_key = _key_of(readout, READOUT_LABELS, "readout", "raw")
-        curves_shown = shown_curves == (spec, readout_key)
         request = AnalysisRequest(
             image=img,
             model=spec,
@@ -823,7 +822,7 @@ class ExplorerUI:
             opacity=_opacity_arg(opacity),
             readout=readout_key,
             interactive=interactive and display,
-            curves=display and not curves_shown,
+            curves=display and curves,
         )
         t_gc = time.perf_counter()
         self.tidy_memory()
@@ -859,14 +858,14 @@ class ExplorerUI:
             "focus_class": metrics.get("focus_class"),
             "image_classes": _classes_by_area(metrics, result.selected_classes),
             "readout": request.readout,
-            "has_curves": result.curves is not None or curves_shown,
+            "has_curves": result.curves_available,
             "has_table": bool(result.table),
         }
         return (
             None if figure is None else str(figure),
             fit_plot(result.plot) if display else None,
             None if overlay is None else str(overlay),
-            gr.skip() if curves_shown and display else fit_plot(result.curves) if display else None,
+            fit_plot(result.curves) if display else None,
             _table_value(result.table, result.table_headers),
             scrub_paths(result.summary or "", spec),
             timings,
@@ -903,27 +902,42 @@ class ExplorerUI:
         """
         # the interactive plot (~0.5 MB of JSON for a comparison, and plotly's drawing in the browser) is
         # built and sent only while its tab is open; opening the tab runs the analysis again (from the cache).
-        # The dataset curves already on the page (the last run's set and readout) are not sent again.
+        # The dataset curves follow in an event of their own (page_curves), so the figure does not wait for
+        # plotly to draw them, and they are sent only when the set or the readout changes.
         plot_open = bool(args[12]) if len(args) > 12 else True
-        last = args[13] if len(args) > 13 and isinstance(args[13], dict) else None
-        shown = (last["spec"], last["readout"]) if last and last.get("has_curves") else None
         try:
-            out = self.analyze_image(
-                *self._page_api_args(args), progress=progress, interactive=plot_open, shown_curves=shown
-            )
+            out = self.analyze_image(*self._page_api_args(args), progress=progress, interactive=plot_open, curves=False)
         except gr.Error as e:
-            empty = (None, None, None, None, None, "", None, None)
-            return (*empty, error_box(str(e.message)), gr.update(visible=False), gr.update(visible=False))
+            empty = (None, None, None, gr.skip(), None, "", None, None)
+            return (*empty, error_box(str(e.message)), gr.skip(), gr.update(visible=False))
         state = out[-1]
         return (
             out[0],
             out[1] if plot_open else None,
-            *out[2:7],
+            out[2],
+            gr.skip(),  # the curves: page_curves
+            *out[4:7],
             state,
             error_box(None),
-            gr.update(visible=bool(state.get("has_curves"))),
+            gr.skip(),  # the curves' section: page_curves
             gr.update(visible=bool(state.get("has_table"))),
         )
+
+    def page_curves(self, state: dict[str, Any] | None, shown: Any) -> tuple[Any, Any, Any]:
+        """The dataset curves after a page run: (curves, their section, the (set, readout) now shown). Sent
+        only when the run's set or readout differs from what the page shows; hidden after a refused run
+        or for a set without a shipped report."""
+        if not state or not state.get("has_curves"):
+            return None, gr.update(visible=False), None
+        key = [state["spec"], state["readout"]]
+        if shown == key:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            fig = self.explorer.dataset_curves(state["spec"], state["readout"])
+        except Exception:  # a report that became unreadable: no curves, the run itself said what it could
+            log.exception("dataset curves failed")
+            fig = None
+        return fit_plot(fig), gr.update(visible=fig is not None), key if fig is not None else None
 
     def analyze_if_image(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
         """The page's analysis re-run by its controls: nothing without an image."""
@@ -1266,7 +1280,8 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
 
         inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
         outputs = [figure, plot, overlay, curves, table, summary, timings, *api_files, state]
-        page_inputs = [*inputs, class_mode, focus_pick, plot_open, state]
+        page_inputs = [*inputs, class_mode, focus_pick, plot_open]
+        curves_shown = gr.State(None)  # the (set, readout) whose dataset curves the page shows
         page_outputs = [*outputs[:7], state, error, curves_box, table_box]
         controls = [analysis, availability, head, block, classes, normalize, readout]
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
@@ -1284,9 +1299,9 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             dep.success(ui.controls_from_result, inputs=[state, class_mode], outputs=[*controls, focus_class], **quiet)
 
         def page_run(dep: Any, fn: Callable, **kw: Any) -> None:
-            then_fit(
-                dep(fn, inputs=page_inputs, outputs=page_outputs, preprocess=False, concurrency_id="analyze", **kw)
-            )
+            ran = dep(fn, inputs=page_inputs, outputs=page_outputs, preprocess=False, concurrency_id="analyze", **kw)
+            then_fit(ran)
+            ran.then(ui.page_curves, inputs=[state, curves_shown], outputs=[curves, curves_box, curves_shown], **quiet)
 
         # the API: one call returns what it shows and the downloads it asks for (``downloads``: any of
         # png, pdf, npz, json); errors come back as errors. The page uses the same function without

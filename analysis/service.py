@@ -118,8 +118,9 @@ class AnalysisRequest:
         readout: how stages are read as class scores, one of :data:`READOUTS`.
         interactive: build the interactive plotly view (False: ``plot`` is None, a cheaper request; the page
             asks for it only while its tab is open).
-        curves: put the set's dataset curves into the result (False: ``curves`` is None; a page that already
-            shows them for this set and readout).
+        curves: put the set's dataset curves into the result (False: ``curves`` is None, a cheaper request;
+            ``curves_available`` still says whether the set has them: a page that draws them on its own,
+            :meth:`Explorer.dataset_curves`).
     """
 
     image: Any
@@ -172,6 +173,7 @@ class AnalysisResult:
     classes: list[str]
     selected_classes: list[str]
     available: dict[str, str | None] = field(default_factory=dict)
+    curves_available: bool = False
 
     @property
     def figure(self) -> Figure | None:
@@ -557,6 +559,7 @@ class Explorer:
             classes=names,
             selected_classes=[names[c] for c in class_ids],
             available={name: a.supported(cfg) for name, a in ANALYSES.items()},
+            curves_available=curves is not None,
         )
 
     def _validate(self, request: AnalysisRequest) -> tuple[Analysis, str, torch.device]:
@@ -731,6 +734,12 @@ class Explorer:
         return maps, False, maps.seconds
 
     # ------------------------------------------------------------------------------- reports
+    def dataset_curves(self, spec: str, readout: str = "raw") -> go.Figure | None:
+        """The set's dataset-level per-block curves under ``readout`` (a copy: the caller may restyle it), or
+        None without a shipped report."""
+        curves = self._report(str(spec).strip(), readout)[1]
+        return None if curves is None else go.Figure(curves.to_dict(), _validate=False)
+
     def shipped_report(self, spec: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The dataset report (``metrics.json`` of ``python -m analysis report``) shipped with a set, or
         None when there is none (or it cannot be read). See :func:`report_path` for where it is looked for."""

@@ -463,7 +463,8 @@ def test_page_errors_stay_in_the_results_area_without_server_paths(
     assert notice["visible"] is True and "fake.safetensors" in notice["value"]
     assert str(fake.parent) not in notice["value"] and tempfile.gettempdir() not in notice["value"]
     assert out["figure"] is None and out["state"] is None  # no figure, no state: the controls stay as they were
-    assert out["curves_box"]["visible"] is False and out["table_box"]["visible"] is False  # no empty sections
+    assert out["table_box"]["visible"] is False  # no empty sections: the table's, and the curves' (their event)
+    assert ui.page_curves(out["state"], ["camvid", "raw"])[1]["visible"] is False
     records = [r for r in caplog.records if r.name == "structtoken.app"]
     assert len(records) == 1 and records[0].exc_info is None  # one line, no traceback
     assert "\n" not in records[0].getMessage()
@@ -681,25 +682,27 @@ def test_the_warm_up_leaves_the_first_example_ready(tiny_set: Path, monkeypatch:
     assert result.timings["cached"] is True
 
 
-def test_the_page_sends_the_plot_and_the_curves_only_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The interactive plot is built only with its tab open; curves already on the page (same set and readout)
-    are skipped, and sent again after a readout change or an error (the page then shows none)."""
+def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
+    """The interactive plot is built only with its tab open; the dataset curves come in an event of their own
+    (the figure does not wait for plotly), sent only for a new set or readout, hidden after a refused run."""
     import gradio as gr
 
     import app
     from analysis.service import Explorer
 
     ui = app.ExplorerUI(Explorer())
+    skip = type(gr.skip())
     base = [str(EXAMPLE), "camvid", "comparison", None, None, "shared", -1, 0.5, None, "head"]
-    first = _page(ui.analyze_page(*base, "auto", None, False, None, progress=None))
-    assert first["plot"] is None and first["curves"] is not None and first["state"]["has_curves"]
-    again = _page(
-        ui.analyze_page(*[*base[:5], "per_map", *base[6:]], "auto", None, False, first["state"], progress=None)
-    )
-    assert isinstance(again["curves"], type(gr.skip())) and again["state"]["has_curves"]
-    opened = _page(ui.analyze_page(*base, "auto", None, True, again["state"], progress=None))
-    assert opened["plot"] is not None
-    other = _page(ui.analyze_page(*[*base[:9], "fitted"], "auto", None, False, opened["state"], progress=None))
-    assert other["curves"] is not None and not isinstance(other["curves"], type(gr.skip()))
-    after_error = _page(ui.analyze_page(*base, "auto", None, False, None, progress=None))  # state cleared
-    assert after_error["curves"] is not None
+    first = _page(ui.analyze_page(*base, "auto", None, False, progress=None))
+    assert first["plot"] is None and isinstance(first["curves"], skip) and first["state"]["has_curves"]
+    curves, box, shown = ui.page_curves(first["state"], None)
+    assert curves is not None and box["visible"] and shown == [first["state"]["spec"], "head"]
+    per_map = [*base[:5], "per_map", *base[6:]]
+    again = _page(ui.analyze_page(*per_map, "auto", None, True, progress=None))
+    assert again["plot"] is not None  # the Interactive tab is open
+    assert all(isinstance(x, skip) for x in ui.page_curves(again["state"], shown))  # same set and readout
+    other = _page(ui.analyze_page(*[*base[:9], "fitted"], "auto", None, False, progress=None))
+    curves, box, shown2 = ui.page_curves(other["state"], shown)
+    assert curves is not None and shown2 == [other["state"]["spec"], "fitted"]
+    refused = _page(ui.analyze_page(None, *base[1:], "auto", None, False, progress=None))
+    assert refused["state"] is None and ui.page_curves(refused["state"], shown2)[1]["visible"] is False
