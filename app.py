@@ -627,6 +627,11 @@ DOWNLOAD_LABELS = {"png": "Figure PNG", "pdf": "Figure PDF", "npz": "Maps .npz",
 SAVE_DOWNLOAD_JS = """() => { setTimeout(() => {
   const a = document.querySelector('#st-download a[download], #st-download a[href]'); if (a) a.click(); }, 100); }"""
 """Browser-side: once a download button's file is rendered, save it (the file box keeps a link too)."""
+AFTER_FIGURE_JS = """() => new Promise(done => { const t0 = performance.now(); const wait = () => {
+  const i = document.querySelector('#st-figure img');
+  if (!i || (i.complete && i.naturalWidth > 0) || performance.now() - t0 > 3000) done(); else setTimeout(wait, 25); };
+  wait(); })"""
+"""Resolves once the page's figure has loaded (or after 3 s): the dataset curves wait for it."""
 RELAYOUT_PLOTS_JS = """() => { setTimeout(() => window.dispatchEvent(new Event("resize")), 60); }"""
 """Browser-side: after the Interactive tab opens, a window resize event makes Gradio's responsive plotly
 figures re-measure their now visible container (plotly is bundled, there is no ``window.Plotly``)."""
@@ -1301,7 +1306,10 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         def page_run(dep: Any, fn: Callable, **kw: Any) -> None:
             ran = dep(fn, inputs=page_inputs, outputs=page_outputs, preprocess=False, concurrency_id="analyze", **kw)
             then_fit(ran)
-            ran.then(ui.page_curves, inputs=[state, curves_shown], outputs=[curves, curves_box, curves_shown], **quiet)
+            # the curves once the figure is on screen (plotly's drawing would otherwise hold up its display)
+            ran.then(fn=None, js=AFTER_FIGURE_JS, **quiet).then(
+                ui.page_curves, inputs=[state, curves_shown], outputs=[curves, curves_box, curves_shown], **quiet
+            )
 
         # the API: one call returns what it shows and the downloads it asks for (``downloads``: any of
         # png, pdf, npz, json); errors come back as errors. The page uses the same function without
@@ -1339,8 +1347,11 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             **quiet,
         )
         page_run(cleared.then, ui.analyze_if_image, api_visibility="private")
+        # a control change redraws from the cached maps in a fraction of a second: outside the queue it is
+        # answered ~0.1 s sooner (no queue round trips). ZeroGPU runs its GPU work in queued events: queued there.
+        direct = {} if _on_spaces() else {"queue": False}
         for control in (head, normalize, block, readout):
-            page_run(control.input, ui.analyze_if_image, **private)
+            page_run(control.input, ui.analyze_if_image, **direct, **private)
         page_run(opacity.release, ui.analyze_if_image, **private)
         focused = focus_class.input(lambda c: c, inputs=focus_class, outputs=focus_pick, **quiet)
         page_run(focused.then, ui.analyze_if_image, **private)
