@@ -82,18 +82,30 @@ HEAD_COLORS: dict[str, str] = {
     "pwe": "#D55E00",  # vermillion
     "per_pixel": "#4D4D4D",  # dark grey
     "per_pixel_ds": "#E69F00",  # orange
+    "fcn": "#CC79A7",  # reddish purple
+    "segmenter": "#56B4E9",  # sky blue
 }
 #: Colours for heads not in :data:`HEAD_COLORS`, picked by a stable hash of the name.
 FALLBACK_HEAD_COLORS: tuple[str, ...] = ("#CC79A7", "#56B4E9", "#8C564B", "#9467BD", "#BCBD22", "#17BECF")
 
 #: Marker per head in line plots (so heads stay distinguishable in greyscale).
-HEAD_MARKERS: dict[str, str] = {"cse": "o", "sse": "s", "pwe": "^", "per_pixel": "D", "per_pixel_ds": "v"}
+HEAD_MARKERS: dict[str, str] = {
+    "cse": "o",
+    "sse": "s",
+    "pwe": "^",
+    "per_pixel": "D",
+    "per_pixel_ds": "v",
+    "fcn": "P",
+    "segmenter": "X",
+}
 _PLOTLY_MARKERS: dict[str, str] = {
     "o": "circle",
     "s": "square",
     "^": "triangle-up",
     "D": "diamond",
     "v": "triangle-down",
+    "P": "cross",
+    "X": "x",
 }
 
 #: Pretty metric names.

@@ -10,6 +10,8 @@ HEAD_LABELS: dict[str, str] = {
     "pwe": "StructToken-PWE",
     "per_pixel": "Per-pixel",
     "per_pixel_ds": "Per-pixel + deep sup.",
+    "fcn": "FCN",
+    "segmenter": "Segmenter",
     "linear": "Linear",
 }
 
