@@ -27,15 +27,16 @@ DEFAULT_OUT = ROOT / "docs" / "img" / "comparison.png"
 
 
 def render(image: Path, model: str = "camvid", head: str = "sse", readout: str = "head") -> bytes:
-    """The comparison figure of ``image`` as PNG bytes, at the figure's own size."""
-    from analysis import figures as F
-    from analysis.service import AnalysisRequest, Explorer
+    """The comparison figure of ``image`` as PNG bytes, at the figure's own size: the page's PNG."""
+    from analysis.service import AnalysisRequest, Explorer, figure_png_bytes
 
-    request = AnalysisRequest(image=str(image), model=model, analysis="comparison", head=head, readout=readout)
+    request = AnalysisRequest(
+        image=str(image), model=model, analysis="comparison", head=head, readout=readout, interactive=False
+    )
     result = Explorer().analyze(request)
-    if result.figure is None:
+    if result.static is None:
         raise RuntimeError("the comparison drew no figure")
-    return F.figure_to_png_bytes(result.figure)
+    return figure_png_bytes(result)
 
 
 def shrink(png: bytes, width: int, colours: int = 128) -> bytes:
