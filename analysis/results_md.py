@@ -30,6 +30,7 @@ SOURCES = {
     "final": "assets/camvid/val_results.json",
     "report": "assets/camvid/report/metrics.json",
     "runs": "assets/camvid/v2/runs",
+    "v2claims": "assets/camvid/v2/claims.json",
 }
 
 
@@ -170,6 +171,24 @@ def v2_block(folder: Path) -> list[str]:
     return lines
 
 
+def v2_claims_block(path: Path) -> list[str]:
+    """Set v2's claims (``python -m analysis claims --runs``): StructToken minus each baseline per block, paired
+    by seed over the seeds both runs have, mIoU and mask AP."""
+    if not path.is_file():
+        return ["(no set-v2 claims yet: `python -m analysis claims --runs assets/camvid/v2/runs --out " + str(
+            SOURCES["v2claims"]) + "`)"]  # fmt: skip
+    data = json.loads(path.read_text())
+    meta = data.get("meta") or {}
+    seeds = ", ".join(str(s) for s in meta.get("seeds", []))
+    lines = [
+        f"From `{SOURCES['v2claims']}` (`{meta.get('command', 'python -m analysis claims')}`): seeds {seeds} of "
+        f"stage 2, CamVid val (101 images), paired by seed; {meta.get('interval', '')}. Not yet the set-v2 result "
+        "while seeds are missing.",
+        "",
+    ]
+    return lines + claims_table(data["claims"], "miou") + claims_table(data["claims"], "mask_ap")
+
+
 def blocks(root: Path = ROOT) -> dict[str, list[str]]:
     """Every generated block by name (README's ``headline`` and the ``docs/results.md`` blocks)."""
     val = json.loads((root / SOURCES["final"]).read_text())
@@ -185,6 +204,7 @@ def blocks(root: Path = ROOT) -> dict[str, list[str]]:
         "claims": claims_block(report),
         "probe": probe_block(report),
         "v2": v2_block(root / SOURCES["runs"]),
+        "v2claims": v2_claims_block(root / SOURCES["v2claims"]),
     }
 
 
@@ -206,7 +226,7 @@ def render(root: Path = ROOT) -> dict[Path, str]:
         )
     }
     text = docs.read_text()
-    for name in ("final", "stages", "claims", "probe", "v2"):
+    for name in ("final", "stages", "claims", "probe", "v2", "v2claims"):
         text = _replace(
             text, f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->", b[name], "docs/results.md"
         )

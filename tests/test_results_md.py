@@ -15,7 +15,7 @@ def test_readme_and_results_doc_match_the_shipped_json():
 
 
 def _copy(tmp: Path) -> Path:
-    for rel in ("README.md", "docs/results.md", SOURCES["final"], SOURCES["report"]):
+    for rel in ("README.md", "docs/results.md", SOURCES["final"], SOURCES["report"], SOURCES["v2claims"]):
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp / rel)
     runs = ROOT / SOURCES["runs"]
@@ -39,3 +39,15 @@ def test_an_edited_number_or_a_changed_result_is_caught(tmp_path):
     for path, new in render(root).items():
         path.write_text(new)
     assert stale_files(root) == [] and "| 53.18 |" in readme.read_text()
+
+
+def test_the_set_v2_claims_follow_their_json(tmp_path):
+    root = _copy(tmp_path)
+    claims = root / SOURCES["v2claims"]
+    data = json.loads(claims.read_text())
+    data["claims"]["head"]["per_pixel"]["cse"][0]["diff_mean"] = 12.345  # a changed claim, docs not regenerated
+    claims.write_text(json.dumps(data))
+    assert stale_files(root) == [root / "docs/results.md"]
+    for path, new in render(root).items():
+        path.write_text(new)
+    assert stale_files(root) == [] and "+12.3" in (root / "docs/results.md").read_text()
