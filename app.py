@@ -44,33 +44,17 @@ from structtoken.assets import CHECKOUT_ASSETS, asset_path
 from structtoken.errors import StructTokenError
 
 if __package__:  # installed by pip: this file is structtoken.app, the analysis layer structtoken.analysis (setup.py)
-    from .analysis.labels import HEAD_LABELS, NORMALIZATION_LABELS
-    from .analysis.service import (
-        READOUTS,
-        AnalysisError,
-        AnalysisInfo,
-        AnalysisRequest,
-        AnalysisResult,
-        Explorer,
-        ModelInfo,
-        figure_png_bytes,
-        save_downloads,
-        save_images,
-    )
+    from .analysis import labels as _labels
+    from .analysis import service as _service
 else:  # a checkout or a Space: app.py beside the repository's analysis/
-    from analysis.labels import HEAD_LABELS, NORMALIZATION_LABELS
-    from analysis.service import (
-        READOUTS,
-        AnalysisError,
-        AnalysisInfo,
-        AnalysisRequest,
-        AnalysisResult,
-        Explorer,
-        ModelInfo,
-        figure_png_bytes,
-        save_downloads,
-        save_images,
-    )
+    from analysis import labels as _labels
+    from analysis import service as _service
+
+HEAD_LABELS, NORMALIZATION_LABELS = _labels.HEAD_LABELS, _labels.NORMALIZATION_LABELS
+READOUTS = _service.READOUTS
+AnalysisError, AnalysisInfo, AnalysisRequest = _service.AnalysisError, _service.AnalysisInfo, _service.AnalysisRequest
+AnalysisResult, Explorer, ModelInfo = _service.AnalysisResult, _service.Explorer, _service.ModelInfo
+figure_png_bytes, save_downloads, save_images = _service.figure_png_bytes, _service.save_downloads, _service.save_images
 
 ROOT = CHECKOUT_ASSETS.parent
 """The checkout's root (where ../shared/data/camvid is looked for)."""
