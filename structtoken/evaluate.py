@@ -147,8 +147,9 @@ def _public_name(spec: str) -> str:
 
 
 def training_seed(spec: str) -> int | None:
-    """The seed the set ``spec`` (``camvid``, or one of our safetensors files) was trained with, from the
-    ``train_config`` of its metadata; None when not recorded (registry names, official checkpoints)."""
+    """The seed the set ``spec`` (``camvid``, or one of our safetensors files) was trained with: the ``train_config``
+    of its metadata, or, for a set assembled from head files (:mod:`structtoken.sets`), the seed every part
+    records; None when not recorded or when the parts' seeds differ (registry names, official checkpoints)."""
     from .assets import EMBEDDED
     from .checkpoint import read_metadata
 
@@ -156,7 +157,12 @@ def training_seed(spec: str) -> int | None:
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:
-        seed = json.loads(read_metadata(path).get("train_config", "{}")).get("seed")
+        meta = read_metadata(path)
+        seed = json.loads(meta.get("train_config", "{}")).get("seed")
+        if seed is None:
+            parts = json.loads(meta.get("provenance", "{}")).get("parts") or []
+            seeds = {p.get("seed") for p in parts if isinstance(p, dict)}
+            seed = seeds.pop() if len(seeds) == 1 else None
     except (OSError, ValueError, AttributeError):
         return None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,30 @@ def read_heads(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return load_file(str(path)), json.loads(meta_raw[HEADS_KEY])
 
 
+def backbone_digest(path: str | Path) -> tuple[str, str]:
+    """(file name, sha256) identifying the backbone of the set file ``path``: the backbone file an assembled set
+    records in its provenance (its backbone was copied from there unchanged), else the set file itself. Head files
+    record the same pair for the backbone they were trained on, so a set assembled from a backbone file can
+    serve as the backbone of later assemblies and probes."""
+    path = Path(path)
+    try:
+        carried = json.loads(read_metadata(path).get("provenance") or "{}").get("backbone") or {}
+    except (ValueError, AttributeError):
+        carried = {}
+    if isinstance(carried, dict) and isinstance(carried.get("sha256"), str):
+        return str(carried.get("file") or path.name), carried["sha256"]
+    return path.name, file_sha256(path)
+
+
+def _check_trained_on(head_file: str | Path, meta: dict[str, Any], backbone: str | Path, digest: str) -> None:
+    origin = ((meta.get("provenance") or {}).get("backbone") or {}).get("sha256")
+    if origin != digest:
+        raise SetAssemblyError(
+            f"{Path(head_file).name}: its heads were trained on backbone {str(origin)[:12]}, not on "
+            f"{Path(backbone).name}'s ({digest[:12]})"
+        )
+
+
 def assemble_set(
     backbone: str | Path,
     head_files: Sequence[str | Path],
@@ -87,22 +112,18 @@ def assemble_set(
     """One set: the backbone of the set file ``backbone`` and the heads of ``head_files`` (in that order),
     written to ``out`` (``dtype`` storage) with the parts' fitted readouts merged beside it
     (``<out stem>.readouts.safetensors``) when every part has one. Every head file must record, in its
-    provenance, a backbone with ``backbone``'s sha256 (it was trained on it); configs must agree on everything but
-    the heads. Returns the assembled model."""
-    digest = file_sha256(backbone)
-    base = load_model(backbone)
+    provenance, the backbone ``backbone`` carries (:func:`backbone_digest`: it was trained on it); configs must
+    agree on everything but the heads. ``out`` may be ``backbone`` itself (it is read first). Returns the
+    assembled model."""
+    backbone_file, digest = backbone_digest(backbone)
+    base = load_model(backbone, readouts=False)
     cfgs: list[ModelConfig] = []
     states: list[dict[str, torch.Tensor]] = []
     provs = []
     for f in head_files:
         tensors, meta = read_heads(f)
+        _check_trained_on(f, meta, backbone, digest)
         prov = meta.get("provenance") or {}
-        origin = (prov.get("backbone") or {}).get("sha256")
-        if origin != digest:
-            raise SetAssemblyError(
-                f"{Path(f).name}: its heads were trained on backbone {str(origin)[:12]}, not on "
-                f"{Path(backbone).name} ({digest[:12]})"
-            )
         cfgs.append(ModelConfig.from_dict(meta["config"]))
         states.append(tensors)
         provs.append({"file": Path(f).name, "sha256": file_sha256(f), "heads": meta["heads"], **prov})
@@ -118,16 +139,14 @@ def assemble_set(
         cfg = cfg.replace(description=description)
     model = build_model(cfg)
     state = model.state_dict()
+    base_state = base.state_dict()
     for k in state:
         if k.startswith("backbone."):
-            state[k] = base.state_dict()[k].to(state[k].dtype)
+            state[k] = base_state[k].to(state[k].dtype)
     for tensors in states:
         for k, v in tensors.items():
             state[k] = v.to(state[k].dtype)
     model.load_state_dict(state)
-    backbone_origin = {"file": Path(backbone).name, "sha256": digest}
-    meta = {"provenance": json.dumps({"backbone": backbone_origin, "parts": provs})}
-    save_model(model, out, dtype=dtype, metadata=meta)
     parts = []
     for f in head_files:
         rp = readouts_path(f)
@@ -135,6 +154,11 @@ def assemble_set(
             parts = []
             break
         parts.append(FittedReadouts.load(rp))
+    meta = {
+        "provenance": json.dumps({"backbone": {"file": backbone_file, "sha256": digest}, "parts": provs}),
+        "storage": f"{str(dtype).removeprefix('torch.')} (heads trained in float32 on a frozen backbone)",
+    }
+    save_model(model, out, dtype=dtype, metadata=meta)
     if parts:
         lenses = {h: v for p in parts for h, v in p.lenses.items()}
         merged_meta = dict(parts[0].metadata)
@@ -142,7 +166,52 @@ def assemble_set(
         merged_meta["set_file"] = Path(out).name
         merged_meta["merged_from"] = [p.path.name for p in parts if p.path is not None]
         FittedReadouts(lenses=lenses, metadata=merged_meta).save(readouts_path(out))
+    elif readouts_path(out).is_file():  # a readout file of what was there before would not fit these heads
+        readouts_path(out).unlink()
     return load_model(out)
+
+
+@dataclass
+class HeadGroup:
+    """Heads of one head file, built and loaded on their own (no backbone), to run on a set's backbone features.
+
+    Attributes:
+        file: the head file's name; seed: the training seed its provenance records (None when it records none);
+        cfg: the config of a set of just these heads; heads: name -> head module (eval mode, float32).
+    """
+
+    file: str
+    seed: int | None
+    cfg: ModelConfig
+    heads: dict[str, torch.nn.Module]
+
+
+def load_head_group(path: str | Path, backbone: str | Path | None = None) -> HeadGroup:
+    """The heads of the head file ``path`` (:func:`save_heads`) as modules. With ``backbone`` (a set file), the
+    file must record that set's backbone (:func:`backbone_digest`). Heads with ViT blocks of their own
+    (``head_vit``) are refused: they need more than the shared backbone map. Raises :class:`SetAssemblyError`."""
+    from .heads import build_head
+
+    tensors, meta = read_heads(path)
+    if backbone is not None:
+        _check_trained_on(path, meta, backbone, backbone_digest(backbone)[1])
+    cfg = ModelConfig.from_dict(meta["config"])
+    if cfg.head_vit_blocks:
+        raise SetAssemblyError(f"{Path(path).name}: its heads have ViT blocks of their own; load it as a set instead")
+    heads = {}
+    for name in cfg.heads:
+        head = build_head(name, cfg)
+        prefix = f"heads.{name}."
+        own = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = head.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise SetAssemblyError(
+                f"{Path(path).name}: head {name!r} does not fit its config (missing {list(missing)[:3]}, "
+                f"unexpected {list(unexpected)[:3]})"
+            )
+        heads[name] = head.eval()
+    seed = (meta.get("provenance") or {}).get("seed")
+    return HeadGroup(Path(path).name, seed if isinstance(seed, int) else None, cfg, heads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,9 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("--backbone", required=True)
     a.add_argument("--heads", nargs="+", required=True)
     a.add_argument("--out", required=True)
+    a.add_argument("--description", default=None, help="the set's description (default: built from its config)")
     args = p.parse_args(argv)
     try:
-        model = assemble_set(args.backbone, args.heads, args.out)
+        model = assemble_set(args.backbone, args.heads, args.out, description=args.description)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
