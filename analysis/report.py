@@ -58,8 +58,10 @@ from structtoken.readouts import (
     stage_scores,
 )
 from structtoken.segmentor import Segmentor, upsample
+from structtoken.sets import HeadGroup, SetAssemblyError, load_head_group
 
 from . import figures as F
+from . import over_seeds
 from .analyses import COMPARISON, PROBE
 from .claims import block_claims, claims_table
 from .grid import block_grid, render_static
@@ -159,6 +161,8 @@ def evaluate_stages(
     examples: Sequence[int] = (),
     workers: int = 1,
     mask_ap: str = "exact",
+    extra: Sequence[HeadGroup] = (),
+    extra_confusions: dict[tuple[str, str], ConfusionAccumulator] | None = None,
 ) -> tuple[
     dict[str, dict[str, list[StageMetrics]]], dict[int, tuple[ImageMaps, np.ndarray]], int, dict[str, float], dict
 ]:
@@ -175,9 +179,15 @@ def evaluate_stages(
         (readout -> head -> [StageMetrics per stage], example index -> (ImageMaps, label), images
         seen, seconds per phase {"model", "readouts", "upsample", "metrics"} (upsample and metrics
         summed over the worker threads), readout -> head -> reason for each unavailable readout).
+
+    ``extra`` head groups (:func:`structtoken.sets.load_head_group`: heads trained on this set's backbone, e.g.
+    the deep-supervision pairs of other seeds) run on each image's backbone map too; their final logits are
+    upsampled the same way and their confusions accumulated into ``extra_confusions[(file, head)]``.
     """
     if mask_ap not in MASK_AP_FUNCTIONS:
         raise ValueError(f"mask_ap must be one of {', '.join(MASK_AP_FUNCTIONS)}, got {mask_ap!r}")
+    if extra and extra_confusions is None:
+        raise ValueError("extra head groups need an extra_confusions dict to accumulate into")
     ap_fn = MASK_AP_FUNCTIONS[mask_ap]
     cfg = model.cfg
     k = cfg.num_classes
@@ -210,6 +220,15 @@ def evaluate_stages(
                 t1 = time.perf_counter()
                 if i in examples:
                     kept[i] = (image_maps_from_output(image, out, class_names=cfg.class_names(), model=model), label)
+                for group in extra:
+                    for name, head in group.heads.items():
+                        grid = head(out.features.float()).logits[0].float()  # [K, h, w]
+                        pred = argmax_stacks(np.ascontiguousarray(upsample(grid[None], tuple(label.shape)).numpy()))
+                        acc_x = extra_confusions.setdefault(  # type: ignore[union-attr]
+                            (group.file, name), ConfusionAccumulator(k, ignore)
+                        )
+                        acc_x.cm += _confusions(pred, label, k, ignore)[0]
+                        acc_x.num_images += 1
                 uniques: list[torch.Tensor] = []  # [K, h, w] each
                 owner: list[str] = []
                 keys: dict[tuple[str, str, int], int] = {}
@@ -485,6 +504,18 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         *claims_table(result.get("claims") or {}, "miou"),
         *claims_table(result.get("claims") or {}, "mask_ap"),
     ]
+    over = result.get("seeds") or {}
+    if over.get("claims"):
+        files = ", ".join(((meta.get("runs") or {}).get("files")) or [])
+        lines += [
+            "### Over training seeds (committed run results)",
+            "",
+            f"The same comparison from the run results in `{(meta.get('runs') or {}).get('folder')}` "
+            f"({over.get('split')} split; {files}): every seed's StructToken heads paired with that seed's baselines.",
+            "",
+            *claims_table(over["claims"], "miou"),
+            *claims_table(over["claims"], "mask_ap"),
+        ]
     for r, why in (meta.get("unavailable") or {}).items():
         for h, reason in why.items():
             lines.append(f"- {head_label(h)} has no {r} readout: {reason}")
@@ -505,6 +536,7 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         lines += ["", f"Final val mIoU (points) from {srcs}."]
     for c in probe.get("head_vs_head") or []:
         lines.append(f"- {c['verdict']}")
+    lines += _probe_ft_lines(result.get("probe_ft")) + _ablation_lines(result.get("ablation"))
     for r in READOUTS:
         per_head = readouts.get(r) or {}
         shown = [h for h in heads if h in per_head and "blocks" in per_head[h]]
@@ -533,6 +565,46 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
     return "\n".join(lines) + "\n"
 
 
+def _probe_ft_lines(pf: Mapping[str, Any] | None) -> list[str]:
+    if not pf:
+        return []
+    lines = ["", "## Deep-supervision probe with trainable features", "", f"{pf.get('features')}.", ""]
+    lines.append(f"**Verdict:** {pf.get('verdict')}")
+    if pf.get("pairs"):
+        lines += ["", "| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
+        for pr in pf["pairs"]:
+            lines.append(
+                f"| {pr['seed']} | {pr['baseline']:.2f} | {pr['treated']:.2f} | {pr['treated'] - pr['baseline']:+.2f} |"
+            )
+        lines += ["", f"{pf.get('protocol')}, from " + ", ".join(s["source"] for s in pf.get("sources", [])) + "."]
+    return lines
+
+
+def _ablation_lines(ab: Mapping[str, Any] | None) -> list[str]:
+    if not ab:
+        return []
+    heads = list(ab.get("heads") or [])
+    lines = [
+        "",
+        "## Block-count ablation",
+        "",
+        "Final val mIoU (whole image, points), mean ± SD over seeds (one value: a single run, no SD).",
+        "",
+        "| blocks N | seeds | " + " | ".join(head_label(h) for h in heads) + " |",
+        "|---|---|" + "---|" * len(heads),
+    ]
+    for n, g in (ab.get("by_blocks") or {}).items():
+        cells = []
+        for h in heads:
+            sp = (g.get("final_spread") or {}).get(h) or {}
+            if sp.get("mean") is None:
+                cells.append("–")
+            else:
+                cells.append(f"{sp['mean']:.2f}" + (f" ± {sp['sd']:.2f}" if sp.get("sd") is not None else ""))
+        lines.append(f"| {n} | {', '.join(str(x) for x in g.get('seeds', []))} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def stage_input_channels(model: Segmentor) -> dict[str, list[int]]:
     """head -> the width of what the fitted readout reads at each stage (input, blocks, output)."""
     cfg = model.cfg
@@ -558,6 +630,78 @@ def set_file_meta(spec: str) -> dict[str, Any] | None:
     return {"file": path.name, "sha256": file_sha256(path)}
 
 
+def _set_path(model_name: str) -> Path | None:
+    """The set file behind ``model_name`` (the embedded set's or a safetensors path), None for registry names."""
+    from structtoken.assets import EMBEDDED
+
+    path = EMBEDDED.get(model_name) or Path(model_name)
+    return path if path.suffix == ".safetensors" and path.is_file() else None
+
+
+def probe_head_groups(model: Segmentor, model_name: str, files: Sequence[str | Path]) -> list[HeadGroup]:
+    """The head files ``files`` (:func:`structtoken.sets.load_head_group`), each checked to hold a head of the set's
+    and to be trained on the set's backbone (the set file's, when ``model_name`` names one).
+
+    Raises:
+        ValueError: a file that is not a head file of this set's backbone, a set whose heads have ViT blocks of
+        their own, or two files with the same seed (messages name the files).
+    """
+    if not files:
+        return []
+    if model.head_vit:
+        raise ValueError("this set's heads have ViT blocks of their own: probe head files need a shared backbone")
+    backbone = _set_path(model_name)
+    groups = []
+    for f in files:
+        try:
+            g = load_head_group(f, backbone)
+        except (SetAssemblyError, OSError, ValueError, KeyError) as e:
+            raise ValueError(f"probe head file {Path(f).name}: {e}") from None
+        if g.seed is None:
+            raise ValueError(f"probe head file {g.file} records no training seed")
+        if g.cfg.num_classes != model.cfg.num_classes or g.cfg.embed_dim != model.cfg.embed_dim:
+            raise ValueError(f"probe head file {g.file} does not fit this set (classes or width differ)")
+        groups.append(g)
+    return groups
+
+
+def own_pair_sources(
+    readouts: Mapping[str, Any],
+    seed: int | None,
+    model_name: str,
+    groups: Sequence[HeadGroup],
+    extra_cm: Mapping[tuple[str, str], Any],
+) -> list[dict[str, Any]]:
+    """Probe sources (``{"source", "seed", head: final mIoU fraction}``) measured in this report: the set's own
+    heads (final, head readout) when ``groups`` are given and the set's seed is known, then one per head group."""
+    if not groups:
+        return []
+    out = []
+    if seed is not None:
+        own = {h: e["final"]["miou"] / 100.0 for h, e in readouts.get("head", {}).items() if "final" in e}
+        name = _set_path(model_name)
+        out.append({"source": name.name if name else _name_only(model_name), "seed": seed, **own})
+    for g in groups:
+        src: dict[str, Any] = {"source": g.file, "seed": g.seed}
+        for h in g.heads:
+            src[h] = float(extra_cm[(g.file, h)].compute()["miou"])
+        out.append(src)
+    return out
+
+
+def _runs_split(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    splits = {str((r.get("stages") or {}).get("split")) for r in runs if r.get("stages")}
+    return splits.pop() if len(splits) == 1 else None
+
+
+def _ordered_heads(per_seed: Mapping[Any, Mapping[str, Mapping[str, Any]]], first: Sequence[str]) -> list[str]:
+    heads = list(first)
+    for per_r in per_seed.values():
+        for per_head in per_r.values():
+            heads += [h for h in per_head if h not in heads]
+    return heads
+
+
 def _name_only(model: str) -> str:
     """A model given as a checkpoint path is named by its file name; names stay as they are."""
     return Path(model).name if (os.sep in model or Path(model).suffix) else model
@@ -574,18 +718,28 @@ def build_report(
     progress: bool = True,
     workers: int = 1,
     num_examples: int = NUM_EXAMPLES,
+    probe_heads: Sequence[str | Path] = (),
+    runs: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate, write ``metrics.json``, figures and ``report.md`` into ``out_dir``; return the metrics.
 
     ``num_examples`` per-image comparison figures are drawn (they show the dataset's images: use 0 for
-    a report that is shipped where the data may not go)."""
+    a report that is shipped where the data may not go). ``probe_heads``: head files of deep-supervision pairs
+    trained on this set's backbone with other seeds (:func:`probe_head_groups`), evaluated on this split beside
+    the set's own pair. ``runs``: a folder of run results (:mod:`analysis.over_seeds`) whose seed spread,
+    paired claims, probe with trainable features and block-count ablation the report carries."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = collect_probe(probe_json, probe_runs)
+    groups = probe_head_groups(model, model_name, probe_heads)
+    run_results = over_seeds.load_runs(runs) if runs is not None else []
     n_total = len(dataset) if limit is None else min(int(limit), len(dataset))
     examples = sorted({0, n_total // 2})[:num_examples] if n_total and num_examples > 0 else []
-    acc, kept, n, times, unavailable = evaluate_stages(model, dataset, limit, progress, examples, workers)
+    extra_cm: dict[tuple[str, str], Any] = {}
+    acc, kept, n, times, unavailable = evaluate_stages(
+        model, dataset, limit, progress, examples, workers, extra=groups, extra_confusions=extra_cm
+    )
     heads = list(model.cfg.heads)
     widths = stage_input_channels(model)
     readouts: dict[str, dict[str, Any]] = {}
@@ -600,6 +754,8 @@ def build_report(
             elif r == "raw" and h in unavailable[r]:
                 readouts[r][h] = {"applicable": False, "reason": no_paths(unavailable[r][h])}
     seed = training_seed(model_name) if model_name else None
+    sources = [*sources, *own_pair_sources(readouts, seed, model_name, groups, extra_cm)]
+    paired_probe(sources)  # raises for a seed given twice
     result: dict[str, Any] = {
         "meta": {
             "model": _name_only(model_name) or model.cfg.name,
@@ -611,6 +767,8 @@ def build_report(
             "seed": seed,  # the set's training seed (None: unknown)
             "set_file": set_file_meta(model_name),
             "result_files": [{"file": src["source"], "seed": src["seed"]} for src in sources],
+            "probe_head_files": [{"file": g.file, "seed": g.seed} for g in groups],
+            "runs": None if runs is None else {"folder": Path(runs).name, "files": [r["file"] for r in run_results]},
             "readout_definitions": {h: readout_definitions(h, model.heads[h]) for h in heads},
             "fitted_input_channels": widths,
             "n_images": n,
@@ -632,6 +790,15 @@ def build_report(
         "claims": block_claims({seed if seed is not None else 0: readouts}, heads),
         "probe": paired_probe(sources),
     }
+    if run_results:
+        per_seed = over_seeds.stage2_per_seed(run_results)
+        result["seeds"] = {
+            "split": _runs_split(run_results),
+            "stages": over_seeds.stage_spread(per_seed),
+            "claims": block_claims(per_seed, _ordered_heads(per_seed, heads)),
+        }
+        result["probe_ft"] = over_seeds.probe_ft(run_results)
+        result["ablation"] = over_seeds.ablation(run_results)
     figures: dict[str, str] = {}
     curves = {r: as_fractions({h: e for h, e in v.items() if "blocks" in e}) for r, v in readouts.items() if v}
     if curves:
@@ -684,6 +851,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RUNDIR",
         help="training run folders (their log.jsonl final validation), one per seed",
     )
+    p.add_argument(
+        "--probe-heads",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="head files of deep-supervision pairs trained on this set's backbone with other seeds (evaluated here)",
+    )
+    p.add_argument(
+        "--runs",
+        default=None,
+        metavar="DIR",
+        help="folder of run results (python -m analysis run-result): seed spread, claims, probe_ft, ablation",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--workers",
@@ -709,6 +889,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         collect_probe(args.probe_json, args.probe_runs)
+        probe_head_groups(model, str(args.model), args.probe_heads)
+        if args.runs is not None:
+            if not Path(args.runs).is_dir():
+                raise ValueError(f"--runs {Path(args.runs).name}: no such folder")
+            over_seeds.load_runs(args.runs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -724,6 +909,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             workers=max(1, args.workers),
             num_examples=args.examples,
+            probe_heads=args.probe_heads,
+            runs=args.runs,
         )
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,3 +106,93 @@ def test_a_set_assembles_from_head_files_of_its_backbone(finished_runs):
     other = save_model(build_model(tiny_tc().model), tmp / "other_backbone.safetensors")
     with pytest.raises(SetAssemblyError, match="trained on backbone"):
         assemble_set(other, files, tmp / "wrong.safetensors")
+
+
+def _head_files(finished_runs) -> list:
+    tmp, data, _src, runs = finished_runs
+    files = [tmp / "heads" / "st.safetensors", tmp / "heads" / "base.safetensors"]
+    for f, name in zip(files, ("st", "base"), strict=True):  # made here when the tests above did not run first
+        if not f.is_file():
+            args = [
+                str(runs[name]),
+                "--name",
+                name,
+                "--out",
+                str(tmp / "results" / f"{name}.json"),
+                "--data",
+                str(data),
+            ]
+            assert run_result_main([*args, "--heads-out", str(f), "--no-progress"]) == 0
+    return files
+
+
+def test_report_evaluates_other_seeds_pairs_on_the_sets_backbone_and_carries_the_runs(finished_runs, tmp_path):
+    """The probe of a report over head files: another seed's deep-supervision pair, run on the set's backbone map,
+    scores exactly as the same heads inside an assembled set; the run results add spread, claims and ablation."""
+    from analysis.report import build_report
+    from structtoken.data import SegmentationDataset
+    from structtoken.evaluate import training_seed
+    from structtoken.sets import load_head_group
+
+    tmp, data, src, _runs = finished_runs
+    files = _head_files(finished_runs)
+    tc = tiny_tc(freeze_backbone=True, iters=2, log_interval=1, seed=5)
+    tc.model = tc.model.replace(head="per_pixel", extra_heads=("per_pixel_ds",))
+    tc.recipe = "tiny_stage2"
+    Trainer(tc, data, tmp_path / "seed5", torch.device("cpu"), init_from=str(src), progress=False).run()
+    seed5 = tmp_path / "seed5.safetensors"
+    args = [
+        str(tmp_path / "seed5"),
+        "--name",
+        "seed5",
+        "--out",
+        str(tmp / "results" / "seed5.json"),
+        "--data",
+        str(data),
+    ]
+    assert run_result_main([*args, "--heads-out", str(seed5), "--no-progress"]) == 0
+    assert load_head_group(seed5, src).seed == 5
+
+    set_path = tmp_path / "set.safetensors"
+    model = assemble_set(src, files, set_path)
+    ds = SegmentationDataset(data, "val")
+    res = build_report(
+        model, ds, tmp_path / "rep", str(set_path), progress=False, num_examples=0, probe_heads=[seed5],
+        runs=tmp / "results",
+    )  # fmt: skip
+    pairs = {p["seed"]: p for p in res["probe"]["pairs"]}
+    own_seed = training_seed(str(set_path))  # the seed both head files record
+    assert own_seed is not None
+    assert sorted(pairs) == sorted([own_seed, 5])
+    # the same heads inside a set: the report's final mIoU of that set's pair is what the extra path gave
+    alone = assemble_set(src, [files[0], seed5], tmp_path / "set5.safetensors")
+    res5 = build_report(
+        alone, ds, tmp_path / "rep5", str(tmp_path / "set5.safetensors"), progress=False, num_examples=0
+    )
+    final = res5["readouts"]["head"]
+    assert pairs[5]["baseline"] == pytest.approx(final["per_pixel"]["final"]["miou"], abs=1e-9)
+    assert pairs[5]["treated"] == pytest.approx(final["per_pixel_ds"]["final"]["miou"], abs=1e-9)
+    assert res["meta"]["probe_head_files"] == [{"file": "seed5.safetensors", "seed": 5}]
+    assert res["meta"]["runs"]["folder"] == "results" and "seed5.json" in res["meta"]["runs"]["files"]
+    assert set(res["seeds"]["stages"]["head"]) >= {"cse", "pwe", "per_pixel", "per_pixel_ds"}
+    assert res["seeds"]["claims"]["head"]["per_pixel"]["cse"][0]["n"] >= 1
+    assert str(tmp) not in (tmp_path / "rep" / "metrics.json").read_text()  # no machine paths
+    with pytest.raises(ValueError, match="trained on backbone"):
+        other = save_model(build_model(tiny_tc().model), tmp_path / "other.safetensors")
+        build_report(load_model(other), ds, tmp_path / "bad", str(other), progress=False, probe_heads=[seed5])
+
+
+def test_an_assembled_set_is_the_backbone_of_later_assemblies(finished_runs, tmp_path):
+    """Head files record the backbone they were trained on; a set assembled from it carries that backbone's
+    identity, so it can stand for it (the shipped set is replaced by an assembled one)."""
+    from structtoken.sets import backbone_digest
+
+    _tmp, _data, src, _runs = finished_runs
+    files = _head_files(finished_runs)
+    first = tmp_path / "first.safetensors"
+    assemble_set(src, files, first)
+    assert backbone_digest(first) == backbone_digest(src) == (src.name, backbone_digest(src)[1])
+    again = assemble_set(first, files[1:], first)  # in place, from itself
+    assert again.cfg.heads == ("per_pixel", "per_pixel_ds")
+    assert backbone_digest(first)[1] == backbone_digest(src)[1]
+    assert not first.with_name("first.readouts.safetensors").is_file() or again.fitted_readouts is not None
