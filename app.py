@@ -182,14 +182,17 @@ READOUT_LABELS: dict[str, str] = {
 """The readout control's choices (keys as :data:`analysis.maps.READOUTS` names them)."""
 CONTROLS_USED: dict[str, frozenset[str]] = {
     "prediction": frozenset({"head"}),
-    "comparison": frozenset({"head", "block", "classes", "normalize", "readout"}),
+    "comparison": frozenset({"head", "baseline", "block", "classes", "normalize", "readout"}),
     "probe": frozenset({"head", "block", "classes", "normalize", "readout"}),
     "focus": frozenset({"head", "focus_class", "normalize", "readout"}),
     "attention": frozenset({"head", "block", "classes"}),
 }
 """Which controls change each analysis (the others are disabled while it is shown); an analysis not
 listed here gets every control."""
-ALL_CONTROLS = frozenset({"head", "block", "classes", "normalize", "readout", "focus_class"})
+ALL_CONTROLS = frozenset({"head", "baseline", "block", "classes", "normalize", "readout", "focus_class"})
+ALL_BASELINES = "all"
+"""The baseline control's value for every baseline without deep supervision side by side (the service's
+``analysis.analyses.comparison.EVERY_BASELINE``); its default is the paper's per-pixel peer."""
 AUTO_CLASSES_LABEL = "Classes: automatic (largest predicted area, follows the image)"
 USER_CLASSES_LABEL = "Classes: your pick (Automatic classes returns to automatic)"
 
@@ -527,6 +530,29 @@ def _head_arg(head: Any) -> str | None:
     return s
 
 
+def _baseline_arg(baseline: Any) -> str | None:
+    """Baseline control -> service ``baseline``: None / "" = the paper's per-pixel peer; "all" = every baseline
+    without deep supervision; a head key or its display name = that head."""
+    if baseline in (None, ""):
+        return None
+    if baseline == ALL_BASELINES:
+        return ALL_BASELINES
+    return _head_arg(baseline)
+
+
+def _baseline_choices(baselines: Sequence[str]) -> list[tuple[str, str]]:
+    every = ("Every baseline without deep supervision (smaller maps)", ALL_BASELINES)
+    return [*((HEAD_LABELS.get(h, h), h) for h in baselines), every]
+
+
+def _baseline_value(baseline: Any, baselines: Sequence[str]) -> str | None:
+    """The baseline control's value: the one asked for when the set offers it, else the paper's peer."""
+    b = _baseline_arg(baseline)
+    if b == ALL_BASELINES or b in baselines:
+        return b
+    return baselines[0] if baselines else None
+
+
 def _block_arg(block: Any) -> int | None:
     """Block control -> service ``block``: -1 / None = every stage (attention: the last block);
     comparison and probe: 0 = input maps, 1..N = after that block, N + 1 = output; attention: 1..N."""
@@ -720,6 +746,7 @@ class ExplorerUI:
         opacity: Any = 0.5,
         checkpoint: Any = None,
         readout: Any = "raw",
+        baseline: Any = None,
         downloads: Any = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
         display: bool = True,
@@ -751,6 +778,7 @@ class ExplorerUI:
                 opacity,
                 checkpoint,
                 readout,
+                baseline,
                 progress,
                 _downloads_arg(downloads),
                 display,
@@ -786,6 +814,7 @@ class ExplorerUI:
         opacity: Any,
         checkpoint: Any,
         readout: Any,
+        baseline: Any,
         progress: Any,
         downloads: tuple[str, ...],
         display: bool,
@@ -810,6 +839,7 @@ class ExplorerUI:
             block=_block_arg(block),
             opacity=_opacity_arg(opacity),
             readout=readout_key,
+            baseline=_baseline_arg(baseline),
             interactive=interactive and display,
             curves=display and curves,
         )
@@ -847,6 +877,7 @@ class ExplorerUI:
             "focus_class": metrics.get("focus_class"),
             "image_classes": _classes_by_area(metrics, result.selected_classes),
             "readout": request.readout,
+            "baseline": request.baseline,
             "has_curves": result.curves_available,
             "has_table": bool(result.table),
         }
@@ -869,7 +900,7 @@ class ExplorerUI:
         """The page's inputs (the API's, then the class mode and the clicked focus class) -> the API's:
         ``auto`` class mode asks for automatic classes (the page's chips are the last automatic pick,
         so the classes are chosen afresh for this image); a clicked focus class is the focus view's class."""
-        *api, class_mode, focus_pick = args[:12]
+        *api, class_mode, focus_pick = args[:13]
         if class_mode != "user":
             api[4] = None  # classes: automatic
         if focus_pick and self._analysis_key_or_none(api[2]) == "focus":
@@ -893,7 +924,7 @@ class ExplorerUI:
         # built and sent only while its tab is open; opening the tab runs the analysis again (from the cache).
         # The dataset curves follow in an event of their own (page_curves), so the figure does not wait for
         # plotly to draw them, and they are sent only when the set or the readout changes.
-        plot_open = bool(args[12]) if len(args) > 12 else True
+        plot_open = bool(args[13]) if len(args) > 13 else True
         try:
             out = self.analyze_image(*self._page_api_args(args), progress=progress, interactive=plot_open, curves=False)
         except gr.Error as e:
@@ -959,9 +990,11 @@ class ExplorerUI:
         selected: Sequence[str] | None,
         readout: str | None = None,
         class_mode: str = "auto",
+        baseline: str | None = None,
     ) -> tuple[Any, ...]:
         """Updates for :data:`CONTROL_NAMES` that fit the set ``info`` and the analysis shown: the controls
-        the analysis does not use are disabled, the readouts the set lacks are left out (the reason shown)."""
+        the analysis does not use are disabled (the baseline control, which only the comparison has, hidden),
+        the readouts the set lacks are left out (the reason shown)."""
         if not info.known:  # an official .pth before its first run: keep the controls as they are
             choices = [(label, key) for key, label in self.analysis_labels.items()]
             return (gr.update(choices=choices, value=analysis), "", *(gr.update() for _ in CONTROL_NAMES[2:]))
@@ -983,6 +1016,12 @@ class ExplorerUI:
             value=head if head in options else (options[0] if options else None),
             interactive="head" in used and len(options) > 1,
             label=shown.head_control,
+        )
+        bases = list(getattr(shown, "baselines", ()) or ())
+        baseline_up = gr.update(
+            choices=_baseline_choices(bases),
+            value=_baseline_value(baseline, bases),
+            visible="baseline" in used and len(bases) > 0,
         )
         blocks = _block_choices(shown)
         b = _block_arg(block)
@@ -1016,7 +1055,7 @@ class ExplorerUI:
             interactive="readout" in used and len(offered) > 1,
             info=missing or "",
         )
-        return analysis_up, availability, head_up, block_up, classes_up, normalize_up, readout_up
+        return analysis_up, availability, head_up, baseline_up, block_up, classes_up, normalize_up, readout_up
 
     def refresh_controls(
         self,
@@ -1028,6 +1067,7 @@ class ExplorerUI:
         classes: Any,
         readout: Any = None,
         class_mode: str = "auto",
+        baseline: Any = None,
         reset_classes: bool = False,
     ) -> tuple[Any, ...]:
         """Cheap (no weights loaded): fit the controls to the chosen set before analysing; the last two
@@ -1042,9 +1082,10 @@ class ExplorerUI:
         info = self.explorer.describe_model(spec)
         mode = "auto" if reset_classes else class_mode
         picked = [] if reset_classes else _classes_arg(classes)
-        out = self.control_updates(info, key, _head_arg(head), block, picked, str(readout or "raw"), mode)
+        out = self.control_updates(info, key, _head_arg(head), block, picked, str(readout or "raw"), mode, baseline)
         if reset_classes and not info.known:
-            out = (*out[:4], gr.update(choices=[], value=[], label=AUTO_CLASSES_LABEL), *out[5:])
+            i = CONTROL_NAMES.index("classes")
+            out = (*out[:i], gr.update(choices=[], value=[], label=AUTO_CLASSES_LABEL), *out[i + 1 :])
         focus_up = gr.update(visible=key == "focus")
         kind = set_kind(info.classes) if info.known else "general"
         pick = None if reset_classes else gr.skip()
@@ -1069,6 +1110,7 @@ class ExplorerUI:
             state["selected"],
             state.get("readout"),
             class_mode,
+            state.get("baseline"),
         )
         focus = state.get("focus_class")
         choices = state.get("image_classes") or []
@@ -1108,7 +1150,7 @@ def _classes_by_area(metrics: Mapping[str, Any], selected: Sequence[str]) -> lis
     return [(c, c) for c in selected]
 
 
-CONTROL_NAMES = ("analysis", "availability", "head", "block", "classes", "normalize", "readout")
+CONTROL_NAMES = ("analysis", "availability", "head", "baseline", "block", "classes", "normalize", "readout")
 """What :meth:`ExplorerUI.control_updates` updates, in order."""
 
 
@@ -1123,7 +1165,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
     models = model_names(explorer)
     info = explorer.describe_model(models[0])
     first = info.analyses.get(DEFAULT_ANALYSIS) or AnalysisInfo(
-        DEFAULT_ANALYSIS, "", "", None, "StructToken head", (), (("every stage", None),)
+        DEFAULT_ANALYSIS, "", "", None, "StructToken head", (), (("every stage", None),), ()
     )
     first_kind = set_kind(info.classes) if info.known else "general"
     readouts = readout_reasons(info)
@@ -1182,6 +1224,14 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 value=None,
                 label="StructToken head",
                 elem_id="st-head",
+            )
+            baseline = gr.Dropdown(
+                choices=_baseline_choices(first.baselines),
+                value=_baseline_value(None, first.baselines),
+                label="Compare with",
+                info="The baseline(s) beside the StructToken head",
+                visible=bool(first.baselines),
+                elem_id="st-baseline",
             )
             block = gr.Dropdown(choices=_block_choices(first), value=ALL_BLOCKS, label="Block", elem_id="st-block")
             offered = [(READOUT_LABELS.get(r, r), r) for r, why in readouts.items() if why is None]
@@ -1267,14 +1317,14 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         api_downloads = gr.CheckboxGroup(list(DOWNLOADS), value=[], visible=False, label="downloads")
         api_files = [gr.File(visible=False, label=f"download_{what}") for what in DOWNLOADS]
 
-        inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout]
+        inputs = [image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline]
         outputs = [figure, plot, overlay, curves, table, summary, timings, *api_files, state]
         page_inputs = [*inputs, class_mode, focus_pick, plot_open]
         curves_shown = gr.State(None)  # the (set, readout) whose dataset curves the page shows
         page_outputs = [*outputs[:7], state, error, curves_box, table_box]
-        controls = [analysis, availability, head, block, classes, normalize, readout]
+        controls = [analysis, availability, head, baseline, block, classes, normalize, readout]
         quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
-        refresh_in = [model, checkpoint, analysis, head, block, classes, readout, class_mode]
+        refresh_in = [model, checkpoint, analysis, head, block, classes, readout, class_mode, baseline]
         refresh_out = [
             *controls,
             focus_class,
@@ -1306,7 +1356,9 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             concurrency_id="analyze",
             api_name="analyze",
             api_description="Analyse an image; block -1 = every stage (attention: the last block); "
-            "readout: raw | head | fitted; downloads (optional, last): any of png, pdf, npz, json "
+            "readout: raw | head | fitted; baseline (comparison): per_pixel | per_pixel_ds | fcn | segmenter | all "
+            "(None: the paper's per-pixel peer); "
+            "downloads (optional, last): any of png, pdf, npz, json "
             "(rendered only when asked for).",
         )
         for what, button in dl_buttons.items():
@@ -1334,7 +1386,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         # a control change redraws from the cached maps in a fraction of a second: outside the queue it is
         # answered ~0.1 s sooner (no queue round trips). ZeroGPU runs its GPU work in queued events: queued there.
         direct = {} if _on_spaces() else {"queue": False}
-        for control in (head, normalize, block, readout):
+        for control in (head, baseline, normalize, block, readout):
             page_run(control.input, ui.analyze_if_image, **direct, **private)
         page_run(opacity.release, ui.analyze_if_image, **private)
         focused = focus_class.input(lambda c: c, inputs=focus_class, outputs=focus_pick, **quiet)

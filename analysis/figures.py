@@ -464,12 +464,24 @@ def block_curves_figure(
     return fig
 
 
+def _rgba(color: str, alpha: float) -> str:
+    """A ``#RRGGBB`` colour as a CSS ``rgba(...)`` with ``alpha``."""
+    r, g, b = (int(color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def block_curves_plotly(
     metrics: Mapping[str, Mapping[str, Any]],
     metric_names: Sequence[str] = _DEFAULT_METRICS,
     title: str | None = None,
+    bands: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any], int]] | None = None,
 ) -> go.Figure:
     """Interactive version of :func:`block_curves_figure`.
+
+    Args:
+        bands: head -> (low, high, n): two entries shaped like ``metrics[head]`` (fractions) bounding the head's
+            values over n training seeds (e.g. their range); drawn as a shaded band behind the head's line, the
+            hover naming the seeds' count.
 
     Returns:
         Plotly figure with one subplot per metric and one trace per (head, metric); each trace
@@ -484,6 +496,11 @@ def block_curves_plotly(
     fig = make_subplots(
         rows=1, cols=n, subplot_titles=[_metric_label(m) for m in metric_names], horizontal_spacing=0.07
     )
+    band_data = {
+        h: (_curve_data({h: lo}, metric_names)[1][h], _curve_data({h: hi}, metric_names)[1][h], n_seeds)
+        for h, (lo, hi, n_seeds) in (bands or {}).items()
+        if h in data
+    }
     for ci, name in enumerate(metric_names):
         for head in data:
             vals, fin = data[head][name]
@@ -492,12 +509,35 @@ def block_curves_plotly(
             ys = [None if not math.isfinite(v) else float(v) for v in [*vals.tolist(), fin]]
             where = [f"block {i}" for i in range(1, nb + 1)] + ["final output"]
             symbol = _PLOTLY_MARKERS.get(_head_marker(head), "circle")
+            if head in band_data:
+                lo_d, hi_d, n_seeds = band_data[head]
+                lo = [*lo_d[name][0].tolist(), lo_d[name][1]]
+                hi = [*hi_d[name][0].tolist(), hi_d[name][1]]
+                keep = [i for i in range(len(xs)) if math.isfinite(lo[i]) and math.isfinite(hi[i])]
+                if keep:
+                    bx = [xs[i] for i in keep]
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[*bx, *reversed(bx)],
+                            y=[*(hi[i] for i in keep), *(lo[i] for i in reversed(keep))],
+                            fill="toself",
+                            fillcolor=_rgba(head_color(head), 0.16),
+                            line={"width": 0},
+                            mode="lines",
+                            name=f"{head_label(head)}: range over {n_seeds} seeds",
+                            legendgroup=head,
+                            showlegend=False,
+                            hoverinfo="skip",
+                        ),
+                        row=1,
+                        col=ci + 1,
+                    )
             fig.add_trace(
                 go.Scatter(
                     x=xs,
                     y=ys,
                     mode="lines+markers",
-                    name=head_label(head),
+                    name=head_label(head) + (f" ({band_data[head][2]} seeds)" if head in band_data else ""),
                     legendgroup=head,
                     showlegend=ci == 0,
                     line={"color": head_color(head), "width": 2},

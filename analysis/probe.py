@@ -18,7 +18,15 @@ import numpy as np
 from .figures import METRIC_LABELS
 from .roles import structtoken_heads
 
-__all__ = ["as_fractions", "paired_probe", "probe_from_report", "probe_summary", "relation_sentence", "report_heads"]
+__all__ = [
+    "as_fractions",
+    "paired_probe",
+    "probe_from_report",
+    "probe_summary",
+    "relation_sentence",
+    "report_heads",
+    "report_seed_curves",
+]
 
 
 # ------------------------------------------------------------------------------- probe summary
@@ -337,6 +345,36 @@ def report_heads(report: Mapping[str, Any], readout: str = "raw") -> dict[str, A
     if readout != "raw":
         return {}
     return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
+
+
+def report_seed_curves(
+    report: Mapping[str, Any], readout: str = "raw"
+) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], dict[str, Any], int]], list[Any], str | None] | None:
+    """The dataset curves over training seeds a report carries (its ``seeds`` block, from run results): per head
+    under ``readout``, the mean entry and the (min, max, n seeds) band, as fractions shaped like
+    :func:`report_heads`'s entries; the union of the seeds and their split. None when the report has none."""
+    over = report.get("seeds")
+    stages = (over.get("stages") or {}).get(readout) if isinstance(over, Mapping) else None
+    if not isinstance(stages, Mapping) or not stages:
+        return None
+
+    def pick(stat: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+        def one(s: Mapping[str, Any] | None) -> dict[str, Any]:
+            return {m: as_fractions((v or {}).get(stat)) for m, v in (s or {}).items()}
+
+        return {"input": one(entry.get("input")), "blocks": [one(b) for b in entry.get("blocks") or []],
+                "final": one(entry.get("final"))}  # fmt: skip
+
+    means, bands, seeds = {}, {}, []
+    for h, entry in stages.items():
+        if not isinstance(entry, Mapping) or "blocks" not in entry:
+            continue
+        means[h] = pick("mean", entry)
+        bands[h] = (pick("min", entry), pick("max", entry), len(entry.get("seeds") or []))
+        seeds += [s for s in entry.get("seeds") or [] if s not in seeds]
+    if not means:
+        return None
+    return means, bands, sorted(seeds, key=str), over.get("split")
 
 
 def probe_from_report(

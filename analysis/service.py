@@ -55,7 +55,7 @@ from .maps import (
     readout_problem,
     select_classes,
 )
-from .probe import report_heads
+from .probe import report_heads, report_seed_curves
 from .saturation import attention_saturation, saturation_sentence
 from .values import json_ready, md_table
 
@@ -121,6 +121,10 @@ class AnalysisRequest:
         curves: put the set's dataset curves into the result (False: ``curves`` is None, a cheaper request;
             ``curves_available`` still says whether the set has them: a page that draws them on its own,
             :meth:`Explorer.dataset_curves`).
+        baseline: ``comparison`` only: the baseline shown beside the chosen head, one of the analysis's
+            ``baseline_choices`` (``per_pixel``, ``per_pixel_ds``, ``fcn``, ``segmenter`` where the set has them) or
+            ``"all"`` (every baseline without deep supervision); None: the paper's per-pixel peer. Other analyses
+            ignore it.
     """
 
     image: Any
@@ -135,6 +139,7 @@ class AnalysisRequest:
     readout: str = "raw"
     interactive: bool = True
     curves: bool = True
+    baseline: str | None = None
 
 
 @dataclass
@@ -195,6 +200,8 @@ class AnalysisInfo:
         reason: None when the set supports it, else why not.
         head_control: the head control's label; heads: the heads the user may pick (first = default).
         blocks: (label, block) options of the block control (None = every stage / the last block).
+        baselines: the heads the chosen head can be shown beside one at a time (``AnalysisRequest.baseline``);
+            empty when the analysis has no such choice.
     """
 
     name: str
@@ -204,6 +211,7 @@ class AnalysisInfo:
     head_control: str
     heads: tuple[str, ...]
     blocks: tuple[tuple[str, int | None], ...]
+    baselines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -305,10 +313,20 @@ def _read_report(path: Path, readout: str = "raw") -> tuple[dict[str, Any] | Non
         return None, None
     if not isinstance(data, dict):
         return None, None
-    heads = report_heads(data, readout)
-    if not heads:
-        return data, None
+    over = report_seed_curves(data, readout)
     try:
+        if over is not None:
+            means, bands, seeds, split = over
+            order = [h for h in (data.get("meta") or {}).get("heads") or [] if h in means]
+            means = {h: means[h] for h in [*order, *(h for h in means if h not in order)]}
+            title = (
+                f"Per-block metrics on {split or 'the dataset'}, {readout} readout: mean over training seeds "
+                f"(band: their range; seeds {', '.join(str(s) for s in seeds)}, count per head in the legend)"
+            )
+            return data, F.block_curves_plotly(means, title=title, bands=bands)
+        heads = report_heads(data, readout)
+        if not heads:
+            return data, None
         title = f"Per-block metrics on the dataset, {readout} readout (shipped report)"
         return data, F.block_curves_plotly(heads, title=title)
     except (ValueError, TypeError, KeyError):
@@ -500,7 +518,10 @@ class Explorer:
         _progress(progress, 0.8, "drawing figures")
         t_fig = time.perf_counter()
         report, curves, rpath = self._report(spec, request.readout)
-        shown = list(analysis.heads(cfg, head))
+        try:
+            shown = list(analysis.heads(cfg, head, request.baseline or None))
+        except ValueError as e:
+            raise AnalysisError(str(e)) from None
         if analysis.uses_readout:
             chosen = head if analysis.chosen_needs_readout else None
             shown, readout_notices = _readout_heads(maps, shown, chosen, request.readout)
@@ -606,6 +627,7 @@ class Explorer:
                 head_control=a.head_control,
                 heads=tuple(a.head_choices(cfg)),
                 blocks=tuple(a.block_choices(cfg.num_blocks)),
+                baselines=tuple(a.baseline_choices(cfg)),
             )
             for key, a in ANALYSES.items()
         }
@@ -907,6 +929,8 @@ def _metrics(
         "heads": list(cfg.heads),
         "analysis": request.analysis,
         "head": view_request.head,
+        "heads_shown": list(view_request.heads),
+        "baseline": request.baseline or None,
         "normalize": view_request.normalize,
         "readout": view_request.readout,
         "block": view_request.block,

@@ -45,6 +45,7 @@ PARAMS = [
     "opacity",
     "checkpoint",
     "readout",
+    "baseline",
     "downloads",
 ]
 EVERY_DOWNLOAD = ["png", "pdf", "npz", "json"]
@@ -83,6 +84,7 @@ def analyze(
     checkpoint: Any = None,
     readout: str = "raw",
     downloads: list[str] | None = EVERY_DOWNLOAD,
+    baseline: str | None = None,
 ) -> tuple[Any, ...]:
     """Call ``/analyze`` with a deadline (a hung request fails the test instead of blocking it); every
     download is asked for unless ``downloads`` says otherwise."""
@@ -98,6 +100,7 @@ def analyze(
         opacity,
         checkpoint,
         readout,
+        baseline,
         downloads or [],
         api_name="/analyze",
     )
@@ -154,6 +157,23 @@ def test_downloads_are_rendered_only_when_asked_for(client: Client) -> None:
     assert _path(out[7]) == _path(out[0])
     with pytest.raises(AppError, match="unknown download 'gif'"):
         analyze(client, EXAMPLE, downloads=["gif"])
+
+
+def test_the_comparison_puts_any_baseline_beside_structtoken(client: Client) -> None:
+    """The embedded set's seven heads: the paper's per-pixel peer by default, any baseline on request, all of the
+    baselines without deep supervision with ``all``; a head that is no baseline is refused with the choices."""
+    shown = {}
+    for baseline in (None, "per_pixel_ds", "segmenter", "all"):
+        out = analyze(client, EXAMPLE, "camvid", "comparison", readout="head", downloads=["json"], baseline=baseline)
+        shown[baseline] = json.loads(_path(out[10]).read_text())["heads_shown"]
+    assert shown == {
+        None: ["cse", "per_pixel"],
+        "per_pixel_ds": ["cse", "per_pixel_ds"],
+        "segmenter": ["cse", "segmenter"],
+        "all": ["cse", "per_pixel", "fcn", "segmenter"],
+    }
+    with pytest.raises(AppError, match="'sse' is not a baseline of this set; choose one of per_pixel, per_pixel_ds"):
+        analyze(client, EXAMPLE, "camvid", "comparison", downloads=None, baseline="sse")
 
 
 def test_ui_keys_match_the_service() -> None:
@@ -333,7 +353,7 @@ def test_the_api_cannot_make_the_server_read_its_own_files(
     monkeypatch.setattr(ui.explorer, "analyze", lambda *a, **k: asked.append(a) or real(*a, **k))
     url = server[0].rstrip("/")
     for payload in ({"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "/etc/hostname"):
-        data = [payload, None, "prediction", None, [], "shared", -1, 0.5, None, "raw", []]
+        data = [payload, None, "prediction", None, [], "shared", -1, 0.5, None, "raw", None, []]
         r = httpx.post(f"{url}/gradio_api/call/analyze", json={"data": data}, timeout=TIMEOUT)
         assert r.status_code == 200, (r.status_code, r.text[:300])  # queued like any request, then refused
         stream = httpx.get(f"{url}/gradio_api/call/analyze/{r.json()['event_id']}", timeout=TIMEOUT).text
@@ -402,6 +422,13 @@ def test_controls_fit_the_set(tmp_path: Path, tiny_set: Path, monkeypatch: pytes
     assert [v for _, v in c["block"]["choices"]] == [-1, 0, 1, 2, 3] and c["block"]["value"] == 3
     assert c["head"]["value"] == "sse" and c["normalize"]["interactive"] is True
     assert c["focus_class"]["visible"] is False
+    # the comparison's baseline: the paper's per-pixel peer first, any baseline, or all of them side by side
+    assert c["baseline"]["visible"] is True and c["baseline"]["value"] == "per_pixel"
+    assert [v for _, v in c["baseline"]["choices"]] == ["per_pixel", "per_pixel_ds", "all"]
+    kept = _controls(ui.refresh_controls(str(tiny_set), None, "comparison", "sse", 3, [], baseline="per_pixel_ds"))
+    assert kept["baseline"]["value"] == "per_pixel_ds"
+    probe = _controls(ui.refresh_controls(str(tiny_set), None, "probe", "sse", 3, [], baseline="per_pixel_ds"))
+    assert probe["baseline"]["visible"] is False  # only the comparison has it
     c = _controls(ui.refresh_controls(str(tiny_set), None, "focus", "per_pixel", 1, []))
     assert c["focus_class"]["visible"] is True and c["block"]["interactive"] is False
     assert c["classes"]["interactive"] is False and c["readout"]["value"] == "raw"
@@ -456,7 +483,8 @@ def test_page_errors_stay_in_the_results_area_without_server_paths(
     ui = app.ExplorerUI(Explorer())
     fake = Path(tempfile.mkdtemp()) / "fake.safetensors"  # where gradio keeps uploads: a temp folder
     fake.write_text("not a checkpoint")
-    args = [str(EXAMPLE), None, "comparison", None, [], "shared", -1, 0.5, {"path": str(fake)}, "raw", "auto", None]
+    upload = {"path": str(fake)}
+    args = [str(EXAMPLE), None, "comparison", None, [], "shared", -1, 0.5, upload, "raw", None, "auto", None]
     with caplog.at_level(logging.WARNING, logger="structtoken.app"):
         out = _page(ui.analyze_page(*args, progress=None))
     notice = out["error"]
@@ -471,10 +499,10 @@ def test_page_errors_stay_in_the_results_area_without_server_paths(
     # a text file renamed .jpg: a clear notice, not a broken picture
     text = tmp_path / "photo.jpg"
     text.write_text("hello, not a picture")
-    out = _page(ui.analyze_page(str(text), *args[1:8], None, "raw", "auto", None, progress=None))
+    out = _page(ui.analyze_page(str(text), *args[1:8], None, "raw", None, "auto", None, progress=None))
     assert "not an image" in out["error"]["value"] and str(tmp_path) not in out["error"]["value"]
     # the next run hides the notice
-    out = _page(ui.analyze_page(str(EXAMPLE), *args[1:8], None, "raw", "auto", None, progress=None))
+    out = _page(ui.analyze_page(str(EXAMPLE), *args[1:8], None, "raw", None, "auto", None, progress=None))
     assert out["error"]["visible"] is False and out["figure"]
     assert out["table_box"]["visible"] is True
 
@@ -501,7 +529,7 @@ def test_automatic_classes_follow_the_image_until_the_user_picks(
 
     monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
     ui = app.ExplorerUI(Explorer())
-    base = [str(EXAMPLE), str(tiny_set), "comparison", None, ["car"], "shared", -1, 0.5, None, "raw"]
+    base = [str(EXAMPLE), str(tiny_set), "comparison", None, ["car"], "shared", -1, 0.5, None, "raw", None]
     auto = _page(ui.analyze_page(*base, "auto", None, progress=None))["state"]
     user = _page(ui.analyze_page(*base, "user", None, progress=None))["state"]
     assert user["selected"] == ["car"]  # the user's pick is kept
@@ -692,7 +720,7 @@ def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
 
     ui = app.ExplorerUI(Explorer())
     skip = type(gr.skip())
-    base = [str(EXAMPLE), "camvid", "comparison", None, None, "shared", -1, 0.5, None, "head"]
+    base = [str(EXAMPLE), "camvid", "comparison", None, None, "shared", -1, 0.5, None, "head", None]
     first = _page(ui.analyze_page(*base, "auto", None, False, progress=None))
     assert first["plot"] is None and isinstance(first["curves"], skip) and first["state"]["has_curves"]
     curves, box, shown = ui.page_curves(first["state"], None)
@@ -701,7 +729,7 @@ def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
     again = _page(ui.analyze_page(*per_map, "auto", None, True, progress=None))
     assert again["plot"] is not None  # the Interactive tab is open
     assert all(isinstance(x, skip) for x in ui.page_curves(again["state"], shown))  # same set and readout
-    other = _page(ui.analyze_page(*[*base[:9], "fitted"], "auto", None, False, progress=None))
+    other = _page(ui.analyze_page(*[*base[:9], "fitted", None], "auto", None, False, progress=None))
     curves, box, shown2 = ui.page_curves(other["state"], shown)
     assert curves is not None and shown2 == [other["state"]["spec"], "fitted"]
     refused = _page(ui.analyze_page(None, *base[1:], "auto", None, False, progress=None))

@@ -125,6 +125,10 @@ def test_comparison_and_probe_columns(set_path: str, image: np.ndarray) -> None:
     texts = [a.text for a in p.plot.layout.annotations]
     assert "block 1" in texts and "input" not in texts  # one column per head
     assert len(p.plot.data) == 3 * 4  # heads x rows, one column each
+    one = analyze(image, set_path, "comparison", head="sse", baseline="per_pixel_ds", readout="head")
+    assert [row[0] for row in one.table] == ["StructToken-SSE", "Per-pixel + deep sup."]  # the baseline asked for
+    assert one.metrics["heads_shown"] == ["sse", "per_pixel_ds"] and one.metrics["baseline"] == "per_pixel_ds"
+    assert analyze(image, set_path, "comparison", head="sse", readout="head").metrics["baseline"] is None
     a = analyze(image, set_path, "attention", head="sse", block=1, classes=["Sky"])
     assert a.table_headers[-1] == "attention on token channels %"
     assert "sse/attention_block1" in a.maps
@@ -220,6 +224,37 @@ def test_shipped_report_gives_curves_and_probe(fresh: Explorer, tmp_path: Path, 
     assert r.metrics["probe"]["outcome"] == "helps"
     assert fresh.shipped_report(tmp_path / "nothing.safetensors") is None
     assert fresh.shipped_report("cse_vit-t_ade20k") is None
+
+
+def test_report_over_seeds_gives_mean_curves_with_a_band(fresh: Explorer, tmp_path: Path, image: np.ndarray) -> None:
+    torch.manual_seed(0)
+    path = save_model(build_model(tiny_config()), tmp_path / "set.safetensors")
+
+    def stat(values: list[float]) -> dict:
+        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "values": values}
+
+    def entry(base: float) -> dict:
+        s = {"miou": stat([base, base + 4.0]), "mask_ap": stat([base, base + 2.0]), "boundary_f1": stat([base] * 2)}
+        return {"seeds": [0, 1], "input": s, "blocks": [s, s], "final": s}
+
+    report = {
+        "meta": {"model": "x", "heads": ["cse", "per_pixel"]},
+        "readouts": {"head": {"cse": {"input": {}, "blocks": [{}, {}], "final": {}}}},
+        "seeds": {"split": "val", "stages": {"head": {"per_pixel": entry(40.0), "cse": entry(50.0)}}},
+    }
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "metrics.json").write_text(json.dumps(report))
+    fig = fresh.dataset_curves(str(path), "head")
+    assert "mean over training seeds" in fig.layout.title.text and "val" in fig.layout.title.text
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    bands = [t for t in fig.data if t.fill == "toself"]
+    assert [t.name for t in lines[:2]] == ["StructToken-CSE (2 seeds)", "Per-pixel (2 seeds)"]  # the set's order
+    assert len(bands) == len(lines) == 2 * 3  # a band behind each head's line, per metric
+    cse_miou = lines[0]
+    assert list(cse_miou.y) == [52.0, 52.0, 52.0]  # the mean over seeds at blocks 1, 2 and the output
+    band = bands[0]
+    assert max(band.y) == 54.0 and min(band.y) == 50.0  # the seeds' range
+    assert fresh.dataset_curves(str(path), "raw") is None  # no seeds nor the set's own entries for raw
 
 
 # ------------------------------------------------------------------------------------- images
@@ -383,6 +418,11 @@ RELEASED = (
             "block 9 does not exist: use 1..2 (0 = the input maps, 3 = the output)",
         ),
         ({"block": 1.5}, "block must be a whole number or None, got 1.5"),
+        (
+            {"analysis": "comparison", "baseline": "sse"},
+            "'sse' is not a baseline of this set; choose one of per_pixel, per_pixel_ds "
+            "(or 'all' for every baseline without deep supervision)",
+        ),
         ({"opacity": 2}, "opacity must be in [0, 1], got 2"),
         ({"classes": ["Sky", "Unicorn"]}, "unknown class 'Unicorn'; valid classes: Sky, Building, Road, Car"),
         ({"model": "no-such-model"}, f"unknown model 'no-such-model': neither a file nor one of: {RELEASED}"),
@@ -465,7 +505,9 @@ def test_a_newly_registered_head_joins_the_analyses_by_its_kind(monkeypatch: pyt
 
     cfg = Cfg()
     cfg.heads = tuple(heads)
-    assert ANALYSES["comparison"].heads(cfg, "pwe") == ["pwe", "per_pixel", "fcn"]
+    assert ANALYSES["comparison"].heads(cfg, "pwe") == ["pwe", "per_pixel"]  # the paper's peer
+    assert ANALYSES["comparison"].heads(cfg, "pwe", "all") == ["pwe", "per_pixel", "fcn"]
+    assert ANALYSES["comparison"].heads(cfg, "pwe", "fcn_ds") == ["pwe", "fcn_ds"]
     assert ANALYSES["probe"].heads(cfg, "cse") == ["fcn", "fcn_ds", "cse"]
     assert ANALYSES["prediction"].head_choices(cfg) == heads
 

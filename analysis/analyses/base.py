@@ -134,9 +134,14 @@ class Analysis:
             raise ValueError(self.refusal(cfg, head, choices))
         return head
 
-    def heads(self, cfg: ModelConfig, chosen: str) -> list[str]:
-        """The heads the view shows for the chosen head, in order."""
+    def heads(self, cfg: ModelConfig, chosen: str, baseline: str | None = None) -> list[str]:
+        """The heads the view shows for the chosen head (and the baseline asked for, where
+        :meth:`baseline_choices` offers any), in order."""
         return [chosen]
+
+    def baseline_choices(self, cfg: ModelConfig) -> list[str]:
+        """The heads the chosen head can be shown beside one at a time (empty: the analysis has no such choice)."""
+        return []
 
     def block_choices(self, num_blocks: int) -> list[tuple[str, int | None]]:
         """(label, block) options of the block control; None is the default (every stage / last block)."""

@@ -50,7 +50,7 @@ class Focus(Analysis):
     uses_readout = True
     chosen_needs_readout = False
 
-    def heads(self, cfg: ModelConfig, chosen: str) -> list[str]:
+    def heads(self, cfg: ModelConfig, chosen: str, baseline: str | None = None) -> list[str]:
         """Every head of the set, in the set's order (the chosen one only draws the boundary)."""
         return list(cfg.heads)
 

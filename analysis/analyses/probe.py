@@ -65,7 +65,7 @@ class Probe(BlockGridAnalysis):
             "per-pixel baseline and its deeply supervised twin (the embedded CamVid set has them)"
         )
 
-    def heads(self, cfg: ModelConfig, chosen: str) -> list[str]:
+    def heads(self, cfg: ModelConfig, chosen: str, baseline: str | None = None) -> list[str]:
         pair = deep_supervision_pairs(cfg.heads)[0]
         return [*pair, *(h for h in [chosen] if h in structtoken_heads(cfg.heads))]
 
