@@ -25,6 +25,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib
+import matplotlib.ticker
 import numpy as np
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
@@ -1070,3 +1072,66 @@ def figure_to_pdf_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     _require_mpl(fig).savefig(buf, format="pdf")
     return buf.getvalue()
+
+
+def ablation_figure(ablation: Mapping[str, Any], readout: str = "head", title: str | None = None) -> Figure:
+    """The block-count ablation (:func:`analysis.over_seeds.ablation`): for each head, the mIoU of every block's
+    maps under ``readout`` against the block index, one colour per block count N (one thin line per seed, the
+    mean thick), and the final mIoU against N (one dot per seed, the mean joined).
+
+    Args:
+        ablation: ``{"heads", "by_blocks": {N: {"seeds", "final": {head: [percent per seed]}, "blocks":
+            {readout: {head: [[percent per block] per seed]}}}}}``.
+        readout: the readout of the per-block curves.
+        title: figure title.
+
+    Returns:
+        Matplotlib figure: one row, a per-block panel per head, then the final-mIoU panel.
+    """
+    heads = list(ablation.get("heads") or [])
+    groups = {int(n): g for n, g in (ablation.get("by_blocks") or {}).items()}
+    ns = sorted(groups)
+    cmap = matplotlib.colormaps["viridis"]
+    colour = {n: cmap(0.15 + 0.7 * i / max(1, len(ns) - 1)) for i, n in enumerate(ns)}
+    fig = Figure(figsize=(3.6 * (len(heads) + 1), 3.7), layout="constrained")
+    axes = fig.subplots(1, len(heads) + 1, squeeze=False)[0]
+    for ax, head in zip(axes, heads):
+        for n in ns:
+            rows = [r for r in ((groups[n].get("blocks") or {}).get(readout) or {}).get(head) or [] if r]
+            for row in rows:
+                xs = range(1, len(row) + 1)
+                ax.plot(xs, [_pct_points(v) for v in row], color=colour[n], lw=0.7, alpha=0.5, marker=".", ms=4)
+            if rows:
+                width = max(len(r) for r in rows)
+                mean = [
+                    float(np.nanmean([_pct_points(r[i]) if i < len(r) else np.nan for r in rows])) for i in range(width)
+                ]
+                ax.plot(range(1, width + 1), mean, color=colour[n], lw=2.2, marker="o", ms=4, label=f"N = {n}")
+        ax.set_title(f"{head_label(head)}, {readout} readout", fontsize=10)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("block")
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    ax = axes[-1]
+    for j, head in enumerate(heads):
+        means = []
+        for n in ns:
+            vals = [v for v in (groups[n].get("final") or {}).get(head) or [] if v is not None]
+            x = n + (j - (len(heads) - 1) / 2) * 0.12
+            ax.scatter([x] * len(vals), vals, s=18, color=head_color(head), alpha=0.6, edgecolor="white", lw=0.4)
+            means.append(float(np.mean(vals)) if vals else float("nan"))
+        ax.plot(ns, means, color=head_color(head), marker=_head_marker(head), lw=1.8, label=head_label(head))
+    ax.set_xticks(ns)
+    ax.set_xlabel("blocks N")
+    ax.set_ylabel("final mIoU (%)")
+    ax.set_title("final mIoU (dots: seeds)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Block-count ablation, CamVid val: each block's maps (thin: seeds, thick: mean), the output")
+    return fig
+
+
+def _pct_points(v: Any) -> float:
+    """A value already in percent (or None) as a float for plotting (NaN when missing)."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else float("nan")

@@ -815,6 +815,9 @@ def build_report(
     if seeds:
         F.probe_figure(seeds).savefig(out / "probe.png", dpi=110)
         figures["probe.png"] = "final mIoU across training seeds"
+    if result.get("ablation"):
+        F.ablation_figure(result["ablation"], "head").savefig(out / "ablation.png", dpi=100)
+        figures["ablation.png"] = "block-count ablation: per-block and final mIoU against the number of blocks"
     for i, (maps, label) in sorted(kept.items()):
         name = dataset.names[i]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import over_seeds
 from .claims import claims_table
 from .labels import head_label
 
@@ -171,6 +172,164 @@ def v2_block(folder: Path) -> list[str]:
     return lines
 
 
+STAGE2_SEEDS = (0, 1, 2)
+"""The seeds every head of set v2's stage 2 is trained with (issue 23); fewer make a partial table."""
+
+
+def v2_headline(folder: Path) -> list[str]:
+    """Set v2's heads over the stage-2 seeds: parameters, GFLOPs, final val mIoU mean ± SD for both protocols."""
+    runs = over_seeds.load_runs(folder) if folder.is_dir() else []
+    finals: dict[str, dict[str, dict[int, float]]] = {}
+    costs: dict[str, Mapping[str, Any]] = {}
+    for r in runs:
+        if r["train_config"].get("recipe") != "camvid_v2_stage2" or r["train_config"]["seed"] not in STAGE2_SEEDS:
+            continue
+        for h in r["heads"]:
+            costs.setdefault(h, (r.get("costs") or {}).get(h) or {})
+            for proto in ("whole", "slide"):
+                finals.setdefault(h, {}).setdefault(proto, {})[r["train_config"]["seed"]] = r["final"][proto][h]["miou"]
+    if not finals:
+        return ["No set-v2 stage-2 run has finished yet."]
+    missing = {h: [s for s in STAGE2_SEEDS if s not in per["whole"]] for h, per in finals.items()}
+    partial = any(missing.values())
+    lines = [
+        "Set v2 (seven heads on one frozen backbone, CamVid val, 101 images), final mIoU (%), mean ± SD over "
+        f"training seeds, from `{SOURCES['runs']}/`"
+        + (
+            ": **partial, seeds still missing** (the table is not the set-v2 result until every head has seeds "
+            f"{', '.join(str(s) for s in STAGE2_SEEDS)})"
+            if partial
+            else ""
+        )
+        + ":",
+        "",
+        "| head | params (M) | GFLOPs @480x360 | whole image | sliding window | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    order = ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "fcn", "segmenter"]
+    for h in sorted(finals, key=lambda h: order.index(h) if h in order else len(order)):
+        per, c = finals[h], costs.get(h) or {}
+        seeds = sorted(per["whole"])
+        lines.append(
+            f"| {head_label(h)} | {c.get('params_m', float('nan')):.3g} | {c.get('gflops', float('nan')):.3g} | "
+            f"{_mean_sd([per['whole'][s] for s in seeds])} | {_mean_sd([per['slide'][s] for s in seeds])} | "
+            f"{', '.join(str(s) for s in seeds)} |"
+        )
+    return lines
+
+
+def _stage2_finals(folder: Path) -> dict[str, dict[int, float]]:
+    """head -> seed -> final val mIoU (fraction, whole image) of the stage-2 runs of :data:`STAGE2_SEEDS`."""
+    out: dict[str, dict[int, float]] = {}
+    for r in over_seeds.load_runs(folder) if folder.is_dir() else []:
+        tc = r["train_config"]
+        if tc.get("recipe") == "camvid_v2_stage2" and tc["seed"] in STAGE2_SEEDS:
+            for h in r["heads"]:
+                out.setdefault(h, {})[tc["seed"]] = r["final"]["whole"][h]["miou"]
+    return out
+
+
+def pairwise_block(folder: Path) -> list[str]:
+    """Every pair of set-v2 heads: the paired difference of final val mIoU over the seeds both have, 95 % t."""
+    from .stats import all_pairwise
+
+    finals = _stage2_finals(folder)
+    order = ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "fcn", "segmenter"]
+    finals = {h: finals[h] for h in sorted(finals, key=lambda h: order.index(h) if h in order else len(order))}
+    rows = all_pairwise(finals, metric="final mIoU", unit="points", scale=100.0)
+    if not rows:
+        return ["(fewer than two seeds of any pair of heads so far)"]
+    lines = [
+        "Final val mIoU (whole image), the second head minus the first, paired by training seed; 95 % Student t "
+        "interval (n - 1 degrees of freedom), p per pair, not adjusted for the number of pairs:",
+        "",
+        "| first | second | seeds | difference (points) | 95 % interval | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        second, first = c.treatment.split(" instead of ")
+        ci = "–" if c.ci95 is None else f"[{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}]"
+        p = "–" if c.p_value is None else ("< 0.01" if c.p_value < 0.01 else f"{c.p_value:.2f}")
+        lines.append(
+            f"| {head_label(first)} | {head_label(second)} | {', '.join(str(x) for x in c.seeds)} | "
+            f"{c.delta_mean:+.2f} | {ci} | {p} |"
+        )
+    return lines
+
+
+def stage_spread_block(folder: Path) -> list[str]:
+    """Every stage of every set-v2 head under every readout: mIoU mean ± SD over the stage-2 seeds."""
+    runs = [r for r in (over_seeds.load_runs(folder) if folder.is_dir() else []) if r["train_config"]["seed"] in
+            STAGE2_SEEDS and r["train_config"].get("recipe") == "camvid_v2_stage2"]  # fmt: skip
+    spread = over_seeds.stage_spread(over_seeds.stage2_per_seed(runs), metrics=("miou",))
+    if not spread:
+        return ["No set-v2 stage-2 run has finished yet."]
+    names = {"raw": "raw", "head": "head (logit lens)", "fitted": "fitted (tuned lens)"}
+    order = ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "fcn", "segmenter"]
+    lines = []
+    for r, per_head in spread.items():
+        n = max(len(e["blocks"]) for e in per_head.values())
+        lines += [
+            f"**{names.get(r, r)} readout**, mIoU (%) of each stage's argmax, mean ± SD over seeds:",
+            "",
+            "| head | seeds | input | " + " | ".join(f"block {i}" for i in range(1, n + 1)) + " | output |",
+            "|---|---|---|" + "---|" * (n + 1),
+        ]
+        for h in sorted(per_head, key=lambda h: order.index(h) if h in order else len(order)):
+            e = per_head[h]
+
+            def cell(st: dict) -> str:
+                m = st.get("miou") or {}
+                if m.get("mean") is None:
+                    return "–"
+                return f"{m['mean']:.1f}" + (f" ± {m['sd']:.1f}" if m.get("sd") is not None else "")
+
+            cells = [cell(e["input"]), *(cell(b) for b in e["blocks"]), cell(e["final"])]
+            lines.append(f"| {head_label(h)} | {', '.join(str(x) for x in e['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def probe_ft_block(folder: Path) -> list[str]:
+    """The deep-supervision probe with trainable features (``camvid_v2_probe_ft`` runs), paired by seed."""
+    pf = over_seeds.probe_ft(over_seeds.load_runs(folder)) if folder.is_dir() else None
+    if not pf:
+        return ["No run of the probe with trainable features has finished yet (`camvid_v2_probe_ft`, seeds 0-2)."]
+    lines = [f"{pf['features']}. **Verdict:** {pf['verdict']}", ""]
+    lines += ["| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
+    for q in pf["pairs"]:
+        lines.append(
+            f"| {q['seed']} | {q['baseline']:.2f} | {q['treated']:.2f} | {q['treated'] - q['baseline']:+.2f} |"
+        )
+    lines += ["", f"{pf['protocol']}; runs: " + ", ".join(f"`{s['source']}`" for s in pf["sources"]) + "."]
+    return lines
+
+
+def ablation_block(folder: Path) -> list[str]:
+    """The block-count ablation: final val mIoU per N (mean ± SD over seeds) and the per-block head-readout mIoU."""
+    ab = over_seeds.ablation(over_seeds.load_runs(folder)) if folder.is_dir() else None
+    if not ab:
+        return ["No block-count ablation run has finished yet (`camvid_v2_blocks`, N = 1, 2, 6)."]
+    heads = list(ab["heads"])
+    lines = [
+        "Final val mIoU (%, whole image), mean ± SD over seeds (N = 4 is stage 2); then each block's mIoU under the "
+        "head readout, per seed:",
+        "",
+        "| blocks N | seeds | " + " | ".join(head_label(h) for h in heads) + " |",
+        "|---|---|" + "---|" * len(heads),
+    ]
+    for n, g in ab["by_blocks"].items():
+        cells = [_mean_sd([v / 100 for v in g["final"][h] if v is not None]) for h in heads]
+        lines.append(f"| {n} | {', '.join(str(x) for x in g['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", "| blocks N | head | seed | per-block mIoU, head readout (%) |", "|---|---|---|---|"]
+    for n, g in ab["by_blocks"].items():
+        for h in heads:
+            for seed, row in zip(g["seeds"], (g["blocks"].get("head") or {}).get(h) or [], strict=False):
+                vals = " · ".join("–" if v is None else f"{v:.1f}" for v in row)
+                lines.append(f"| {n} | {head_label(h)} | {seed} | {vals} |")
+    return lines
+
+
 def v2_claims_block(path: Path) -> list[str]:
     """Set v2's claims (``python -m analysis claims --runs``): StructToken minus each baseline per block, paired
     by seed over the seeds both runs have, mIoU and mask AP."""
@@ -195,9 +354,13 @@ def blocks(root: Path = ROOT) -> dict[str, list[str]]:
     report = json.loads((root / SOURCES["report"]).read_text())
     return {
         "headline": [
+            *v2_headline(root / SOURCES["runs"]),
+            "",
+            "The shipped set is seed 0 of each head; its per-class numbers:",
+            "",
             *final_table(val),
             "",
-            "Per-block numbers, claims and the probe: [docs/results.md](docs/results.md).",
+            "Per-block numbers, claims, the probes and the block-count ablation: [docs/results.md](docs/results.md).",
         ],
         "final": final_table(val),
         "stages": stages_table(report),
@@ -205,6 +368,10 @@ def blocks(root: Path = ROOT) -> dict[str, list[str]]:
         "probe": probe_block(report),
         "v2": v2_block(root / SOURCES["runs"]),
         "v2claims": v2_claims_block(root / SOURCES["v2claims"]),
+        "probe_ft": probe_ft_block(root / SOURCES["runs"]),
+        "v2pairs": pairwise_block(root / SOURCES["runs"]),
+        "v2stages": stage_spread_block(root / SOURCES["runs"]),
+        "ablation": ablation_block(root / SOURCES["runs"]),
     }
 
 
@@ -226,7 +393,7 @@ def render(root: Path = ROOT) -> dict[Path, str]:
         )
     }
     text = docs.read_text()
-    for name in ("final", "stages", "claims", "probe", "v2", "v2claims"):
+    for name in ("final", "stages", "claims", "probe", "v2", "v2claims", "probe_ft", "ablation", "v2pairs", "v2stages"):
         text = _replace(
             text, f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->", b[name], "docs/results.md"
         )

@@ -102,3 +102,15 @@ def test_load_runs_reads_a_folder_and_refuses_other_json(tmp_path: Path) -> None
     (tmp_path / "zz.json").write_text("{}")
     with pytest.raises(ValueError, match=r"zz\.json is not a run result"):
         load_runs(tmp_path)
+
+
+def test_the_ablation_figure_draws_each_block_count_and_the_final_mIoU() -> None:
+    from analysis.figures import ablation_figure
+
+    fig = ablation_figure(ablation(RUNS), "head")
+    cse, _pwe, final = fig.axes
+    assert [t.get_text() for t in cse.get_legend().get_texts()] == ["N = 1", "N = 2"]
+    mean_n2 = next(line for line in cse.get_lines() if line.get_label() == "N = 2")
+    assert list(mean_n2.get_ydata()) == [21.0, 32.0]  # blocks 1-2 of the stage-2 runs: (20, 22), (30, 34)
+    assert [t.get_text() for t in final.get_legend().get_texts()] == ["StructToken-CSE", "StructToken-PWE"]
+    assert list(final.get_lines()[0].get_ydata()) == pytest.approx([32.5, 51.0])  # CSE final, N = 1 and 2

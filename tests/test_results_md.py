@@ -51,3 +51,30 @@ def test_the_set_v2_claims_follow_their_json(tmp_path):
     for path, new in render(root).items():
         path.write_text(new)
     assert stale_files(root) == [] and "+12.3" in (root / "docs/results.md").read_text()
+
+
+def _run_file(folder: Path, name: str, seed: int, finals: dict[str, float]) -> None:
+    blocks = [{"miou": 10.0 * (i + 1) + seed} for i in range(2)]
+    stages = {h: {"input": {"miou": 1.0}, "blocks": blocks, "final": {"miou": 100 * v}} for h, v in finals.items()}
+    res = {
+        "format": "structtoken-run-result/1",
+        "heads": list(finals),
+        "train_config": {"recipe": "camvid_v2_stage2", "seed": seed, "model": {"num_blocks": 2}},
+        "final": {p: {h: {"miou": v} for h, v in finals.items()} for p in ("whole", "slide")},
+        "stages": {"split": "val", "readouts": {"head": stages}},
+    }
+    (folder / name).write_text(json.dumps(res))
+
+
+def test_pairs_of_heads_and_stage_spread_come_from_the_runs(tmp_path):
+    from analysis.results_md import pairwise_block, stage_spread_block
+
+    for seed, (cse, pp) in enumerate([(0.50, 0.48), (0.52, 0.49), (0.54, 0.51)]):
+        _run_file(tmp_path, f"st{seed}.json", seed, {"cse": cse})
+        _run_file(tmp_path, f"base{seed}.json", seed, {"per_pixel": pp})
+    rows = [line for line in pairwise_block(tmp_path) if line.startswith("| StructToken-CSE")]
+    # per_pixel minus cse: -2, -3, -3 points -> mean -2.67, SD 0.577, t(0.975, 2) = 4.303: +-1.43; t = 8, p = 0.015
+    assert rows == ["| StructToken-CSE | Per-pixel | 0, 1, 2 | -2.67 | [-4.10, -1.23] | 0.02 |"]
+    lines = stage_spread_block(tmp_path)
+    cse = next(line for line in lines if line.startswith("| StructToken-CSE"))
+    assert cse == "| StructToken-CSE | 0, 1, 2 | 1.0 ± 0.0 | 11.0 ± 1.0 | 21.0 ± 1.0 | 52.0 ± 2.0 |"
