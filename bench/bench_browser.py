@@ -55,6 +55,7 @@ TARGETS = {
     "readout_s": 0.3,
     "block_s": 0.3,
     "head_s": 0.3,
+    "baseline_s": 0.3,
     "new_image_s": 1.0,
     "lost_picks": 0,
     "map_px_min": 110,
@@ -295,15 +296,21 @@ def main() -> None:
             _wait_new_figure(pg, "")
             res["first_analysis_s"] = round(time.perf_counter() - t0, 2)
             _wait_idle(pg)
-            times: dict[str, list[float]] = {k: [] for k in ("normalize_s", "readout_s", "block_s", "head_s")}
+            keys = ("normalize_s", "readout_s", "block_s", "head_s", "baseline_s")
+            times: dict[str, list[float]] = {k: [] for k in keys}
             norm = pg.locator("#st-normalize label")
             n_norm = norm.count()
             for i in range(args.repeats):
                 times["normalize_s"].append(timed_click(pg, norm.nth((i + 1) % n_norm)))
-            for key, elem in (("readout_s", "st-readout"), ("block_s", "st-block"), ("head_s", "st-head")):
+            dropdowns = [("readout_s", "st-readout"), ("block_s", "st-block"), ("head_s", "st-head")]
+            if pg.locator("#st-baseline").count() and pg.locator("#st-baseline").first.is_visible():
+                dropdowns.append(("baseline_s", "st-baseline"))  # an app before the baseline control has none
+            for key, elem in dropdowns:
                 for i in range(args.repeats):
                     times[key].append(timed_click(pg, other_option(pg, elem, i)))
             for k, v in times.items():
+                if not v:
+                    continue
                 res[k] = {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "max": round(max(v), 3)}
             # a new image (model loaded): alternate two images, each new to the cache the first time
             new = []
