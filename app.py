@@ -1301,7 +1301,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 elem_id="st-download",
             )
             with gr.Accordion(
-                "Dataset-level curves (validation set, shipped report)", open=True, visible=False
+                "Dataset-level curves (CamVid val, the shipped report)", open=True, visible=False
             ) as curves_box:
                 curves = gr.Plot(label="Dataset-level curves", show_label=False, elem_id="st-curves")
             with gr.Accordion("The numbers as a table (sort, copy)", open=False, visible=False) as table_box:

@@ -539,7 +539,7 @@ class Explorer:
                 opacity=float(request.opacity),
                 readout=request.readout,
                 palette=cfg.class_palette(),
-                title=f"{analysis.title}: {cfg.name or Path(spec).name}",
+                title=f"{analysis.view_title(shown)}: {cfg.name or Path(spec).name}",
                 report=report,
                 interactive=request.interactive,
             )
@@ -881,7 +881,7 @@ def _summary(
     """Markdown: the heading, the set and image, the analysis's own prose, notes, notices and the table."""
     heads = ", ".join(head_label(h) for h in cfg.heads)
     lines = [
-        f"### {analysis.title}",
+        f"### {analysis.view_title(request.heads)}",
         f"Model set **{cfg.name or spec}** ({heads}); shown head: **{head_label(request.head)}**; "
         f"image {_wh(maps.image.shape)} px, feature grid {maps.grid[0]}x{maps.grid[1]} cells; classes shown: "
         f"{', '.join(maps.class_names[c] for c in request.class_ids)}.",

@@ -32,6 +32,7 @@ pytestmark = [
 from playwright import sync_api  # noqa: E402 - in requirements-dev.txt: a broken install must fail
 
 from analysis.analyses import ANALYSES as REGISTRY  # noqa: E402
+from analysis.service import Explorer  # noqa: E402
 from tests.helpers import serve_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,7 @@ ANALYSES = {"comparison": REGISTRY["comparison"].label} | {k: a.label for k, a i
 VIEWPORT = {"width": 1400, "height": 900}
 STAGES = 6  # the embedded set: input, 4 blocks, output
 ANALYSIS_TITLES = {key: a.title for key, a in REGISTRY.items()}  # the summary's heading per analysis
+EMBEDDED_HEADS = Explorer().describe_model("camvid").heads
 WAIT_MS = int(os.environ.get("STRUCTTOKEN_BROWSER_WAIT_MS", "300000"))  # generous: the CI box may be busy
 
 
@@ -163,8 +165,8 @@ def _check_rendered(pg: Any, name: str) -> None:
     if name in ("comparison", "probe"):  # one heatmap per (head, stage, class): 2 or 3 heads x 6 stages x 4 rows
         # comparison: 2 heads x 4 classes; probe: 3 heads x 2 classes (its default, so each map stays large)
         assert len(traces) == {"comparison": 2 * 4, "probe": 3 * 2}[name] * STAGES, f"{name}: {len(traces)} traces"
-    if name == "focus":  # one heatmap per (head, stage): 5 heads x 6 stages
-        assert len(traces) == 5 * STAGES, f"{name}: {len(traces)} traces"
+    if name == "focus":  # one heatmap per (head, stage): every head of the embedded set x 6 stages
+        assert len(traces) == len(EMBEDDED_HEADS) * STAGES, f"{name}: {len(traces)} traces"
     assert pg.locator("#st-plot .main-svg").count() > 0
     # a mosaic wider than the column must scroll sideways, not be clipped
     sw, cw, moved = pg.evaluate(
@@ -364,6 +366,23 @@ def test_the_pdf_button_works_when_clicked_before_the_figure_is_ready(page: Any,
     info.value.save_as(path)
     assert path.read_bytes()[:5] == b"%PDF-"
     _wait_img(pg, "#st-figure")
+
+
+def test_the_baseline_control_puts_another_baseline_beside_structtoken(page: Any) -> None:
+    """The comparison's "Compare with": choosing FCN redraws the figure with FCN beside the StructToken head."""
+    pg = page
+    pg.locator("#st-analysis label", has_text=ANALYSES["comparison"]).click()
+    _upload(pg, EXAMPLE, ANALYSIS_TITLES["comparison"])
+    assert pg.locator("#st-baseline").first.is_visible()
+    before = pg.evaluate(FIGURE_SRC)
+    pg.locator("#st-baseline input").first.click()
+    pg.locator("ul[role=listbox] li", has_text="FCN").first.click()
+    _wait_for_summary(pg, "StructToken vs. FCN, block by block")
+    pg.wait_for_function(f"() => ({FIGURE_SRC})() !== {json.dumps(before)}", timeout=WAIT_MS)
+    assert _error_toasts(pg) == []
+    pg.locator("#st-analysis label", has_text=ANALYSES["probe"]).click()
+    _wait_for_summary(pg, ANALYSIS_TITLES["probe"])
+    assert not pg.locator("#st-baseline").first.is_visible()  # only the comparison has it
 
 
 def test_a_readout_reason_does_not_outlive_its_set(page: Any) -> None:

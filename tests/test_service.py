@@ -128,6 +128,7 @@ def test_comparison_and_probe_columns(set_path: str, image: np.ndarray) -> None:
     one = analyze(image, set_path, "comparison", head="sse", baseline="per_pixel_ds", readout="head")
     assert [row[0] for row in one.table] == ["StructToken-SSE", "Per-pixel + deep sup."]  # the baseline asked for
     assert one.metrics["heads_shown"] == ["sse", "per_pixel_ds"] and one.metrics["baseline"] == "per_pixel_ds"
+    assert "StructToken vs. Per-pixel + deep sup., block by block" in one.summary  # the title names it
     assert analyze(image, set_path, "comparison", head="sse", readout="head").metrics["baseline"] is None
     a = analyze(image, set_path, "attention", head="sse", block=1, classes=["Sky"])
     assert a.table_headers[-1] == "attention on token channels %"

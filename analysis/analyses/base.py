@@ -11,7 +11,7 @@ newly registered head shows up wherever its kind fits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +142,10 @@ class Analysis:
     def baseline_choices(self, cfg: ModelConfig) -> list[str]:
         """The heads the chosen head can be shown beside one at a time (empty: the analysis has no such choice)."""
         return []
+
+    def view_title(self, heads: Sequence[str]) -> str:
+        """The figure's title for the heads shown (:meth:`heads`): the analysis's title unless it names them."""
+        return self.title
 
     def block_choices(self, num_blocks: int) -> list[tuple[str, int | None]]:
         """(label, block) options of the block control; None is the default (every stage / last block)."""

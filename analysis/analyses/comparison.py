@@ -4,8 +4,11 @@ is measured against, :func:`analysis.roles.claim_baselines`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from structtoken.config import ModelConfig
 
+from ..labels import head_label
 from ..roles import baseline_heads, claim_baselines, structtoken_heads
 from .base import BlockGridAnalysis, View, ViewRequest, what_set
 
@@ -49,6 +52,13 @@ class Comparison(BlockGridAnalysis):
 
     def baseline_choices(self, cfg: ModelConfig) -> list[str]:
         return claim_baselines(cfg.heads)
+
+    def view_title(self, heads: Sequence[str]) -> str:
+        """ "StructToken vs. <the baselines shown>, block by block" (the paper's peer: "per-pixel baseline")."""
+        others = [h for h in heads[1:]]
+        if not others or others == ["per_pixel"]:
+            return self.title
+        return f"StructToken vs. {', '.join(head_label(h) for h in others)}, block by block"
 
     def explain(self, view: View, request: ViewRequest) -> list[str]:
         return [
