@@ -74,7 +74,11 @@ def _one(values: Mapping[Any, tuple[float, float]]) -> dict[str, Any]:
     return entry
 
 
-def block_claims(per_seed: Mapping[Any, Mapping[str, Mapping[str, Any]]], heads: Sequence[str]) -> dict[str, Any]:
+def block_claims(
+    per_seed: Mapping[Any, Mapping[str, Mapping[str, Any]]],
+    heads: Sequence[str],
+    pairs: Sequence[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
     """Claim entries from per-seed stage results.
 
     Args:
@@ -82,41 +86,52 @@ def block_claims(per_seed: Mapping[Any, Mapping[str, Mapping[str, Any]]], heads:
             (percent), as a report's ``readouts`` or a run result's ``stages.readouts``. A head absent from a
             readout, or marked ``applicable: false``, is not compared under it.
         heads: the set's heads in order.
+        pairs: (reference, compared) head pairs, each entry being compared minus reference; default: every
+            (baseline, StructToken head) of ``heads`` (:func:`structtoken_pairs` gives the StructToken heads
+            against each other).
 
     Returns:
-        ``{readout: {baseline: {structtoken_head: [entry per block]}}}`` (see the module docstring); a block is
-        compared on the seeds where both heads have a value; readouts or pairs without any are left out.
+        ``{readout: {reference: {compared: [entry per block]}}}`` (for the default pairs, ``{readout: {baseline:
+        {structtoken_head: ...}}}``: see the module docstring); a block is compared on the seeds where both heads
+        have a value; readouts or pairs without any are left out.
     """
-    sts, bases = structtoken_heads(heads), claim_baselines(heads)
+    if pairs is None:
+        pairs = [(b, st) for b in claim_baselines(heads) for st in structtoken_heads(heads)]
     readouts: list[str] = []
     for per_r in per_seed.values():
         readouts += [r for r in per_r if r not in readouts]
     out: dict[str, Any] = {}
     for r in readouts:
-        for b in bases:
-            for st in sts:
-                n_blocks = max((len(_blocks(per_seed[s].get(r, {}).get(st), "miou")) for s in per_seed), default=0)
-                entries = []
-                for i in range(n_blocks):
-                    entry: dict[str, Any] = {"block": i + 1}
-                    for metric in METRICS:
-                        values = {}
-                        for seed, per_r in per_seed.items():
-                            a = _blocks(per_r.get(r, {}).get(st), metric)
-                            c = _blocks(per_r.get(r, {}).get(b), metric)
-                            if i < len(a) and i < len(c) and a[i] is not None and c[i] is not None:
-                                values[seed] = (a[i], c[i])
-                        if values:
-                            one = _one(values)
-                            if metric == "miou":
-                                entry.update(one)
-                            else:
-                                entry[metric] = one
-                    if "diff_mean" in entry:
-                        entries.append(entry)
-                if entries:
-                    out.setdefault(r, {}).setdefault(b, {})[st] = entries
+        for b, st in pairs:
+            n_blocks = max((len(_blocks(per_seed[s].get(r, {}).get(st), "miou")) for s in per_seed), default=0)
+            entries = []
+            for i in range(n_blocks):
+                entry: dict[str, Any] = {"block": i + 1}
+                for metric in METRICS:
+                    values = {}
+                    for seed, per_r in per_seed.items():
+                        a = _blocks(per_r.get(r, {}).get(st), metric)
+                        c = _blocks(per_r.get(r, {}).get(b), metric)
+                        if i < len(a) and i < len(c) and a[i] is not None and c[i] is not None:
+                            values[seed] = (a[i], c[i])
+                    if values:
+                        one = _one(values)
+                        if metric == "miou":
+                            entry.update(one)
+                        else:
+                            entry[metric] = one
+                if "diff_mean" in entry:
+                    entries.append(entry)
+            if entries:
+                out.setdefault(r, {}).setdefault(b, {})[st] = entries
     return out
+
+
+def structtoken_pairs(heads: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pair of StructToken heads among ``heads``, (earlier, later) in set order: ``[("cse", "sse"), ("cse",
+    "pwe"), ("sse", "pwe")]`` for our sets (:func:`block_claims` compares the later minus the earlier)."""
+    sts = structtoken_heads(heads)
+    return [(a, b) for i, a in enumerate(sts) for b in sts[i + 1 :]]
 
 
 def _cell(e: Mapping[str, Any] | None) -> str:
@@ -131,19 +146,22 @@ def _cell(e: Mapping[str, Any] | None) -> str:
     return text
 
 
-def claims_table(claims: Mapping[str, Any], metric: str = "miou") -> list[str]:
-    """Markdown tables, one per readout: rows (StructToken head, baseline), columns blocks; cells the mean paired
-    difference in points, its 95 % interval (n > 1) and the verdict word where the interval excludes 0."""
+def claims_table(
+    claims: Mapping[str, Any], metric: str = "miou", columns: tuple[str, str] = ("StructToken", "baseline")
+) -> list[str]:
+    """Markdown tables, one per readout: rows (compared head, reference head), columns blocks; cells the mean paired
+    difference in points (compared minus reference), its 95 % interval (n > 1) and the verdict word where the
+    interval excludes 0. ``columns`` names the two head columns (StructToken against a baseline by default)."""
     lines: list[str] = []
     for r, per_base in claims.items():
         n_blocks = max((len(v) for per_st in per_base.values() for v in per_st.values()), default=0)
         ns = sorted({e["n"] for per_st in per_base.values() for v in per_st.values() for e in v})
         seeds = f"{ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds"
         lines += [
-            f"**{r} readout**, {METRIC_NAMES[metric]}: StructToken minus baseline, points ({seeds}"
+            f"**{r} readout**, {METRIC_NAMES[metric]}: {columns[0]} minus {columns[1]}, points ({seeds}"
             f"{', paired by seed, 95 % t interval' if ns and ns[-1] > 1 else ', one run each: no interval'})",
             "",
-            "| StructToken | baseline | " + " | ".join(f"block {i}" for i in range(1, n_blocks + 1)) + " |",
+            f"| {columns[0]} | {columns[1]} | " + " | ".join(f"block {i}" for i in range(1, n_blocks + 1)) + " |",
             "|---|---|" + "---|" * n_blocks,
         ]
         for b, per_st in per_base.items():
@@ -195,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = ["cse", "sse", "pwe", "per_pixel", "per_pixel_ds", "fcn", "segmenter"]
     heads.sort(key=lambda h: order.index(h) if h in order else len(order))
     claims = block_claims(per_seed, heads)
+    st_pairs = block_claims(per_seed, heads, structtoken_pairs(heads))
     result = {
         "meta": {
             "sources": sorted(f.name for f in Path(args.runs).glob("camvid_v2_stage2_*_seed*.json")),
@@ -204,9 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pairing": "by training seed: both heads trained on the same batches from the same backbone",
             "interval": "95 % Student t on the per-seed differences (n - 1 degrees of freedom), n > 1 only",
             "verdict": "'above' / 'below' only where the interval excludes 0; none with one seed",
+            "structtoken_pairs": "the StructToken heads against each other: {readout: {first: {second: per block, "
+            "second minus first}}}",
             "command": "python -m analysis claims --runs assets/camvid/v2/runs --out assets/camvid/v2/claims.json",
         },
         "claims": claims,
+        "structtoken_pairs": st_pairs,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

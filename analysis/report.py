@@ -63,7 +63,7 @@ from structtoken.sets import HeadGroup, SetAssemblyError, load_head_group
 from . import figures as F
 from . import over_seeds
 from .analyses import COMPARISON, PROBE
-from .claims import block_claims, claims_table
+from .claims import block_claims, claims_table, structtoken_pairs
 from .grid import block_grid, render_static
 from .labels import head_label
 from .maps import ImageMaps, image_maps_from_output
@@ -515,6 +515,9 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
             "",
             *claims_table(over["claims"], "miou"),
             *claims_table(over["claims"], "mask_ap"),
+            "The StructToken heads against each other (second minus first), paired by seed:",
+            "",
+            *claims_table(over.get("structtoken_pairs") or {}, "miou", ("second", "first")),
         ]
     for r, why in (meta.get("unavailable") or {}).items():
         for h, reason in why.items():
@@ -796,6 +799,7 @@ def build_report(
             "split": _runs_split(run_results),
             "stages": over_seeds.stage_spread(per_seed),
             "claims": block_claims(per_seed, _ordered_heads(per_seed, heads)),
+            "structtoken_pairs": block_claims(per_seed, heads, structtoken_pairs(heads)),
         }
         result["probe_ft"] = over_seeds.probe_ft(run_results)
         result["ablation"] = over_seeds.ablation(run_results)

@@ -345,7 +345,12 @@ def v2_claims_block(path: Path) -> list[str]:
         "while seeds are missing.",
         "",
     ]
-    return lines + claims_table(data["claims"], "miou") + claims_table(data["claims"], "mask_ap")
+    lines += claims_table(data["claims"], "miou") + claims_table(data["claims"], "mask_ap")
+    pairs = data.get("structtoken_pairs") or {}
+    if pairs:
+        lines += ["The StructToken heads against each other, block by block (second minus first), paired by seed:", ""]
+        lines += claims_table(pairs, "miou", ("second", "first"))
+    return lines
 
 
 def blocks(root: Path = ROOT) -> dict[str, list[str]]:

@@ -368,6 +368,21 @@ def test_claims_over_seeds_are_paired_differences_with_a_t_interval() -> None:
     assert b1["mask_ap"]["ci95"] is None and b1["mask_ap"]["verdict"] is None  # no spread: no interval
 
 
+def test_the_structtoken_heads_pair_with_each_other_block_by_block() -> None:
+    from analysis.claims import block_claims, claims_table, structtoken_pairs
+
+    assert structtoken_pairs(["cse", "sse", "pwe", "per_pixel"]) == [("cse", "sse"), ("cse", "pwe"), ("sse", "pwe")]
+    per_seed = {
+        s: {"head": {"cse": _entry([40, 50], [1, 1]), "pwe": _entry([43 + s, 50], [1, 1])}} for s in (0, 1, 2)
+    }  # pwe minus cse at block 1: 3, 4, 5
+    pairs = block_claims(per_seed, ["cse", "pwe"], structtoken_pairs(["cse", "pwe"]))
+    (b1, _b2) = pairs["head"]["cse"]["pwe"]
+    assert b1["diff_mean"] == pytest.approx(4.0) and b1["verdict"] == "above"
+    table = claims_table(pairs, "miou", ("second", "first"))
+    assert table[0].startswith("**head readout**, mIoU: second minus first")
+    assert table[4].startswith("| StructToken-PWE | StructToken-CSE | +4.0 [")
+
+
 def test_parallel_scoring_gives_the_same_numbers(tmp_path: Path, tiny_set: Path) -> None:
     from analysis.report import evaluate_stages
     from structtoken.checkpoint import load_model
