@@ -1461,11 +1461,11 @@ def main() -> None:
     area = own_temp_area()
     explorer = Explorer()
     try:
+        # load the default set and draw the first example's analysis while Gradio builds and serves the page
+        # (the second core), so the visitor's first analysis finds the model loaded and that example cached
+        threading.Thread(target=warm_up, args=(explorer,), name="structtoken-warm-up", daemon=True).start()
         demo = build_demo(explorer, area=area)
         demo.launch(prevent_thread_lock=True, **launch_kwargs())
-        # the page is up; load the default set and draw one small analysis meanwhile, so the visitor's
-        # first analysis finds the model loaded and the figure code warm
-        threading.Thread(target=warm_up, args=(explorer,), name="structtoken-warm-up", daemon=True).start()
         demo.block_thread()  # until SIGINT / SIGTERM (see own_temp_area)
     finally:
         area.remove()
