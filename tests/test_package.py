@@ -202,3 +202,12 @@ def test_embedded_sets_are_found_in_the_checkout_then_in_an_install(tmp_path: Pa
     monkeypatch.setattr(A, "CHECKOUT_ASSETS", tmp_path / "no-checkout")
     assert A.asset_path("camvid") == installed / "camvid"  # folders too
     assert A.asset_path("camvid/missing.safetensors") == tmp_path / "no-checkout" / "camvid" / "missing.safetensors"
+
+
+def test_the_embedded_set_stays_within_its_budget_and_readme_says_its_size() -> None:
+    """Issue 23: the shipped set (seven heads) is at most 35 MB, and README gives its size."""
+    from structtoken.assets import EMBEDDED
+
+    size = EMBEDDED["camvid"].stat().st_size
+    assert size <= 35e6, size
+    assert f"{size / 1e6:.1f} MB" in (ROOT / "README.md").read_text()
