@@ -88,7 +88,9 @@ per-pixel heads build their class maps, block by block.
 """
 HELP = """
 * **Paper comparison** (the paper's Fig. 3, stages as rows): a column per class and head, the chosen StructToken
-  head beside the per-pixel baseline; the top row is the image with the class's boundary (white line), then the
+  head beside a baseline (*Compare with*: the paper's per-pixel peer by default, the same with deep supervision,
+  FCN, Segmenter, or all baselines without deep supervision at once, with smaller maps); the top row is the image
+  with the class's boundary (white line), then the
   class map entering block 1 (*input*), after each block and the head's *output*. The table gives, per stage, the
   share of feature-grid cells whose strongest class already equals the head's output.
 * **Focus on one class**: one class (*Focus class*), a column per head of the set, the stages as rows; the white
@@ -126,8 +128,19 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ),
     (
         "Per-pixel",
-        "the baseline: residual blocks on K class channels, then a 1x1 classifier; *+ deep sup.*: the same "
-        "trained with a loss on every block's map",
+        "the paper's peer (static per-pixel classification): residual blocks on K class channels, then a 1x1 "
+        "classifier; *+ deep sup.*: the same trained with a loss on every block's map",
+    ),
+    (
+        "FCN",
+        "static per-pixel classification with a wider head: convolutions on the backbone's C feature channels, "
+        "then a 1x1 classifier (mmseg's FCN head); its blocks are features, read through the *head* or *fitted* "
+        "readout",
+    ),
+    (
+        "Segmenter",
+        "dynamic per-pixel classification (Strudel et al. 2021): class embeddings and patch tokens pass through "
+        "transformer layers together, and each pixel's scores are its products with the class embeddings",
     ),
     (
         "stage",
