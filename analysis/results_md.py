@@ -295,7 +295,8 @@ def probe_ft_block(folder: Path) -> list[str]:
     pf = over_seeds.probe_ft(over_seeds.load_runs(folder)) if folder.is_dir() else None
     if not pf:
         return ["No run of the probe with trainable features has finished yet (`camvid_v2_probe_ft`, seeds 0-2)."]
-    lines = [f"{pf['features']}. **Verdict:** {pf['verdict']}", ""]
+    features = str(pf["features"])
+    lines = [f"{features[:1].upper()}{features[1:]}. **Verdict:** {pf['verdict']}", ""]
     lines += ["| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
     for q in pf["pairs"]:
         lines.append(
