@@ -186,11 +186,8 @@ def probe_ft(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         sources.append(src)
     if not sources:
         return None
-    vit = ((runs[0].get("train_config") or {}).get("model") or {}).get("head_vit_blocks")
-    for run in runs:
-        if _recipe(run) == PROBE_FT:
-            vit = ((run.get("train_config") or {}).get("model") or {}).get("head_vit_blocks", vit)
-            break
+    first = next(r for r in runs if _recipe(r) == PROBE_FT)
+    vit = ((first.get("train_config") or {}).get("model") or {}).get("head_vit_blocks")
     return {
         **paired_probe(sources),
         "features": f"each head trains its own copy of the backbone's last {vit} ViT blocks (the rest frozen)",

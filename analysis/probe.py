@@ -21,6 +21,7 @@ from .roles import structtoken_heads
 __all__ = [
     "as_fractions",
     "paired_probe",
+    "pairs_table",
     "probe_from_report",
     "probe_summary",
     "relation_sentence",
@@ -345,6 +346,16 @@ def report_heads(report: Mapping[str, Any], readout: str = "raw") -> dict[str, A
     if readout != "raw":
         return {}
     return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
+
+
+def pairs_table(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown rows of a paired probe (``pairs`` of :func:`paired_probe`, mIoU points): seed, per-pixel, per-pixel +
+    DS and their difference."""
+    lines = ["| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
+    for q in pairs:
+        diff = q["treated"] - q["baseline"]
+        lines.append(f"| {q['seed']} | {q['baseline']:.2f} | {q['treated']:.2f} | {diff:+.2f} |")
+    return lines
 
 
 def report_seed_curves(

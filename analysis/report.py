@@ -77,7 +77,7 @@ from .metrics import (
     mask_ap_batch,
     mask_ap_quantized,
 )
-from .probe import as_fractions, paired_probe
+from .probe import as_fractions, paired_probe, pairs_table
 from .roles import structtoken_heads
 from .values import json_ready, percent
 
@@ -530,11 +530,7 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         f"**Verdict:** {probe.get('verdict')}",
     ]
     if probe.get("pairs"):
-        lines += ["", "| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
-        for pr in probe["pairs"]:
-            lines.append(
-                f"| {pr['seed']} | {pr['baseline']:.2f} | {pr['treated']:.2f} | {pr['treated'] - pr['baseline']:+.2f} |"
-            )
+        lines += ["", *pairs_table(probe["pairs"])]
         srcs = ", ".join(f"{s['source']} (seed {s['seed']})" for s in probe.get("sources", []))
         lines += ["", f"Final val mIoU (points) from {srcs}."]
     for c in probe.get("head_vs_head") or []:
@@ -574,11 +570,7 @@ def _probe_ft_lines(pf: Mapping[str, Any] | None) -> list[str]:
     lines = ["", "## Deep-supervision probe with trainable features", "", f"{pf.get('features')}.", ""]
     lines.append(f"**Verdict:** {pf.get('verdict')}")
     if pf.get("pairs"):
-        lines += ["", "| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
-        for pr in pf["pairs"]:
-            lines.append(
-                f"| {pr['seed']} | {pr['baseline']:.2f} | {pr['treated']:.2f} | {pr['treated'] - pr['baseline']:+.2f} |"
-            )
+        lines += ["", *pairs_table(pf["pairs"])]
         lines += ["", f"{pf.get('protocol')}, from " + ", ".join(s["source"] for s in pf.get("sources", [])) + "."]
     return lines
 

@@ -25,6 +25,7 @@ from typing import Any
 from . import over_seeds
 from .claims import claims_table
 from .labels import head_label
+from .probe import pairs_table
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {
@@ -112,12 +113,7 @@ def probe_block(report: Mapping[str, Any]) -> list[str]:
     probe = report.get("probe") or {}
     if not probe.get("pairs"):
         return ["(no seed results in the shipped report)"]
-    lines = [f"**Verdict:** {probe['verdict']}", "", "| seed | per-pixel | per-pixel + DS | difference |"]
-    lines.append("|---|---|---|---|")
-    for p in probe["pairs"]:
-        lines.append(
-            f"| {p['seed']} | {p['baseline']:.2f} | {p['treated']:.2f} | {p['treated'] - p['baseline']:+.2f} |"
-        )
+    lines = [f"**Verdict:** {probe['verdict']}", "", *pairs_table(probe["pairs"])]
     srcs = ", ".join(f"`{s['source']}`" for s in probe.get("sources", []))
     lines += ["", f"Final val mIoU (points), whole image; sources: {srcs}."]
     return lines
@@ -296,12 +292,7 @@ def probe_ft_block(folder: Path) -> list[str]:
     if not pf:
         return ["No run of the probe with trainable features has finished yet (`camvid_v2_probe_ft`, seeds 0-2)."]
     features = str(pf["features"])
-    lines = [f"{features[:1].upper()}{features[1:]}. **Verdict:** {pf['verdict']}", ""]
-    lines += ["| seed | per-pixel | per-pixel + DS | difference |", "|---|---|---|---|"]
-    for q in pf["pairs"]:
-        lines.append(
-            f"| {q['seed']} | {q['baseline']:.2f} | {q['treated']:.2f} | {q['treated'] - q['baseline']:+.2f} |"
-        )
+    lines = [f"{features[:1].upper()}{features[1:]}. **Verdict:** {pf['verdict']}", "", *pairs_table(pf["pairs"])]
     lines += ["", f"{pf['protocol']}; runs: " + ", ".join(f"`{s['source']}`" for s in pf["sources"]) + "."]
     return lines
 
