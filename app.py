@@ -1399,8 +1399,11 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         # a control change redraws from the cached maps in a fraction of a second: outside the queue it is
         # answered ~0.1 s sooner (no queue round trips). ZeroGPU runs its GPU work in queued events: queued there.
         direct = {} if _on_spaces() else {"queue": False}
-        for control in (head, baseline, normalize, block, readout):
-            page_run(control.input, ui.analyze_if_image, **direct, **private)
+        # a pick from a dropdown: its ``select``, once. Gradio's dropdown also sends ``input`` when it loses
+        # focus after the pick (and on any blur), which would run the analysis twice per pick, the second
+        # run's figure arriving last (bench/bench_browser.py saw 0.1 s more for the dropdowns than the radio)
+        for event in (head.select, baseline.select, block.select, readout.select, normalize.input):
+            page_run(event, ui.analyze_if_image, **direct, **private)
         page_run(opacity.release, ui.analyze_if_image, **private)
         focused = focus_class.input(lambda c: c, inputs=focus_class, outputs=focus_pick, **quiet)
         page_run(focused.then, ui.analyze_if_image, **private)
@@ -1420,7 +1423,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         page_run(reset.then, ui.analyze_if_image, **private)
         # a new analysis refits the controls to the set; a new set also forgets the chosen classes
         refits = [(analysis.input, ui.refresh_controls)]
-        refits += [(event, ui.on_model_change) for event in (model.input, checkpoint.upload, checkpoint.clear)]
+        refits += [(event, ui.on_model_change) for event in (model.select, checkpoint.upload, checkpoint.clear)]
         for event, refit in refits:
             fitted = event(
                 refit, inputs=refresh_in, outputs=refresh_out, preprocess=False, trigger_mode="always_last", **quiet

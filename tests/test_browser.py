@@ -385,6 +385,38 @@ def test_the_baseline_control_puts_another_baseline_beside_structtoken(page: Any
     assert not pg.locator("#st-baseline").first.is_visible()  # only the comparison has it
 
 
+COUNT_FIGURES = """() => { window.__figures = 0; if (window.__figureCounter) return;
+  window.__figureCounter = new MutationObserver(ms => {
+    window.__figures += ms.filter(m => m.attributeName === 'src').length; });
+  window.__figureCounter.observe(document.querySelector('#st-figure'),
+    {subtree: true, attributes: true, attributeFilter: ['src']}); }"""
+
+
+def test_a_dropdown_pick_draws_the_figure_once_and_a_blur_not_at_all(page: Any) -> None:
+    """Gradio's dropdown sends ``input`` on a pick and again when it loses focus: the page listens to the
+    pick (``select``), so one pick is one analysis (one new figure), and opening a dropdown and leaving it
+    without a pick redraws nothing."""
+    pg = page
+    pg.locator("#st-analysis label", has_text=ANALYSES["comparison"]).click()
+    _upload(pg, EXAMPLE, ANALYSIS_TITLES["comparison"])
+    idle = "() => !document.querySelector('.progress-text, .eta-bar')"
+    for elem in ("st-head", "st-block", "st-readout"):
+        pg.wait_for_function(idle, timeout=WAIT_MS)
+        pg.evaluate(COUNT_FIGURES)
+        pg.locator(f"#{elem} input").first.click()
+        pg.locator("ul[role=listbox] li:not([aria-selected=true])").first.click()
+        pg.wait_for_function("() => window.__figures > 0", timeout=WAIT_MS)
+        pg.wait_for_function(idle, timeout=WAIT_MS)
+        pg.wait_for_timeout(1500)  # a second run would have drawn by now
+        assert pg.evaluate("() => window.__figures") == 1, elem
+    pg.evaluate(COUNT_FIGURES)
+    pg.locator("#st-head input").first.click()  # open, then leave without a pick
+    pg.locator("#st-summary").first.click()
+    pg.wait_for_timeout(1500)
+    assert pg.evaluate("() => window.__figures") == 0
+    assert _error_toasts(pg) == []
+
+
 def test_a_readout_reason_does_not_outlive_its_set(page: Any) -> None:
     """A released set (offline here: its run fails) says which readouts it lacks; back on the embedded
     set, which has them all, the reason is gone and the error notice too."""
