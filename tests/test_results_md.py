@@ -59,6 +59,8 @@ def _run_file(folder: Path, name: str, seed: int, finals: dict[str, float]) -> N
     stages = {h: {"input": {"miou": 1.0}, "blocks": blocks, "final": {"miou": 100 * v}} for h, v in finals.items()}
     res = {
         "format": "structtoken-run-result/1",
+        "run": Path(name).stem,
+        "evaluation": {},
         "heads": list(finals),
         "train_config": {"recipe": "camvid_v2_stage2", "seed": seed, "model": {"num_blocks": 2}},
         "final": {p: {h: {"miou": v} for h, v in finals.items()} for p in ("whole", "slide")},
@@ -79,3 +81,23 @@ def test_pairs_of_heads_and_stage_spread_come_from_the_runs(tmp_path):
     lines = stage_spread_block(tmp_path)
     cse = next(line for line in lines if line.startswith("| StructToken-CSE"))
     assert cse == "| StructToken-CSE | 0, 1, 2 | 1.0 ± 0.0 | 11.0 ± 1.0 | 21.0 ± 1.0 | 52.0 ± 2.0 |"
+
+
+def test_the_runs_table_is_called_partial_until_every_head_has_the_stage2_seeds(tmp_path):
+    from analysis.results_md import v2_block, v2_claims_block
+
+    def caption(lines: list[str]) -> str:
+        return next(line for line in lines if line.startswith("Stage 2, final val mIoU"))
+
+    for seed in (0, 1):
+        _run_file(tmp_path, f"st{seed}.json", seed, {"cse": 0.5})
+        _run_file(tmp_path, f"base{seed}.json", seed, {"per_pixel": 0.5})
+    assert "partial" in caption(v2_block(tmp_path))
+    _run_file(tmp_path, "st2.json", 2, {"cse": 0.5})
+    assert "partial" in caption(v2_block(tmp_path))  # per_pixel still lacks seed 2
+    _run_file(tmp_path, "base2.json", 2, {"per_pixel": 0.5})
+    assert "partial" not in caption(v2_block(tmp_path))
+    claims = tmp_path / "claims.json"
+    for seeds, partial in (([0, 1], True), ([0, 1, 2], False)):
+        claims.write_text(json.dumps({"meta": {"seeds": seeds}, "claims": {}}))
+        assert ("Partial" in v2_claims_block(claims)[0]) is partial
