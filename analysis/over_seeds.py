@@ -190,7 +190,7 @@ def probe_ft(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     vit = ((first.get("train_config") or {}).get("model") or {}).get("head_vit_blocks")
     return {
         **paired_probe(sources),
-        "features": f"each head trains its own copy of the backbone's last {vit} ViT blocks (the rest frozen)",
+        "features": f"Each head trains its own copy of the backbone's last {vit} ViT blocks (the rest frozen)",
         "protocol": "final val mIoU, whole image at native resolution",
     }
 

@@ -295,8 +295,7 @@ def probe_ft_block(folder: Path) -> list[str]:
     pf = over_seeds.probe_ft(over_seeds.load_runs(folder)) if folder.is_dir() else None
     if not pf:
         return ["No run of the probe with trainable features has finished yet (`camvid_v2_probe_ft`, seeds 0-2)."]
-    features = str(pf["features"])
-    lines = [f"{features[:1].upper()}{features[1:]}. **Verdict:** {pf['verdict']}", "", *pairs_table(pf["pairs"])]
+    lines = [f"{pf['features']}. **Verdict:** {pf['verdict']}", "", *pairs_table(pf["pairs"])]
     lines += ["", f"{pf['protocol']}; runs: " + ", ".join(f"`{s['source']}`" for s in pf["sources"]) + "."]
     return lines
 
