@@ -6,7 +6,9 @@
 Starts ``python app.py`` from ``--root`` (default: this checkout; give another checkout, e.g. a
 ``git worktree`` of an older commit, to measure "before") on a free port and measures:
 
-* ``cold_start_s``: ``python app.py`` to the first HTTP 200 of ``/``;
+* ``cold_start_s``: ``python app.py`` to the first HTTP 200 of ``/``; beside it, what bounds it on this
+  machine: ``bare_gradio_start_s``, a page of one image and one button served the same way (Gradio's
+  import, build and launch, nothing of ours), and ``import_app_s``, ``python -c "import app"``;
 * ``first_analysis_s``: after that 200, page opened, an image set, to the figure on screen;
 * per control (normalisation, readout, block, head), the pointer-down to the new figure loaded
   (the browser's own clock: ``performance.now()`` at pointer-down and at the figure's ``load``);
@@ -113,12 +115,22 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def start_app(root: Path, port: int) -> tuple[subprocess.Popen, float]:
-    """``python app.py`` in ``root``; returns (process, seconds to the first HTTP 200)."""
+BARE_GRADIO = """
+import gradio as gr
+with gr.Blocks() as demo:
+    image = gr.Image()
+    gr.Button("Run").click(lambda x: x, image, image)
+demo.launch(ssr_mode=False)
+"""
+"""The floor of ``cold_start_s``: the least page Gradio serves, launched as ``app.py`` launches its own."""
+
+
+def start_app(root: Path, port: int, argv: tuple[str, ...] = ("app.py",)) -> tuple[subprocess.Popen, float]:
+    """``python app.py`` (or ``python *argv``) in ``root``; returns (process, seconds to the first HTTP 200)."""
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, *argv], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}/"
     while True:
@@ -280,6 +292,13 @@ def main() -> None:
         .stdout.strip()
         .splitlines()[-1]
     )
+    bare, res["bare_gradio_start_s"] = start_app(root, _free_port(), ("-c", BARE_GRADIO))
+    bare.terminate()
+    bare.wait()
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import app"], cwd=root, check=True, capture_output=True)
+    res["import_app_s"] = round(time.perf_counter() - t0, 2)
+    res["bare_gradio_start_s"] = round(res["bare_gradio_start_s"], 2)
     port = _free_port()
     proc, cold = start_app(root, port)
     res["cold_start_s"] = round(cold, 2)
@@ -415,6 +434,14 @@ def target_table(after: dict[str, Any], before: dict[str, Any] | None = None) ->
             cells.append(str(_headline(before, key)))
         cells += [str(now), "yes" if met else "no"]
         lines.append("| " + " | ".join(cells) + " |")
+    context = (
+        ("bare_gradio_start_s", "a bare Gradio page to HTTP 200 (the floor of cold_start_s on this machine)"),
+        ("import_app_s", "python -c 'import app' (Gradio, torch, timm, the library: before the page is built)"),
+    )
+    for key, what in context:
+        if key in after:
+            was = f"{before[key]} s -> " if before and key in before else ""
+            lines.append(f"\n{what}: {was}{after[key]} s")
     fits = {k: f.get("fits_viewport_height") for k, f in after.get("figures", {}).items()}
     lines.append(f"\nwhole figure on screen at 1400x900: {fits}")
     return "\n".join(lines)
