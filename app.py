@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ TEMP_BUDGET_BYTES = int(float(os.environ.get("STRUCTTOKEN_TEMP_BUDGET_MB", "512"
 files are removed beyond it (``$STRUCTTOKEN_TEMP_BUDGET_MB``, default 512)."""
 DOWNLOADS = ("png", "pdf", "npz", "json")
 """What a request may ask to download: the figure (PNG, PDF), the maps (.npz), the numbers (JSON)."""
+MAX_PAGE_SESSIONS = 4096
+"""Page sessions whose image changes are remembered (the oldest forgotten first)."""
 DEFAULT_ANALYSIS = "comparison"
 ALL_BLOCKS = -1
 """The block control's "every stage" (comparison, probe) / "last block" (attention) value."""
@@ -723,6 +726,28 @@ class ExplorerUI:
         self._run = _gpu(self._analyze)
         labels = {key: a.label for key, a in explorer.analyses.items()}
         self.analysis_labels: dict[str, str] = labels
+        self._images: OrderedDict[str, int] = OrderedDict()  # page session -> how many times its image changed
+        self._images_lock = threading.Lock()
+
+    def image_version(self, request: gr.Request | None) -> int | None:
+        """How many times the image of ``request``'s page has changed (None outside a page session)."""
+        session = getattr(request, "session_hash", None)
+        if session is None:
+            return None
+        with self._images_lock:
+            return self._images.get(session, 0)
+
+    def new_image(self, image: Any, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """The page's image changed (a new one, or none): a page run still going for the old image
+        will not show its results (:meth:`analyze_page` compares :meth:`image_version`), then the old
+        results are cleared (:func:`clear_for_new_image`)."""
+        session = getattr(request, "session_hash", None)
+        if session is not None:
+            with self._images_lock:
+                self._images[session] = self._images.pop(session, 0) + 1
+                while len(self._images) > MAX_PAGE_SESSIONS:
+                    self._images.popitem(last=False)
+        return clear_for_new_image(image)
 
     def _analyze(self, request: AnalysisRequest, progress: Callable | None = None) -> AnalysisResult:
         return self.explorer.analyze(request, progress)
@@ -922,12 +947,29 @@ class ExplorerUI:
 
     def analyze_page(
         self,
-        *args: Any,
+        image: Any,
+        model: Any,
+        analysis: Any,
+        head: Any,
+        classes: Any,
+        normalize: Any,
+        block: Any,
+        opacity: Any,
+        checkpoint: Any,
+        readout: Any,
+        baseline: Any,
+        class_mode: Any = "auto",
+        focus_pick: Any = None,
+        plot_open: Any = True,
+        request: gr.Request | None = None,
+        *,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         """The page's analysis: the API's inputs, then the class mode and the focus class the user
-        clicked (None: the focus view's default, the largest class). No downloads: those are rendered
-        when asked for (:meth:`download_page`).
+        clicked (None: the focus view's default, the largest class) and whether the Interactive tab is
+        open. No downloads: those are rendered when asked for (:meth:`download_page`). ``request`` (the
+        page session, which Gradio passes because the parameters are positional) lets a run whose image
+        was removed or replaced meanwhile (:meth:`new_image`) show nothing.
 
         Returns :data:`PAGE_OUTPUT_NAMES`. A refused request returns empty results and the message in
         the notice (it stays until the next run), instead of a toast that fades while the page still
@@ -937,12 +979,19 @@ class ExplorerUI:
         # built and sent only while its tab is open; opening the tab runs the analysis again (from the cache).
         # The dataset curves follow in an event of their own (page_curves), so the figure does not wait for
         # plotly to draw them, and they are sent only when the set or the readout changes.
-        plot_open = bool(args[13]) if len(args) > 13 else True
+        args = (image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline)
+        args += (class_mode, focus_pick)
+        plot_open = bool(plot_open)
+        version = self.image_version(request)
         try:
             out = self.analyze_image(*self._page_api_args(args), progress=progress, interactive=plot_open, curves=False)
         except gr.Error as e:
+            if self.image_version(request) != version:  # the image was removed or replaced meanwhile
+                return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
             empty = (None, None, None, gr.skip(), None, "", None, None)
             return (*empty, error_box(str(e.message)), gr.skip(), gr.update(visible=False))
+        if self.image_version(request) != version:  # the results of an image no longer on the page
+            return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
         state = out[-1]
         return (
             out[0],
@@ -972,11 +1021,31 @@ class ExplorerUI:
             fig = None
         return fit_plot(fig), gr.update(visible=fig is not None), key if fig is not None else None
 
-    def analyze_if_image(self, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
-        """The page's analysis re-run by its controls: nothing without an image."""
-        if not _has_image(args[0]):
+    def analyze_if_image(
+        self,
+        image: Any,
+        model: Any,
+        analysis: Any,
+        head: Any,
+        classes: Any,
+        normalize: Any,
+        block: Any,
+        opacity: Any,
+        checkpoint: Any,
+        readout: Any,
+        baseline: Any,
+        class_mode: Any = "auto",
+        focus_pick: Any = None,
+        plot_open: Any = True,
+        request: gr.Request | None = None,
+        *,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Any:
+        """The page's analysis (:meth:`analyze_page`) re-run by its controls: nothing without an image."""
+        if not _has_image(image):
             return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
-        return self.analyze_page(*args, progress=progress)
+        args = (image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline)
+        return self.analyze_page(*args, class_mode, focus_pick, plot_open, request, progress=progress)
 
     def _analysis_key_or_none(self, value: Any) -> str | None:
         try:
@@ -1388,7 +1457,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         private = dict(api_visibility="private", trigger_mode="always_last")
         page_run(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")
         cleared = image.change(
-            clear_for_new_image,
+            ui.new_image,
             inputs=image,
             outputs=page_outputs,
             preprocess=False,

@@ -734,3 +734,40 @@ def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
     assert curves is not None and shown2 == [other["state"]["spec"], "fitted"]
     refused = _page(ui.analyze_page(None, *base[1:], "auto", None, False, progress=None))
     assert refused["state"] is None and ui.page_curves(refused["state"], shown2)[1]["visible"] is False
+
+
+def test_a_page_run_whose_image_changed_meanwhile_shows_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image removed (or replaced) while a page run goes on: that run's results are skipped, so the
+    removed image's figure does not come back over the cleared page; another page's changes do not matter."""
+    import types
+
+    import gradio as gr
+
+    import app
+    from analysis.service import Explorer
+
+    ui = app.ExplorerUI(Explorer())
+    skip = type(gr.skip())
+    page, other = types.SimpleNamespace(session_hash="page"), types.SimpleNamespace(session_hash="other")
+    args = [str(EXAMPLE), "camvid", "prediction", None, None, "shared", -1, 0.5, None, "head", None]
+    args += ["auto", None, False]
+    assert _page(ui.analyze_page(*args, progress=None, request=page))["state"] is not None
+    run = ui.analyze_image
+
+    def image_removed_meanwhile(*a: Any, **k: Any) -> Any:
+        out = run(*a, **k)
+        cleared = ui.new_image(None, page)  # the visitor removes the image while the model runs
+        assert cleared[0] is None and "Upload an image" in cleared[5]
+        return out
+
+    monkeypatch.setattr(ui, "analyze_image", image_removed_meanwhile)
+    assert all(isinstance(x, skip) for x in ui.analyze_page(*args, progress=None, request=page))
+    assert _page(ui.analyze_page(*args, progress=None, request=other))["state"] is not None
+    monkeypatch.setattr(ui, "analyze_image", run)
+    assert _page(ui.analyze_page(*args, progress=None, request=page))["state"] is not None  # the next run shows
+    # Gradio passes the page session only to parameters before any *args: every page run receives it
+    from gradio.helpers import special_args
+
+    for fn, n_inputs in ((ui.analyze_page, 14), (ui.analyze_if_image, 14), (ui.new_image, 1)):
+        inputs = special_args(fn, [None] * n_inputs, request=page)[0]
+        assert len(inputs) == n_inputs + 1 and inputs[n_inputs] is page, fn.__name__

@@ -417,6 +417,21 @@ def test_a_dropdown_pick_draws_the_figure_once_and_a_blur_not_at_all(page: Any) 
     assert _error_toasts(pg) == []
 
 
+def test_removing_the_image_while_it_is_analysed_leaves_no_figure(page: Any) -> None:
+    """A run still going when the image is removed (here: a new analysis picked just before) must not put
+    the removed image's figure back on the page."""
+    pg = page
+    pg.locator("#st-analysis label", has_text=ANALYSES["comparison"]).click()
+    _upload(pg, EXAMPLE, ANALYSIS_TITLES["comparison"])
+    pg.locator("#st-analysis label", has_text=ANALYSES["attention"]).click()  # the slowest: it runs 3 sizes
+    pg.wait_for_selector(".progress-text, .eta-bar", timeout=WAIT_MS)  # the run is under way
+    pg.locator("#st-image button[aria-label='Remove Image']").first.click()
+    pg.wait_for_function("() => !document.querySelector('.progress-text, .eta-bar')", timeout=WAIT_MS)
+    pg.wait_for_timeout(2000)  # a late result would have been drawn by now
+    assert pg.evaluate(FIGURE_SRC) in ("", None)
+    assert "Upload an image" in pg.locator("#st-summary").first.inner_text()
+
+
 def test_a_readout_reason_does_not_outlive_its_set(page: Any) -> None:
     """A released set (offline here: its run fails) says which readouts it lacks; back on the embedded
     set, which has them all, the reason is gone and the error notice too."""
