@@ -962,8 +962,7 @@ class ExplorerUI:
         focus_pick: Any = None,
         plot_open: Any = True,
         request: gr.Request | None = None,
-        *,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
     ) -> tuple[Any, ...]:
         """The page's analysis: the API's inputs, then the class mode and the focus class the user
         clicked (None: the focus view's default, the largest class) and whether the Interactive tab is
@@ -1038,14 +1037,13 @@ class ExplorerUI:
         focus_pick: Any = None,
         plot_open: Any = True,
         request: gr.Request | None = None,
-        *,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
     ) -> Any:
         """The page's analysis (:meth:`analyze_page`) re-run by its controls: nothing without an image."""
         if not _has_image(image):
             return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
         args = (image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline)
-        return self.analyze_page(*args, class_mode, focus_pick, plot_open, request, progress=progress)
+        return self.analyze_page(*args, class_mode, focus_pick, plot_open, request, progress)
 
     def _analysis_key_or_none(self, value: Any) -> str | None:
         try:
@@ -1053,10 +1051,31 @@ class ExplorerUI:
         except gr.Error:
             return None
 
-    def download_page(self, what: str, *args: Any, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
-        """A page download button: ``what`` (one of :data:`DOWNLOADS`) of what the controls show now,
-        rendered on request (the maps come from the cache). Works whenever it is clicked: before the
-        page's own run has finished, it shares that run's model pass. A refusal is a message (toast)."""
+    def download_page(
+        self,
+        what: str,
+        image: Any,
+        model: Any,
+        analysis: Any,
+        head: Any,
+        classes: Any,
+        normalize: Any,
+        block: Any,
+        opacity: Any,
+        checkpoint: Any,
+        readout: Any,
+        baseline: Any,
+        class_mode: Any = "auto",
+        focus_pick: Any = None,
+        plot_open: Any = True,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
+    ) -> Any:
+        """A page download button: ``what`` (one of :data:`DOWNLOADS`) of what the controls show now (the
+        page's inputs, as :meth:`analyze_page`), rendered on request (the maps come from the cache). Works
+        whenever it is clicked: before the page's own run has finished, it shares that run's model pass.
+        A refusal is a message (toast)."""
+        args = (image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline)
+        args += (class_mode, focus_pick)
         out = self.analyze_image(
             *self._page_api_args(args), downloads=[what], progress=progress, display=False, interactive=False
         )

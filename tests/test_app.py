@@ -739,6 +739,7 @@ def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
 def test_a_page_run_whose_image_changed_meanwhile_shows_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The image removed (or replaced) while a page run goes on: that run's results are skipped, so the
     removed image's figure does not come back over the cleared page; another page's changes do not matter."""
+    import functools
     import types
 
     import gradio as gr
@@ -770,4 +771,7 @@ def test_a_page_run_whose_image_changed_meanwhile_shows_nothing(monkeypatch: pyt
 
     for fn, n_inputs in ((ui.analyze_page, 14), (ui.analyze_if_image, 14), (ui.new_image, 1)):
         inputs = special_args(fn, [None] * n_inputs, request=page)[0]
-        assert len(inputs) == n_inputs + 1 and inputs[n_inputs] is page, fn.__name__
+        assert inputs[n_inputs] is page, fn.__name__
+    # and the progress tracker, so the service's steps (loading the set, the model pass) show on the page
+    for fn in (ui.analyze_page, ui.analyze_if_image, functools.partial(ui.download_page, "pdf")):
+        assert special_args(fn, [None] * 14, request=page)[1] is not None, fn
