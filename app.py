@@ -678,6 +678,15 @@ def fit_plot(fig: Any) -> Any:
     return fig
 
 
+NO_IMAGE = "Upload an image first (or pick one of the examples)."
+
+
+def ask_for_image(image: Any) -> Any:
+    """The Analyze button's first step: without an image, the notice asks for one (the page's analysis then
+    changes nothing); with one, the notice is left to the analysis."""
+    return gr.skip() if _has_image(image) else error_box(NO_IMAGE)
+
+
 def error_box(message: str | None) -> Any:
     """The results area's error notice: shown with ``message`` until the next run, hidden for None."""
     if not message:
@@ -862,7 +871,7 @@ class ExplorerUI:
         t0 = time.perf_counter()
         img = image if _is_array(image) else _payload_path(image)
         if img is None:
-            raise _refuse("Upload an image first (or pick one of the examples).")
+            raise _refuse(NO_IMAGE)
         if not _is_array(img):
             _check_upload(img, "image")
         spec = self.model_spec(model, checkpoint)
@@ -966,9 +975,11 @@ class ExplorerUI:
     ) -> tuple[Any, ...]:
         """The page's analysis: the API's inputs, then the class mode and the focus class the user
         clicked (None: the focus view's default, the largest class) and whether the Interactive tab is
-        open. No downloads: those are rendered when asked for (:meth:`download_page`). ``request`` (the
-        page session, which Gradio passes because the parameters are positional) lets a run whose image
-        was removed or replaced meanwhile (:meth:`new_image`) show nothing.
+        open. No downloads: those are rendered when asked for (:meth:`download_page`). Without an image it
+        changes nothing (the controls re-run it; the Analyze button asks for an image first,
+        :func:`ask_for_image`). ``request`` (the page session, which Gradio passes because the parameters
+        are positional) lets a run whose image was removed or replaced meanwhile (:meth:`new_image`) show
+        nothing.
 
         Returns :data:`PAGE_OUTPUT_NAMES`. A refused request returns empty results and the message in
         the notice (it stays until the next run), instead of a toast that fades while the page still
@@ -978,6 +989,8 @@ class ExplorerUI:
         # built and sent only while its tab is open; opening the tab runs the analysis again (from the cache).
         # The dataset curves follow in an event of their own (page_curves), so the figure does not wait for
         # plotly to draw them, and they are sent only when the set or the readout changes.
+        if not _has_image(image):
+            return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
         args = (image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline)
         args += (class_mode, focus_pick)
         plot_open = bool(plot_open)
@@ -1019,31 +1032,6 @@ class ExplorerUI:
             log.exception("dataset curves failed")
             fig = None
         return fit_plot(fig), gr.update(visible=fig is not None), key if fig is not None else None
-
-    def analyze_if_image(
-        self,
-        image: Any,
-        model: Any,
-        analysis: Any,
-        head: Any,
-        classes: Any,
-        normalize: Any,
-        block: Any,
-        opacity: Any,
-        checkpoint: Any,
-        readout: Any,
-        baseline: Any,
-        class_mode: Any = "auto",
-        focus_pick: Any = None,
-        plot_open: Any = True,
-        request: gr.Request | None = None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects the tracker through the default
-    ) -> Any:
-        """The page's analysis (:meth:`analyze_page`) re-run by its controls: nothing without an image."""
-        if not _has_image(image):
-            return tuple(gr.skip() for _ in PAGE_OUTPUT_NAMES)
-        args = (image, model, analysis, head, classes, normalize, block, opacity, checkpoint, readout, baseline)
-        return self.analyze_page(*args, class_mode, focus_pick, plot_open, request, progress)
 
     def _analysis_key_or_none(self, value: Any) -> str | None:
         try:
@@ -1474,7 +1462,8 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 show_progress_on=[button],  # the file box is hidden until its first file
             ).success(fn=None, js=SAVE_DOWNLOAD_JS)
         private = dict(api_visibility="private", trigger_mode="always_last")
-        page_run(run.click, ui.analyze_page, api_visibility="private", trigger_mode="once")
+        asked = run.click(ask_for_image, inputs=image, outputs=error, preprocess=False, **quiet)
+        page_run(asked.then, ui.analyze_page, api_visibility="private", trigger_mode="once")
         cleared = image.change(
             ui.new_image,
             inputs=image,
@@ -1483,7 +1472,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             trigger_mode="always_last",
             **quiet,
         )
-        page_run(cleared.then, ui.analyze_if_image, api_visibility="private")
+        page_run(cleared.then, ui.analyze_page, api_visibility="private")
         # a control change redraws from the cached maps in a fraction of a second: outside the queue it is
         # answered ~0.1 s sooner (no queue round trips). ZeroGPU runs its GPU work in queued events: queued there.
         direct = {} if _on_spaces() else {"queue": False}
@@ -1491,10 +1480,10 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
         # focus after the pick (and on any blur), which would run the analysis twice per pick, the second
         # run's figure arriving last (bench/bench_browser.py saw 0.1 s more for the dropdowns than the radio)
         for event in (head.select, baseline.select, block.select, readout.select, normalize.input):
-            page_run(event, ui.analyze_if_image, **direct, **private)
-        page_run(opacity.release, ui.analyze_if_image, **private)
+            page_run(event, ui.analyze_page, **direct, **private)
+        page_run(opacity.release, ui.analyze_page, **private)
         focused = focus_class.input(lambda c: c, inputs=focus_class, outputs=focus_pick, **quiet)
-        page_run(focused.then, ui.analyze_if_image, **private)
+        page_run(focused.then, ui.analyze_page, **private)
         # picking classes makes them the user's; clearing them (or the reset) returns to automatic
         picked = classes.input(
             lambda c: ("user" if c else "auto", gr.update(label=USER_CLASSES_LABEL if c else AUTO_CLASSES_LABEL)),
@@ -1502,13 +1491,13 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             outputs=[class_mode, classes],
             **quiet,
         )
-        page_run(picked.then, ui.analyze_if_image, **private)
+        page_run(picked.then, ui.analyze_page, **private)
         reset = reset_classes.click(
             lambda: ("auto", gr.update(value=[], label=AUTO_CLASSES_LABEL), None),
             outputs=[class_mode, classes, focus_pick],
             **quiet,
         )
-        page_run(reset.then, ui.analyze_if_image, **private)
+        page_run(reset.then, ui.analyze_page, **private)
         # a new analysis refits the controls to the set; a new set also forgets the chosen classes
         refits = [(analysis.input, ui.refresh_controls)]
         refits += [(event, ui.on_model_change) for event in (model.select, checkpoint.upload, checkpoint.clear)]
@@ -1516,10 +1505,10 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
             fitted = event(
                 refit, inputs=refresh_in, outputs=refresh_out, preprocess=False, trigger_mode="always_last", **quiet
             )
-            page_run(fitted.then, ui.analyze_if_image, api_visibility="private")
+            page_run(fitted.then, ui.analyze_page, api_visibility="private")
         # the Interactive tab: open -> the plot is drawn (a run from the cache); closed -> no plot is sent
         opened = interactive_tab.select(lambda: True, outputs=plot_open, **quiet)
-        page_run(opened.then, ui.analyze_if_image, **private)
+        page_run(opened.then, ui.analyze_page, **private)
         for tab in (figure_tab, overlay_tab):
             tab.select(lambda: False, outputs=plot_open, **quiet)
         demo.load(ui.refresh_controls, inputs=refresh_in, outputs=refresh_out, preprocess=False, **quiet)

@@ -710,7 +710,7 @@ def test_the_warm_up_leaves_the_first_example_ready(tiny_set: Path, monkeypatch:
     assert result.timings["cached"] is True
 
 
-def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
+def test_the_page_sends_the_plot_and_the_curves_only_when_needed(tmp_path: Path) -> None:
     """The interactive plot is built only with its tab open; the dataset curves come in an event of their own
     (the figure does not wait for plotly), sent only for a new set or readout, hidden after a refused run."""
     import gradio as gr
@@ -732,7 +732,9 @@ def test_the_page_sends_the_plot_and_the_curves_only_when_needed() -> None:
     other = _page(ui.analyze_page(*[*base[:9], "fitted", None], "auto", None, False, progress=None))
     curves, box, shown2 = ui.page_curves(other["state"], shown)
     assert curves is not None and shown2 == [other["state"]["spec"], "fitted"]
-    refused = _page(ui.analyze_page(None, *base[1:], "auto", None, False, progress=None))
+    not_a_picture = tmp_path / "photo.jpg"
+    not_a_picture.write_text("hello")
+    refused = _page(ui.analyze_page(str(not_a_picture), *base[1:], "auto", None, False, progress=None))
     assert refused["state"] is None and ui.page_curves(refused["state"], shown2)[1]["visible"] is False
 
 
@@ -769,9 +771,13 @@ def test_a_page_run_whose_image_changed_meanwhile_shows_nothing(monkeypatch: pyt
     # Gradio passes the page session only to parameters before any *args: every page run receives it
     from gradio.helpers import special_args
 
-    for fn, n_inputs in ((ui.analyze_page, 14), (ui.analyze_if_image, 14), (ui.new_image, 1)):
+    for fn, n_inputs in ((ui.analyze_page, 14), (ui.new_image, 1)):
         inputs = special_args(fn, [None] * n_inputs, request=page)[0]
         assert inputs[n_inputs] is page, fn.__name__
     # and the progress tracker, so the service's steps (loading the set, the model pass) show on the page
-    for fn in (ui.analyze_page, ui.analyze_if_image, functools.partial(ui.download_page, "pdf")):
+    for fn in (ui.analyze_page, functools.partial(ui.download_page, "pdf")):
         assert special_args(fn, [None] * 14, request=page)[1] is not None, fn
+    # without an image a page run changes nothing; the Analyze button's first step asks for one
+    assert all(isinstance(x, skip) for x in ui.analyze_page(None, *args[1:], progress=None, request=page))
+    assert app.ask_for_image(None)["value"].endswith(app.NO_IMAGE) and app.ask_for_image(None)["visible"]
+    assert isinstance(app.ask_for_image(str(EXAMPLE)), skip)

@@ -430,6 +430,9 @@ def test_removing_the_image_while_it_is_analysed_leaves_no_figure(page: Any) -> 
     pg.wait_for_timeout(2000)  # a late result would have been drawn by now
     assert pg.evaluate(FIGURE_SRC) in ("", None)
     assert "Upload an image" in pg.locator("#st-summary").first.inner_text()
+    pg.locator("#st-run").click()  # Analyze without an image: the notice asks for one
+    pg.wait_for_selector("#st-error", state="visible", timeout=WAIT_MS)
+    assert "Upload an image first" in pg.locator("#st-error").first.inner_text()
 
 
 def test_a_readout_reason_does_not_outlive_its_set(page: Any) -> None:
