@@ -1,7 +1,9 @@
-"""Display names shared by the figures, the analyses and the UI. No imports, so anything can read them
+"""Display names shared by the figures, the analyses and the UI. Only the standard library, so anything can read them
 without pulling in matplotlib or torch."""
 
 from __future__ import annotations
+
+import re
 
 #: Pretty label per head; unknown heads are shown by their name.
 HEAD_LABELS: dict[str, str] = {
@@ -33,3 +35,10 @@ NORMALIZATION_NOTES: dict[str, str] = {
 def head_label(head: str) -> str:
     """Pretty label of ``head`` (its name when it has none in :data:`HEAD_LABELS`)."""
     return HEAD_LABELS.get(head, head)
+
+
+def display_names(text: str) -> str:
+    """``text`` with every head key (``per_pixel_ds``, ``cse``, ...) replaced by its display name (verdicts
+    are stored with keys, shown with names)."""
+    keys = sorted(HEAD_LABELS, key=len, reverse=True)
+    return re.sub(r"\b(" + "|".join(map(re.escape, keys)) + r")\b", lambda m: HEAD_LABELS[m.group(1)], text)

@@ -65,7 +65,7 @@ from . import over_seeds
 from .analyses import COMPARISON, PROBE
 from .claims import block_claims, claims_table, structtoken_pairs
 from .grid import block_grid, render_static
-from .labels import head_label
+from .labels import display_names, head_label
 from .maps import ImageMaps, image_maps_from_output
 from .metrics import (
     BoundaryCounts,
@@ -527,14 +527,14 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         "",
         "## Deep-supervision probe (training seeds, paired by seed)",
         "",
-        f"**Verdict:** {probe.get('verdict')}",
+        f"**Verdict:** {display_names(str(probe.get('verdict')))}",
     ]
     if probe.get("pairs"):
         lines += ["", *pairs_table(probe["pairs"])]
         srcs = ", ".join(f"{s['source']} (seed {s['seed']})" for s in probe.get("sources", []))
         lines += ["", f"Final val mIoU (points) from {srcs}."]
     for c in probe.get("head_vs_head") or []:
-        lines.append(f"- {c['verdict']}")
+        lines.append(f"- {display_names(c['verdict'])}")
     lines += _probe_ft_lines(result.get("probe_ft")) + _ablation_lines(result.get("ablation"))
     for r in READOUTS:
         per_head = readouts.get(r) or {}
@@ -568,7 +568,7 @@ def _probe_ft_lines(pf: Mapping[str, Any] | None) -> list[str]:
     if not pf:
         return []
     lines = ["", "## Deep-supervision probe with trainable features", "", f"{pf.get('features')}.", ""]
-    lines.append(f"**Verdict:** {pf.get('verdict')}")
+    lines.append(f"**Verdict:** {display_names(str(pf.get('verdict')))}")
     if pf.get("pairs"):
         lines += ["", *pairs_table(pf["pairs"])]
         lines += ["", f"{pf.get('protocol')}, from " + ", ".join(s["source"] for s in pf.get("sources", [])) + "."]

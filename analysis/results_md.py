@@ -24,7 +24,7 @@ from typing import Any
 
 from . import over_seeds
 from .claims import claims_table
-from .labels import head_label
+from .labels import display_names, head_label
 from .probe import pairs_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def probe_block(report: Mapping[str, Any]) -> list[str]:
     probe = report.get("probe") or {}
     if not probe.get("pairs"):
         return ["(no seed results in the shipped report)"]
-    lines = [f"**Verdict:** {probe['verdict']}", "", *pairs_table(probe["pairs"])]
+    lines = [f"**Verdict:** {display_names(probe['verdict'])}", "", *pairs_table(probe["pairs"])]
     srcs = ", ".join(f"`{s['source']}`" for s in probe.get("sources", []))
     lines += ["", f"Final val mIoU (points), whole image; sources: {srcs}."]
     return lines
@@ -162,9 +162,8 @@ def v2_block(folder: Path) -> list[str]:
         complete = all(set(STAGE2_SEEDS) <= s for s in seeds.values())
         lines += [
             "",
-            "Stage 2, final val mIoU (%), mean ± SD over every seed a head was trained with (seeds "
-            f"{', '.join(str(s) for s in STAGE2_SEEDS)}; the deep-supervision pair also 3 and 4)"
-            + (":" if complete else "; partial: not yet the set-v2 result while seeds are missing:"),
+            "Stage 2, final val mIoU (%), mean ± SD over every seed a head was trained with (how many: the seeds "
+            "column)" + (":" if complete else "; partial: not yet the set-v2 result while seeds are missing:"),
             "",
             "| head | whole image | sliding window | seeds |",
             "|---|---|---|---|",
@@ -295,7 +294,7 @@ def probe_ft_block(folder: Path) -> list[str]:
     pf = over_seeds.probe_ft(over_seeds.load_runs(folder)) if folder.is_dir() else None
     if not pf:
         return ["No run of the probe with trainable features has finished yet (`camvid_v2_probe_ft`, seeds 0-2)."]
-    lines = [f"{pf['features']}. **Verdict:** {pf['verdict']}", "", *pairs_table(pf["pairs"])]
+    lines = [f"{pf['features']}. **Verdict:** {display_names(pf['verdict'])}", "", *pairs_table(pf["pairs"])]
     lines += ["", f"{pf['protocol']}; runs: " + ", ".join(f"`{s['source']}`" for s in pf["sources"]) + "."]
     return lines
 

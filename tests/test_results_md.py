@@ -101,3 +101,15 @@ def test_the_runs_table_is_called_partial_until_every_head_has_the_stage2_seeds(
     for seeds, partial in (([0, 1], True), ([0, 1, 2], False)):
         claims.write_text(json.dumps({"meta": {"seeds": seeds}, "claims": {}}))
         assert ("Partial" in v2_claims_block(claims)[0]) is partial
+
+
+def test_verdicts_name_heads_by_their_display_names():
+    """The probe verdicts are stored with head keys (metrics.json, the runs) and shown with display names."""
+    from analysis.labels import display_names
+    from analysis.results_md import probe_block
+
+    assert display_names("deep supervision (per_pixel_ds vs per_pixel), cse") == (
+        "deep supervision (Per-pixel + deep sup. vs Per-pixel), StructToken-CSE"
+    )
+    report = {"probe": {"verdict": "per_pixel_ds vs per_pixel", "pairs": [{"seed": 0, "baseline": 1, "treated": 2}]}}
+    assert probe_block(report)[0] == "**Verdict:** Per-pixel + deep sup. vs Per-pixel"

@@ -3,14 +3,13 @@ StructToken, block by block; with the verdict of the set's shipped report (train
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from structtoken.config import HEAD_NAMES, ModelConfig
 
 from ..figures import METRIC_LABELS
-from ..labels import HEAD_LABELS, head_label
+from ..labels import display_names, head_label
 from ..maps import ImageMaps
 from ..probe import probe_from_report, report_heads
 from ..roles import deep_supervision_pairs, structtoken_heads
@@ -39,12 +38,6 @@ def dataset_table(
         vals.append(percent((m.get("final") or {}).get(metric)))
         rows.append([head_label(h), *(None if v is None else round(v, 1) for v in vals)])
     return headers, rows
-
-
-def display_names(text: str) -> str:
-    """``text`` with every head key (``per_pixel_ds``, ``cse``, ...) replaced by its display name."""
-    keys = sorted(HEAD_LABELS, key=len, reverse=True)
-    return re.sub(r"\b(" + "|".join(map(re.escape, keys)) + r")\b", lambda m: HEAD_LABELS[m.group(1)], text)
 
 
 class Probe(BlockGridAnalysis):
