@@ -261,14 +261,26 @@ def _fit_problems(
     return parts
 
 
-def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint", assign: bool = False
+) -> None:
     """Copy ``sd`` into ``model``; :class:`CheckpointError` names the missing, unexpected and mis-shaped keys
-    (how many of each, at most three names each, shortened)."""
+    (how many of each, at most three names each, shortened).
+
+    ``assign``: the tensors of ``sd`` (made contiguous) become the model's parameters and buffers instead of
+    being copied into them (``requires_grad`` stays the model's): how a set built on the ``meta`` device
+    gets its weights without being built a second time."""
     own = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     parts = _fit_problems(own, {k: (tuple(v.shape), v.dtype) for k, v in sd.items()})
     if parts:
         raise CheckpointError(f"{clean(source, 60)} does not fit this model: " + " | ".join(parts))
-    model.load_state_dict(dict(sd), strict=True)
+    if assign:
+        model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True, assign=True)
+        left = [k for k, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if left:  # a tensor the state dict does not hold (a non-persistent buffer) would stay without values
+            raise CheckpointError(f"{clean(source, 60)}: {len(left)} tensor(s) not in the state dict: {names(left)}")
+    else:
+        model.load_state_dict(dict(sd), strict=True)
 
 
 def _check_weights(
@@ -306,9 +318,10 @@ def _check_finite(sd: Mapping[str, torch.Tensor], name: str) -> None:
         )
 
 
-def _meta_model(cfg: ModelConfig, name: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Name -> (shape, dtype) of the set ``cfg`` describes, built on the ``meta`` device (no memory); refuses
-    a set whose float32 weights exceed :func:`max_model_bytes`."""
+def _meta_model(cfg: ModelConfig, name: str) -> tuple[Segmentor, dict[str, tuple[tuple[int, ...], torch.dtype]]]:
+    """The set ``cfg`` describes, built on the ``meta`` device (no memory), and its name -> (shape, dtype);
+    refuses a set whose float32 weights exceed :func:`max_model_bytes`. The loaders check a file against
+    it, then give it the file's tensors (:func:`load_state_dict_strict` with ``assign``)."""
     with torch.device("meta"):
         model = build_model(cfg)
     own = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -319,7 +332,7 @@ def _meta_model(cfg: ModelConfig, name: str) -> dict[str, tuple[tuple[int, ...],
             f"{name}: its model needs {_gb(need)}, over the memory budget of {_gb(budget)}; "
             "raise STRUCTTOKEN_MAX_MODEL_BYTES if this machine has the memory"
         )
-    return own
+    return model, own
 
 
 def _guarded(name: str, load: Callable[[], Segmentor]) -> Segmentor:
@@ -602,14 +615,15 @@ def _load_model(path: Path, name: str, device: str | torch.device, readouts: boo
             f"{name}: a safetensors file without a StructToken config in its metadata; save sets with save_model"
         )
     cfg = parse_config_json(meta[FORMAT_KEY], source=name)
-    _check_weights(_meta_model(cfg, name), header, name)
+    model, own = _meta_model(cfg, name)
+    _check_weights(own, header, name)
     try:
         sd = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{name}: cannot read its tensors ({clean(e, 60)}): truncated or corrupt?") from None
     _check_finite(sd, name)
-    model = build_model(cfg)
-    load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, source=name)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    load_state_dict_strict(model, sd, source=name, assign=True)
     del sd
     model.eval()
     if readouts:
@@ -640,13 +654,12 @@ def _load_official(path: Path, name: str, cfg: ModelConfig | None, device: str |
             f"{names(odd)}; store weights as float32, float16 or bfloat16"
         )
     cfg = cfg or infer_official_config(sd)
-    own = _meta_model(cfg, name)
+    model, own = _meta_model(cfg, name)
     converted = convert_official_state_dict(sd, cfg.head)
     del sd
     _check_weights(own, {k: (tuple(v.shape), torch.float32) for k, v in converted.items()}, name)
     _check_finite(converted, name)
-    model = build_model(cfg)
-    load_state_dict_strict(model, converted, source=name)
+    load_state_dict_strict(model, converted, source=name, assign=True)
     return model.eval().to(device)
 
 

@@ -124,9 +124,30 @@ def test_safetensors_roundtrip_is_bit_exact(tmp_path):
     assert loaded.cfg == cfg
     for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
+    # the set is built once, on meta, and takes the file's tensors: none is left on meta, every one is
+    # contiguous, and the parameters stay trainable parameters as a fresh build has them
+    built = dict(model.named_parameters())
+    for k, v in loaded.named_parameters():
+        assert isinstance(v, torch.nn.Parameter) and v.requires_grad == built[k].requires_grad, k
+    assert not any(t.is_meta or not t.is_contiguous() for t in (*loaded.parameters(), *loaded.buffers()))
+    assert not loaded.training
     x = torch.randn(1, 3, 80, 48)
     with torch.no_grad():
         assert torch.equal(model(x).logits, loaded(x).logits)
+
+
+def test_assigned_load_refuses_a_tensor_the_state_dict_lacks():
+    class WithScratch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.register_buffer("scratch", torch.zeros(2), persistent=False)
+
+    with torch.device("meta"):
+        model = WithScratch()
+    sd = {k: torch.ones_like(v, device="cpu") for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"1 tensor.*not in the state dict: scratch"):
+        load_state_dict_strict(model, sd, source="x.safetensors", assign=True)
 
 
 def test_fp16_storage_loads_as_float32(tmp_path):
