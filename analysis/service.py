@@ -304,17 +304,39 @@ def report_path(model_spec: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _read_report(path: Path, readout: str = "raw") -> tuple[dict[str, Any] | None, go.Figure | None]:
-    """A report's JSON (None when unreadable) and its per-block curves under ``readout`` (None without
-    head entries for that readout)."""
+def _read_report(path: Path) -> dict[str, Any] | None:
+    """A report's JSON, or None when unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    over = report_seed_curves(data, readout)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class _Curves:
+    """A report's per-block curves under one readout, before they are drawn: per head, stage -> metrics
+    (means over seeds when the report has seeds, with their range as ``bands``)."""
+
+    heads: dict[str, Any]
+    title: str
+    bands: dict[str, Any] | None = None
+
+    def figure(self) -> go.Figure | None:
+        """The plotly figure (:func:`analysis.figures.block_curves_plotly`), or None when it cannot be drawn."""
+        try:
+            return F.block_curves_plotly(self.heads, title=self.title, bands=self.bands)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def _report_curves(data: dict[str, Any] | None, readout: str = "raw") -> _Curves | None:
+    """The per-block curves a report holds under ``readout`` (None without head entries for it). Cheap:
+    nothing is drawn."""
+    if data is None:
+        return None
     try:
+        over = report_seed_curves(data, readout)
         if over is not None:
             means, bands, seeds, split = over
             order = [h for h in (data.get("meta") or {}).get("heads") or [] if h in means]
@@ -323,14 +345,13 @@ def _read_report(path: Path, readout: str = "raw") -> tuple[dict[str, Any] | Non
                 f"Per-block metrics on {split or 'the dataset'}, {readout} readout: mean over training seeds "
                 f"(band: their range; seeds {', '.join(str(s) for s in seeds)}, count per head in the legend)"
             )
-            return data, F.block_curves_plotly(means, title=title, bands=bands)
+            return _Curves(means, title, bands)
         heads = report_heads(data, readout)
-        if not heads:
-            return data, None
-        title = f"Per-block metrics on the dataset, {readout} readout (shipped report)"
-        return data, F.block_curves_plotly(heads, title=title)
-    except (ValueError, TypeError, KeyError):
-        return data, None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not heads:
+        return None
+    return _Curves(heads, f"Per-block metrics on the dataset, {readout} readout (shipped report)")
 
 
 # ------------------------------------------------------------------------------------- caches
@@ -475,7 +496,8 @@ class Explorer:
             max_model_bytes = int(float(env)) if env else max_model_bytes_budget()
         self._models: _LRU[tuple[Any, ...], _ModelEntry] = _LRU(max_models, max_bytes=max_model_bytes)
         self._maps: _LRU[tuple[tuple[Any, ...], str], ImageMaps] = _LRU(max_maps)
-        self._reports: dict[tuple[str, str], tuple[float, dict[str, Any] | None, go.Figure | None]] = {}
+        self._reports: dict[str, tuple[float, dict[str, Any] | None]] = {}  # path -> (mtime, JSON)
+        self._curves: dict[tuple[str, str], tuple[float, _Curves | None, go.Figure | None]] = {}
         self._reports_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._saturation: _LRU[tuple[Any, ...], list[dict[str, Any]]] = _LRU(16)
@@ -517,7 +539,10 @@ class Explorer:
         maps, cached, t_fwd = self._image_maps(entry, rgb, progress)
         _progress(progress, 0.8, "drawing figures")
         t_fig = time.perf_counter()
-        report, curves, rpath = self._report(spec, request.readout)
+        report, rpath, _ = self._report(spec)
+        series = self._curves_entry(spec, request.readout)[1]
+        # drawn only when asked for (a page draws them in an event of its own: Explorer.dataset_curves)
+        curves = self.dataset_curves(spec, request.readout) if request.curves and series is not None else None
         try:
             shown = list(analysis.heads(cfg, head, request.baseline or None))
         except ValueError as e:
@@ -570,7 +595,7 @@ class Explorer:
             plot=view.plot,
             overlay=overlay,
             # the cached figure is shared: a copy (of an already validated figure: 3 ms instead of 50)
-            curves=None if curves is None or not request.curves else go.Figure(curves.to_dict(), _validate=False),
+            curves=curves,
             table=view.table,
             table_headers=view.table_headers,
             summary=_summary(analysis, view, view_request, cfg, spec, maps, notices),
@@ -580,7 +605,7 @@ class Explorer:
             classes=names,
             selected_classes=[names[c] for c in class_ids],
             available={name: a.supported(cfg) for name, a in ANALYSES.items()},
-            curves_available=curves is not None,
+            curves_available=series is not None,
         )
 
     def _validate(self, request: AnalysisRequest) -> tuple[Analysis, str, torch.device]:
@@ -658,6 +683,7 @@ class Explorer:
         self._overlays.clear()
         with self._reports_lock:
             self._reports.clear()
+            self._curves.clear()
         release_memory()
 
     def _model_entry(
@@ -758,29 +784,52 @@ class Explorer:
     # ------------------------------------------------------------------------------- reports
     def dataset_curves(self, spec: str, readout: str = "raw") -> go.Figure | None:
         """The set's dataset-level per-block curves under ``readout`` (a copy: the caller may restyle it), or
-        None without a shipped report."""
-        curves = self._report(str(spec).strip(), readout)[1]
-        return None if curves is None else go.Figure(curves.to_dict(), _validate=False)
+        None without a shipped report. Drawn on the first call per readout, then cached."""
+        key, series, fig = self._curves_entry(str(spec).strip(), readout)
+        if series is None:
+            return None
+        if fig is None:
+            fig = series.figure()
+            with self._reports_lock:
+                hit = self._curves.get(key)
+                if hit is not None and hit[1] is series:  # the report did not change meanwhile
+                    self._curves[key] = (hit[0], series, fig)
+        # the cached figure is shared: a copy (of an already validated figure: 3 ms instead of 50)
+        return None if fig is None else go.Figure(fig.to_dict(), _validate=False)
 
     def shipped_report(self, spec: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The dataset report (``metrics.json`` of ``python -m analysis report``) shipped with a set, or
         None when there is none (or it cannot be read). See :func:`report_path` for where it is looked for."""
         return self._report(str(spec))[0]
 
-    def _report(self, spec: str, readout: str = "raw") -> tuple[dict[str, Any] | None, go.Figure | None, Path | None]:
-        """(report, its curves under ``readout``, where it is looked for), re-read when the file changes."""
+    def _report(self, spec: str) -> tuple[dict[str, Any] | None, Path | None, float]:
+        """(report, where it is looked for, its mtime), re-read when the file changes."""
         path = report_path(spec)
         if path is None or not path.is_file():
-            return None, None, path
+            return None, path, 0.0
         mtime = path.stat().st_mtime
-        key = (str(path), readout)
         with self._reports_lock:
-            hit = self._reports.get(key)
+            hit = self._reports.get(str(path))
         if hit is None or hit[0] != mtime:
-            hit = (mtime, *_read_report(path, readout))
+            hit = (mtime, _read_report(path))
             with self._reports_lock:
-                self._reports[key] = hit
-        return hit[1], hit[2], path
+                self._reports[str(path)] = hit
+        return hit[1], path, mtime
+
+    def _curves_entry(self, spec: str, readout: str) -> tuple[tuple[str, str], _Curves | None, go.Figure | None]:
+        """(cache key, the report's curves under ``readout`` before they are drawn, the drawn figure if it
+        was drawn already); re-read with the report."""
+        data, path, mtime = self._report(spec)
+        key = (str(path), readout)
+        if data is None:
+            return key, None, None
+        with self._reports_lock:
+            hit = self._curves.get(key)
+        if hit is None or hit[0] != mtime:
+            hit = (mtime, _report_curves(data, readout), None)
+            with self._reports_lock:
+                self._curves[key] = hit
+        return key, hit[1], hit[2]
 
 
 def _device(spec: str) -> torch.device:

@@ -695,19 +695,34 @@ def test_app_script_sets_the_library_thread_policy() -> None:
     assert all(n.lineno > first_imports.end_lineno for n in torch_loaders)
 
 
-def test_the_warm_up_leaves_the_first_example_ready(tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page's first analysis of its first example, as the browser sends it (decoded pixels), finds the
-    maps the warm-up computed."""
-    import app
-    from analysis.service import AnalysisRequest, Explorer
+def test_the_warm_up_leaves_the_first_example_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's first analysis of its first example, as the browser sends it (decoded pixels) and as the
+    page asks for it (its first readout, no curves, no plot), finds the maps the warm-up computed; the
+    dataset curves the page asks for next are drawn already (the embedded set, which ships a report)."""
+    import gradio as gr
 
-    monkeypatch.setenv("STRUCTTOKEN_DEFAULT_MODEL", str(tiny_set))
+    import analysis.service as service
+    import app
+    from analysis.service import Explorer
+
+    monkeypatch.delenv("STRUCTTOKEN_DEFAULT_MODEL", raising=False)
     explorer = Explorer()
+    drawn: list[str] = []
+    real = service.F.block_curves_plotly
+    monkeypatch.setattr(service.F, "block_curves_plotly", lambda *a, **k: drawn.append(k["title"]) or real(*a, **k))
     app.warm_up(explorer)
+    assert len(drawn) == 1
     first = app.example_entries("street")[0][0]
     pixels = np.asarray(Image.open(first).convert("RGB"))
-    result = explorer.analyze(AnalysisRequest(pixels, str(tiny_set), "comparison", readout="head"))
-    assert result.timings["cached"] is True
+    ui = app.ExplorerUI(explorer)
+    readout = app._first_readout(
+        [(r, r) for r, why in app.readout_reasons(explorer.describe_model("camvid")).items() if why is None]
+    )
+    args = [pixels, "camvid", "comparison", None, None, "shared", -1, 0.5, None, readout, None, "auto", None, False]
+    page = _page(ui.analyze_page(*args, progress=None))
+    assert page["timings"]["cached"] is True and isinstance(page["curves"], type(gr.skip()))
+    curves, _, _ = ui.page_curves(page["state"], None)
+    assert curves is not None and len(drawn) == 1  # drawn by the warm-up, not again
 
 
 def test_the_page_sends_the_plot_and_the_curves_only_when_needed(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +226,35 @@ def test_shipped_report_gives_curves_and_probe(fresh: Explorer, tmp_path: Path, 
     assert r.metrics["probe"]["outcome"] == "helps"
     assert fresh.shipped_report(tmp_path / "nothing.safetensors") is None
     assert fresh.shipped_report("cse_vit-t_ade20k") is None
+
+
+def test_dataset_curves_are_drawn_only_when_asked_for_and_once(
+    fresh: Explorer, tmp_path: Path, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request without curves (the page's: it draws them in an event of its own) draws none but says
+    they exist; the first ask draws them, later asks and requests reuse that drawing; a changed report
+    is drawn afresh."""
+    import analysis.service as service
+
+    torch.manual_seed(0)
+    path = save_model(build_model(tiny_config()), tmp_path / "set.safetensors")
+    block = {"miou": 0.3, "mask_ap": 0.4, "boundary_f1": 0.2}
+    report = {h: {"input": block, "blocks": [block, block], "final": block} for h in ("cse", "per_pixel")}
+    (tmp_path / "report").mkdir()
+    metrics = tmp_path / "report" / "metrics.json"
+    metrics.write_text(json.dumps(report))
+    drawn: list[str] = []
+    real = service.F.block_curves_plotly
+    monkeypatch.setattr(service.F, "block_curves_plotly", lambda *a, **k: drawn.append(k["title"]) or real(*a, **k))
+    r = fresh.analyze(AnalysisRequest(image, str(path), "comparison", readout="raw", curves=False))
+    assert r.curves is None and r.curves_available and drawn == []
+    assert isinstance(fresh.dataset_curves(str(path), "raw"), go.Figure) and len(drawn) == 1
+    assert isinstance(analyze(image, str(path), "comparison", fresh, readout="raw").curves, go.Figure)
+    assert isinstance(fresh.dataset_curves(str(path), "raw"), go.Figure) and len(drawn) == 1
+    report["per_pixel"]["final"] = {**block, "miou": 0.9}
+    metrics.write_text(json.dumps(report))
+    os.utime(metrics, (1e9, 1e9))  # a different mtime, whatever the clock's resolution
+    assert isinstance(fresh.dataset_curves(str(path), "raw"), go.Figure) and len(drawn) == 2
 
 
 def test_report_over_seeds_gives_mean_curves_with_a_band(fresh: Explorer, tmp_path: Path, image: np.ndarray) -> None:
