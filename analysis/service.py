@@ -849,7 +849,8 @@ def _set_readouts(spec: str, cfg: ModelConfig, model: Segmentor | None) -> dict[
         fitted = getattr(model, "fitted_readouts", None)
     else:
         try:
-            heads = {h: build_head(h, cfg) for h in cfg.heads}  # small modules: only their readout contract is read
+            with torch.device("meta"):  # only their readout contract is read: no weights are made
+                heads = {h: build_head(h, cfg) for h in cfg.heads}
         except Exception as e:  # a config the heads cannot be built from: say so instead of guessing
             return {r: f"the heads of this set cannot be built ({e})" for r in READOUTS}
         fitted = None
