@@ -134,6 +134,25 @@ def _confusions(preds: np.ndarray, label: np.ndarray, k: int, ignore_index: int)
     return np.bincount(idx, minlength=n * k * k).reshape(n, k, k)
 
 
+def label_on_grid(label: np.ndarray, num_classes: int, grid: tuple[int, int], ignore_index: int) -> torch.Tensor:
+    """The label as a class map at a feature grid's resolution: ``label [H, W]`` -> ``[K, h, w]`` float32 with
+    ``grid = (h, w)``, per cell the share of its non-ignored pixels that are of each class (cells as adaptive
+    average pooling cuts the image, which is how a stage's grid is stretched over it when upsampled; a cell of
+    ignored pixels only is all zero). Upsampled and scored like every stage, it is the reference of
+    :func:`evaluate_stages`: what a map that is right in every cell scores at that resolution."""
+    lab = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    valid = lab != ignore_index
+    onehot = torch.zeros((num_classes, *lab.shape), dtype=torch.float32)
+    rows, cols = torch.nonzero(valid, as_tuple=True)
+    onehot[lab[valid], rows, cols] = 1.0
+    return torch.nn.functional.adaptive_avg_pool2d(onehot[None], tuple(grid))[0]
+
+
+REFERENCE_NOTE = (
+    "the label itself at the heads' feature grid: per grid cell the share of each class among its pixels, upsampled"
+    " bilinearly and scored like every stage (what a map that is right in every cell scores at that resolution)"
+)
+
 MASK_AP_FUNCTIONS = {"quantized": mask_ap_quantized, "exact": mask_ap_batch}
 """How mask AP is computed: ``exact`` (a sort per channel; the default, one definition for reports and run
 results) or ``quantized`` (:func:`analysis.metrics.mask_ap_quantized`, 65,536 levels per channel and image,
@@ -163,6 +182,7 @@ def evaluate_stages(
     mask_ap: str = "exact",
     extra: Sequence[HeadGroup] = (),
     extra_confusions: dict[tuple[str, str], ConfusionAccumulator] | None = None,
+    reference: StageMetrics | None = None,
 ) -> tuple[
     dict[str, dict[str, list[StageMetrics]]], dict[int, tuple[ImageMaps, np.ndarray]], int, dict[str, float], dict
 ]:
@@ -183,6 +203,9 @@ def evaluate_stages(
     ``extra`` head groups (:func:`structtoken.sets.load_head_group`: heads trained on this set's backbone, e.g.
     the deep-supervision pairs of other seeds) run on each image's backbone map too; their final logits are
     upsampled the same way and their confusions accumulated into ``extra_confusions[(file, head)]``.
+
+    ``reference``: accumulates the label itself at the heads' grid resolution (:func:`label_on_grid`), upsampled
+    and scored like every stage.
     """
     if mask_ap not in MASK_AP_FUNCTIONS:
         raise ValueError(f"mask_ap must be one of {', '.join(MASK_AP_FUNCTIONS)}, got {mask_ap!r}")
@@ -249,6 +272,9 @@ def evaluate_stages(
                                 uniques.append(t)
                                 owner.append(h)
                             keys[(r, h, s)] = j
+            if reference is not None:
+                keys[("reference", "", 0)] = len(uniques)
+                uniques.append(label_on_grid(label, k, tuple(uniques[0].shape[-2:]), ignore))
             t2 = time.perf_counter()
             size = tuple(label.shape)
             parts: dict[int, tuple[np.ndarray, np.ndarray, BoundaryCounts]] = {}
@@ -278,7 +304,7 @@ def evaluate_stages(
                 for lo in starts:
                     score(lo)
             for (r, h, s), j in keys.items():
-                acc[r][h][s].add(*parts[j])
+                (reference if r == "reference" else acc[r][h][s]).add(*parts[j])  # type: ignore[union-attr]
             times["model"] += t1 - t0
             times["readouts"] += t2 - t1
     finally:
@@ -478,6 +504,7 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         "",
         *(f"- **{r}**: {READOUT_NOTES[r]}." for r in READOUTS),
         "",
+        *_reference_lines(result.get("reference")),
         _fitted_sentence(meta.get("fitted")),
         "",
         "## The readouts of each head",
@@ -562,6 +589,18 @@ def write_markdown(result: Mapping[str, Any], heads: Sequence[str], figures: Map
         if name.endswith(".png"):
             lines.append(f"\n  ![{caption}]({name})\n")
     return "\n".join(lines) + "\n"
+
+
+def _reference_lines(ref: Mapping[str, Any] | None) -> list[str]:
+    """The resolution reference's sentence (none for a report without one)."""
+    if not ref:
+        return []
+    return [
+        f"Reference, {ref.get('definition')}: mIoU {_p(ref.get('miou'))}, mask AP {_p(ref.get('mask_ap'))}, "
+        f"boundary F1 {_p(ref.get('boundary_f1'))}. No map at the grid's resolution comes near 100 on boundary F1 at "
+        f"{BOUNDARY_TOLERANCE} px: read the stages' boundary F1 against this, not against 100.",
+        "",
+    ]
 
 
 def _probe_ft_lines(pf: Mapping[str, Any] | None) -> list[str]:
@@ -732,8 +771,9 @@ def build_report(
     n_total = len(dataset) if limit is None else min(int(limit), len(dataset))
     examples = sorted({0, n_total // 2})[:num_examples] if n_total and num_examples > 0 else []
     extra_cm: dict[tuple[str, str], Any] = {}
+    reference = StageMetrics(model.cfg.num_classes, dataset.info.ignore_index)
     acc, kept, n, times, unavailable = evaluate_stages(
-        model, dataset, limit, progress, examples, workers, extra=groups, extra_confusions=extra_cm
+        model, dataset, limit, progress, examples, workers, extra=groups, extra_confusions=extra_cm, reference=reference
     )
     heads = list(model.cfg.heads)
     widths = stage_input_channels(model)
@@ -782,6 +822,7 @@ def build_report(
             "seconds_by_phase": {k: round(v, 1) for k, v in times.items()},
         },
         "readouts": readouts,
+        "reference": {"definition": REFERENCE_NOTE, **reference.compute()},
         "claims": block_claims({seed if seed is not None else 0: readouts}, heads),
         "probe": paired_probe(sources),
     }

@@ -178,7 +178,11 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
-    assert list(m) == ["meta", "readouts", "claims", "probe"]
+    assert list(m) == ["meta", "readouts", "reference", "claims", "probe"]
+    # the label at the grid's resolution, scored like a stage: a 64x64 label on a 4x4 grid keeps most of it
+    ref = m["reference"]
+    assert ref["definition"].startswith("the label itself at the heads' feature grid")
+    assert 0.0 < ref["boundary_f1"] <= 100.0 and 50.0 < ref["miou"] <= 100.0
     # claims against every baseline of the set, one readout definition per head, provenance of the set file
     assert set(m["claims"]["head"]) == {"per_pixel", "per_pixel_ds"}
     assert set(m["claims"]["raw"]) == {"per_pixel_ds"}
@@ -232,6 +236,7 @@ def test_report_cli_end_to_end(tmp_path: Path, tiny_set: Path, capsys) -> None:
     assert [s["source"] for s in probe["sources"]] == ["seed0.json", "seed1.json", "seed2.json"]
     md = (out / "report.md").read_text()
     assert "raises final mIoU by +5.3" in md and "| StructToken-CSE |" in md
+    assert "Reference, the label itself at the heads' feature grid" in md and f"mIoU {ref['miou']:.1f}" in md
     assert "## mIoU per stage, head readout (%)" in md and "has no fitted readout" in md
     assert m["meta"]["seed"] is None  # a set saved without a training config
     assert "one training run of each head (one training seed (not recorded); val split)" in md
@@ -445,6 +450,54 @@ def test_batched_scoring_equals_the_per_stack_accumulators(tmp_path: Path, tiny_
                 assert got["miou"] == pytest.approx(want["miou"], abs=1e-6)
                 assert got["mask_ap"] == pytest.approx(want["mask_ap"], abs=1e-6)
                 assert got["boundary_f1"] == pytest.approx(want["boundary_f1"], abs=1e-6)
+
+
+def test_label_on_grid_is_the_share_of_each_class_per_cell() -> None:
+    from analysis.report import label_on_grid
+
+    label = np.array(
+        [
+            [0, 0, 1, 1],
+            [0, 255, 1, 2],
+            [2, 2, 255, 255],
+            [2, 2, 255, 255],
+        ]
+    )
+    grid = label_on_grid(label, 3, (2, 2), 255).numpy()  # [K, 2, 2]
+    assert grid.shape == (3, 2, 2) and grid.dtype == np.float32
+    # top left: three 0 and one ignored -> 3/4 of the cell is class 0 (ignored pixels count for no class)
+    np.testing.assert_allclose(grid[:, 0, 0], [0.75, 0.0, 0.0])
+    np.testing.assert_allclose(grid[:, 0, 1], [0.0, 0.75, 0.25])
+    np.testing.assert_allclose(grid[:, 1, 0], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(grid[:, 1, 1], [0.0, 0.0, 0.0])  # ignored only
+    # at the label's own size it is the one-hot label: argmax gives the label back where it is not ignored
+    full = label_on_grid(label, 3, (4, 4), 255).numpy()
+    valid = label != 255
+    assert (full.argmax(0)[valid] == label[valid]).all() and full.sum(0)[~valid].max() == 0
+
+
+def test_the_reference_is_scored_like_a_stage(tmp_path: Path, tiny_set: Path) -> None:
+    from analysis.report import StageMetrics, evaluate_stages, label_on_grid
+    from structtoken.checkpoint import load_model
+    from structtoken.data import SegmentationDataset
+    from structtoken.segmentor import upsample
+
+    _write_dataset(tmp_path / "data", 2)
+    ds = SegmentationDataset(tmp_path / "data", "val")
+    model = load_model(tiny_set)
+    got = StageMetrics(4, 255)
+    evaluate_stages(model, ds, progress=False, reference=got)
+    want = StageMetrics(4, 255)
+    for i in range(len(ds)):
+        image, label = ds.load_pair(i)
+        with torch.no_grad():
+            out = model(model.preprocess(image, scale=None))
+        grid = tuple(out.features.shape[-2:])
+        up = upsample(label_on_grid(label, 4, grid, 255)[None], tuple(label.shape))[0].numpy()
+        want.update(up, up.argmax(0), label)
+    assert got.confusion.num_images == len(ds)
+    for key in ("miou", "mask_ap", "boundary_f1"):
+        assert got.compute()[key] == pytest.approx(want.compute()[key], abs=1e-6)
 
 
 def test_report_and_evaluate_refuse_a_set_with_other_classes(tmp_path: Path, capsys) -> None:
