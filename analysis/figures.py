@@ -472,11 +472,16 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+REFERENCE_LABEL = "Label at the heads' grid (reference)"
+"""The legend name of a dataset report's resolution reference in the curves."""
+
+
 def block_curves_plotly(
     metrics: Mapping[str, Mapping[str, Any]],
     metric_names: Sequence[str] = _DEFAULT_METRICS,
     title: str | None = None,
     bands: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any], int]] | None = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> go.Figure:
     """Interactive version of :func:`block_curves_figure`.
 
@@ -484,6 +489,9 @@ def block_curves_plotly(
         bands: head -> (low, high, n): two entries shaped like ``metrics[head]`` (fractions) bounding the head's
             values over n training seeds (e.g. their range); drawn as a shaded band behind the head's line, the
             hover naming the seeds' count.
+        reference: metric -> value (fraction) of the dataset report's resolution reference (the label itself at
+            the heads' grid, :func:`analysis.report.label_on_grid`); drawn as a dotted grey line across each
+            metric's subplot.
 
     Returns:
         Plotly figure with one subplot per metric and one trace per (head, metric); each trace
@@ -570,6 +578,25 @@ def block_curves_plotly(
         )
         if max_b:
             fig.add_vline(x=max_b + 0.5, line={"color": "#bbbbbb", "dash": "dash", "width": 1}, row=1, col=ci + 1)
+        ref = _pct((reference or {}).get(name))
+        if math.isfinite(ref):
+            fig.add_trace(
+                go.Scatter(
+                    x=[0.5, x_out + 0.5],
+                    y=[ref, ref],
+                    mode="lines",
+                    name=REFERENCE_LABEL,
+                    legendgroup="reference",
+                    showlegend=ci == 0,
+                    line={"color": "#888888", "dash": "dot", "width": 1.5},
+                    hovertemplate=(
+                        f"<b>{hover_escape(REFERENCE_LABEL)}</b><br>"
+                        f"{hover_escape(_metric_label(name))}: %{{y:.2f}}%<extra></extra>"
+                    ),
+                ),
+                row=1,
+                col=ci + 1,
+            )
     fig.update_layout(
         title={"text": title, "x": 0.5, "xanchor": "center"} if title else None,
         template="plotly_white",

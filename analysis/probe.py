@@ -348,6 +348,16 @@ def report_heads(report: Mapping[str, Any], readout: str = "raw") -> dict[str, A
     return {k: v for k, v in report.items() if k not in ("probe", "meta") and isinstance(v, dict) and "blocks" in v}
 
 
+def report_reference(report: Mapping[str, Any]) -> dict[str, float] | None:
+    """The report's resolution reference (``{"reference": {metric: percent}}``, the label at the heads' grid) as
+    metric -> fraction, or None for a report without one."""
+    ref = report.get("reference")
+    if not isinstance(ref, Mapping):
+        return None
+    out = {m: float(v) / 100.0 for m, v in ref.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out or None
+
+
 def pairs_table(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown rows of a paired probe (``pairs`` of :func:`paired_probe`, mIoU points): seed, per-pixel, per-pixel +
     DS and their difference."""

@@ -55,7 +55,7 @@ from .maps import (
     readout_problem,
     select_classes,
 )
-from .probe import report_heads, report_seed_curves
+from .probe import report_heads, report_reference, report_seed_curves
 from .saturation import attention_saturation, saturation_sentence
 from .values import json_ready, md_table
 
@@ -321,11 +321,12 @@ class _Curves:
     heads: dict[str, Any]
     title: str
     bands: dict[str, Any] | None = None
+    reference: dict[str, float] | None = None
 
     def figure(self) -> go.Figure | None:
         """The plotly figure (:func:`analysis.figures.block_curves_plotly`), or None when it cannot be drawn."""
         try:
-            return F.block_curves_plotly(self.heads, title=self.title, bands=self.bands)
+            return F.block_curves_plotly(self.heads, title=self.title, bands=self.bands, reference=self.reference)
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -345,13 +346,14 @@ def _report_curves(data: dict[str, Any] | None, readout: str = "raw") -> _Curves
                 f"Per-block metrics on {split or 'the dataset'}, {readout} readout: mean over training seeds "
                 f"(band: their range; seeds {', '.join(str(s) for s in seeds)}, count per head in the legend)"
             )
-            return _Curves(means, title, bands)
+            return _Curves(means, title, bands, report_reference(data))
         heads = report_heads(data, readout)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     if not heads:
         return None
-    return _Curves(heads, f"Per-block metrics on the dataset, {readout} readout (shipped report)")
+    title = f"Per-block metrics on the dataset, {readout} readout (shipped report)"
+    return _Curves(heads, title, reference=report_reference(data))
 
 
 # ------------------------------------------------------------------------------------- caches

@@ -272,6 +272,7 @@ def test_report_over_seeds_gives_mean_curves_with_a_band(fresh: Explorer, tmp_pa
         "meta": {"model": "x", "heads": ["cse", "per_pixel"]},
         "readouts": {"head": {"cse": {"input": {}, "blocks": [{}, {}], "final": {}}}},
         "seeds": {"split": "val", "stages": {"head": {"per_pixel": entry(40.0), "cse": entry(50.0)}}},
+        "reference": {"definition": "the label at the grid", "miou": 70.0, "mask_ap": 80.0, "boundary_f1": 50.0},
     }
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "metrics.json").write_text(json.dumps(report))
@@ -285,6 +286,10 @@ def test_report_over_seeds_gives_mean_curves_with_a_band(fresh: Explorer, tmp_pa
     assert list(cse_miou.y) == [52.0, 52.0, 52.0]  # the mean over seeds at blocks 1, 2 and the output
     band = bands[0]
     assert max(band.y) == 54.0 and min(band.y) == 50.0  # the seeds' range
+    # the report's resolution reference: a dotted line per metric, in percent like the curves
+    refs = [t for t in fig.data if t.legendgroup == "reference"]
+    assert [list(t.y) for t in refs] == [[70.0, 70.0], [80.0, 80.0], [50.0, 50.0]]
+    assert [t.showlegend for t in refs] == [True, False, False] and refs[0].line.dash == "dot"
     assert fresh.dataset_curves(str(path), "raw") is None  # no seeds nor the set's own entries for raw
 
 
