@@ -172,7 +172,13 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ),
     (
         "boundary F1",
-        "F1 of predicted against true class boundaries, within a small pixel tolerance",
+        "F1 of predicted against true class boundaries, within a small pixel tolerance (2 px in the dataset report)",
+    ),
+    (
+        "reference (dataset curves)",
+        "the label itself at the heads' feature grid (1/16 of the image): per cell the share of each class, "
+        "upsampled and scored like a stage: what a map right in every cell scores at that resolution (read the "
+        "heads' numbers, boundary F1 above all, against it rather than against 100)",
     ),
     (
         "entropy (nats)",
