@@ -83,10 +83,20 @@ def main() -> None:
                     "() => { const i = document.querySelector('#st-figure img');"
                     " return i && i.complete && i.naturalWidth > 0; }"
                 )
+                pg.wait_for_function(  # the dataset curves come in an event of their own, after the figure
+                    "() => { const c = document.querySelector('#st-curves');"
+                    " return !c || !c.offsetParent || c.querySelector('.main-svg'); }"
+                )
                 pg.evaluate("() => window.scrollTo(0, 0)")
                 sizes[key] = pg.evaluate(FIGURE)
                 pg.screenshot(path=str(args.out / f"{key}.png"))
-                pg.screenshot(path=str(args.out / f"{key}_full.png"), full_page=True)
+                # the whole page in a window as tall as the page: a full-page screenshot of the usual window
+                # catches the plots below the fold redrawing (empty) after its resize
+                tall = pg.evaluate("() => document.body.scrollHeight")
+                pg.set_viewport_size({"width": args.width, "height": tall})
+                pg.wait_for_timeout(1500)
+                pg.screenshot(path=str(args.out / f"{key}_full.png"))
+                pg.set_viewport_size({"width": args.width, "height": args.height})
                 pg.get_by_role("tab", name="Interactive").first.click()
                 pg.wait_for_selector("#st-plot .js-plotly-plot .main-svg")
                 pg.wait_for_timeout(500)
