@@ -474,6 +474,34 @@ def _rgba(color: str, alpha: float) -> str:
 
 REFERENCE_LABEL = "Label at the heads' grid (reference)"
 """The legend name of a dataset report's resolution reference in the curves."""
+REFERENCE_COLOR = "#888888"
+
+
+def _add_reference(
+    fig: go.Figure, reference: Mapping[str, Any] | None, metric: str, x_out: int, row: int, col: int, showlegend: bool
+) -> None:
+    """The resolution reference's value of ``metric`` (a fraction in ``reference``) as a dotted grey line across
+    one subplot of a plotly curves figure (nothing when the reference lacks it)."""
+    ref = _pct((reference or {}).get(metric))
+    if not math.isfinite(ref):
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=[0.5, x_out + 0.5],
+            y=[ref, ref],
+            mode="lines",
+            name=REFERENCE_LABEL,
+            legendgroup="reference",
+            showlegend=showlegend,
+            line={"color": REFERENCE_COLOR, "dash": "dot", "width": 1.5},
+            hovertemplate=(
+                f"<b>{hover_escape(REFERENCE_LABEL)}</b><br>"
+                f"{hover_escape(_metric_label(metric))}: %{{y:.2f}}%<extra></extra>"
+            ),
+        ),
+        row=row,
+        col=col,
+    )
 
 
 def block_curves_plotly(
@@ -578,25 +606,7 @@ def block_curves_plotly(
         )
         if max_b:
             fig.add_vline(x=max_b + 0.5, line={"color": "#bbbbbb", "dash": "dash", "width": 1}, row=1, col=ci + 1)
-        ref = _pct((reference or {}).get(name))
-        if math.isfinite(ref):
-            fig.add_trace(
-                go.Scatter(
-                    x=[0.5, x_out + 0.5],
-                    y=[ref, ref],
-                    mode="lines",
-                    name=REFERENCE_LABEL,
-                    legendgroup="reference",
-                    showlegend=ci == 0,
-                    line={"color": "#888888", "dash": "dot", "width": 1.5},
-                    hovertemplate=(
-                        f"<b>{hover_escape(REFERENCE_LABEL)}</b><br>"
-                        f"{hover_escape(_metric_label(name))}: %{{y:.2f}}%<extra></extra>"
-                    ),
-                ),
-                row=1,
-                col=ci + 1,
-            )
+        _add_reference(fig, reference, name, x_out, 1, ci + 1, showlegend=ci == 0)
     fig.update_layout(
         title={"text": title, "x": 0.5, "xanchor": "center"} if title else None,
         template="plotly_white",
@@ -613,6 +623,7 @@ def readout_curves_figure(
     per_readout: Mapping[str, Mapping[str, Mapping[str, Any]]],
     metric_names: Sequence[str] = ("miou", "mask_ap"),
     title: str | None = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Small multiples of the per-block curves: one row per readout, one column per metric.
 
@@ -620,6 +631,7 @@ def readout_curves_figure(
         per_readout: readout -> head -> ``{"blocks": [{metric: v}], "final": {metric: v}}`` (fractions).
         metric_names: one column each.
         title: figure title.
+        reference: metric -> fraction: the report's resolution reference, a dotted grey line in every panel.
 
     Returns:
         Matplotlib figure; y in percent, shared per column so readouts compare; x = block 1..B and the
@@ -647,6 +659,9 @@ def readout_curves_figure(
                     ax.plot([x[-1], x_out], [vals[-1], fin], color=color, lw=1.0, ls=":")
                 if math.isfinite(fin):
                     ax.plot([x_out], [fin], color=color, marker="*", ms=10, mec="black", mew=0.5, ls="none")
+            ref = _pct((reference or {}).get(name))
+            if math.isfinite(ref):
+                handles.setdefault(REFERENCE_LABEL, ax.axhline(ref, color=REFERENCE_COLOR, ls=":", lw=1.2))
             ax.set_xticks([*range(1, max_b + 1), x_out], [*(str(t) for t in range(1, max_b + 1)), _FINAL_LABEL])
             ax.set_xlim(0.5, x_out + 0.5)
             ax.set_title(f"{r} readout: {_metric_label(name)}", fontsize=10)
@@ -665,6 +680,7 @@ def readout_curves_plotly(
     per_readout: Mapping[str, Mapping[str, Mapping[str, Any]]],
     metric_names: Sequence[str] = ("miou", "mask_ap"),
     title: str | None = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> go.Figure:
     """Interactive version of :func:`readout_curves_figure` (rows = readouts, columns = metrics)."""
     if not per_readout or not metric_names:
@@ -715,6 +731,7 @@ def readout_curves_plotly(
                 row=ri + 1,
                 col=ci + 1,
             )
+            _add_reference(fig, reference, name, x_out, ri + 1, ci + 1, showlegend=ri == 0 and ci == 0)
             fig.update_yaxes(title_text=f"{_metric_label(name)} (%)", row=ri + 1, col=ci + 1)
     fig.update_layout(
         title={"text": title, "x": 0.5, "xanchor": "center"} if title else None,

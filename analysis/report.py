@@ -77,7 +77,7 @@ from .metrics import (
     mask_ap_batch,
     mask_ap_quantized,
 )
-from .probe import as_fractions, paired_probe, pairs_table
+from .probe import as_fractions, paired_probe, pairs_table, report_reference
 from .roles import structtoken_heads
 from .values import json_ready, percent
 
@@ -840,8 +840,11 @@ def build_report(
     curves = {r: as_fractions({h: e for h, e in v.items() if "blocks" in e}) for r, v in readouts.items() if v}
     if curves:
         title = f"Per-block metrics by readout: {result['meta']['model']} ({dataset.split}, {n} images)"
-        F.readout_curves_figure(curves, title=title).savefig(out / "block_curves.png", dpi=100)
-        F.readout_curves_plotly(curves, title=title).write_html(out / "block_curves.html", include_plotlyjs=True)
+        ref = report_reference(result)
+        F.readout_curves_figure(curves, title=title, reference=ref).savefig(out / "block_curves.png", dpi=100)
+        F.readout_curves_plotly(curves, title=title, reference=ref).write_html(
+            out / "block_curves.html", include_plotlyjs=True
+        )
         figures["block_curves.png"] = "per-block curves, one row per readout"
         figures["block_curves.html"] = "per-block curves (interactive)"
     seeds: dict[str, list[float]] = {}

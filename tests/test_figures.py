@@ -391,6 +391,26 @@ def test_block_curves_plotly() -> None:
     assert list(fig.layout.xaxis.ticktext)[-1] == "out"
 
 
+def test_readout_curves_draw_the_resolution_reference() -> None:
+    """The report's reference (fractions) is a dotted line in every panel of its metric, one legend entry; a
+    metric the reference lacks gets none."""
+    per_readout = {"raw": _metrics(), "head": _metrics()}
+    reference = {"miou": 0.7, "pixel_accuracy": 0.9}
+    fig = F.readout_curves_figure(per_readout, title="Curves", reference=reference)
+    dotted = [
+        (ax.get_title(), line.get_ydata()[0])
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if line.get_linestyle() == ":" and line.get_color() == F.REFERENCE_COLOR
+    ]
+    assert dotted == [("raw readout: mIoU", 70.0), ("head readout: mIoU", 70.0)]
+    assert F.REFERENCE_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+    pf = F.readout_curves_plotly(per_readout, title="Curves", reference=reference)
+    refs = [t for t in pf.data if t.legendgroup == "reference"]
+    assert [list(t.y) for t in refs] == [[70.0, 70.0]] * 2 and [t.showlegend for t in refs] == [True, False]
+    assert not [t for t in F.readout_curves_plotly(per_readout).data if t.legendgroup == "reference"]
+
+
 def test_probe_figure() -> None:
     fig = F.probe_figure({"per_pixel": [0.61, 0.62, 0.60], "per_pixel_ds": [0.63, None, float("nan"), 0.64]})
     assert isinstance(fig, Figure)
