@@ -1138,7 +1138,7 @@ class ExplorerUI:
         )
         normalize_up = gr.update(interactive="normalize" in used)
         reasons = readout_reasons(info)
-        offered = [(READOUT_LABELS.get(r, r), r) for r, why in reasons.items() if why is None]
+        offered = readout_choices(info)
         value = readout if readout in [r for _, r in offered] else _first_readout(offered)
         missing = "; ".join(
             f"*{READOUT_LABELS.get(r, r)}* is not available: {why}" for r, why in reasons.items() if why
@@ -1225,6 +1225,16 @@ does not apply to heads whose channels are not classes)."""
 def _first_readout(offered: Sequence[tuple[str, str]]) -> str | None:
     keys = [r for _, r in offered]
     return next((r for r in PREFERRED_READOUTS if r in keys), keys[0] if keys else None)
+
+
+def readout_choices(info: ModelInfo) -> list[tuple[str, str]]:
+    """The readout control's choices for a set: (label, readout) of each readout it offers."""
+    return [(READOUT_LABELS.get(r, r), r) for r, why in readout_reasons(info).items() if why is None]
+
+
+def first_readout(info: ModelInfo) -> str | None:
+    """The readout the page opens a set with (:data:`PREFERRED_READOUTS`; also the warm-up's)."""
+    return _first_readout(readout_choices(info))
 
 
 def readout_reasons(info: ModelInfo) -> dict[str, str | None]:
@@ -1329,7 +1339,7 @@ def build_demo(explorer: Explorer, area: TempArea | None = None) -> gr.Blocks:
                 elem_id="st-baseline",
             )
             block = gr.Dropdown(choices=_block_choices(first), value=ALL_BLOCKS, label="Block", elem_id="st-block")
-            offered = [(READOUT_LABELS.get(r, r), r) for r, why in readouts.items() if why is None]
+            offered = readout_choices(info)
             readout = gr.Dropdown(
                 choices=offered,
                 value=_first_readout(offered),
@@ -1584,10 +1594,9 @@ def warm_up(explorer: Explorer) -> None:
         spec = default_model()
         first = next(iter(example_entries("street")), None)
         image = first[0] if first else np.zeros((360, 480, 3), np.uint8)
-        offered = readout_reasons(explorer.describe_model(spec))
-        readout = _first_readout([(r, r) for r, why in offered.items() if why is None])  # the page's first
+        readout = first_readout(explorer.describe_model(spec)) or "raw"
         request = AnalysisRequest(
-            image, model=spec, analysis=DEFAULT_ANALYSIS, readout=readout or "raw", interactive=False, curves=False
+            image, model=spec, analysis=DEFAULT_ANALYSIS, readout=readout, interactive=False, curves=False
         )
         figure_png_bytes(explorer.analyze(request))
         t1 = time.perf_counter()

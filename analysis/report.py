@@ -272,8 +272,8 @@ def evaluate_stages(
                                 uniques.append(t)
                                 owner.append(h)
                             keys[(r, h, s)] = j
+            ref_j = len(uniques)  # where the reference's stack goes, when asked for
             if reference is not None:
-                keys[("reference", "", 0)] = len(uniques)
                 uniques.append(label_on_grid(label, k, tuple(uniques[0].shape[-2:]), ignore))
             t2 = time.perf_counter()
             size = tuple(label.shape)
@@ -304,7 +304,9 @@ def evaluate_stages(
                 for lo in starts:
                     score(lo)
             for (r, h, s), j in keys.items():
-                (reference if r == "reference" else acc[r][h][s]).add(*parts[j])  # type: ignore[union-attr]
+                acc[r][h][s].add(*parts[j])
+            if reference is not None:
+                reference.add(*parts[ref_j])
             times["model"] += t1 - t0
             times["readouts"] += t2 - t1
     finally:

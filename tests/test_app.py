@@ -714,10 +714,10 @@ def test_the_warm_up_leaves_the_first_example_ready(monkeypatch: pytest.MonkeyPa
     assert len(drawn) == 1
     first = app.example_entries("street")[0][0]
     pixels = np.asarray(Image.open(first).convert("RGB"))
-    ui = app.ExplorerUI(explorer)
-    readout = app._first_readout(
-        [(r, r) for r, why in app.readout_reasons(explorer.describe_model("camvid")).items() if why is None]
-    )
+    demo = app.build_demo(explorer)
+    ui = demo.explorer_ui
+    readout = next(c.value for c in demo.blocks.values() if getattr(c, "elem_id", None) == "st-readout")
+    assert readout == "head"  # the page's readout control as it opens
     args = [pixels, "camvid", "comparison", None, None, "shared", -1, 0.5, None, readout, None, "auto", None, False]
     page = _page(ui.analyze_page(*args, progress=None))
     assert page["timings"]["cached"] is True and isinstance(page["curves"], type(gr.skip()))
